@@ -1,0 +1,873 @@
+//! The YAML config file (it lives in a ConfigMap) and the built-in presets.
+//!
+//! Reading a config is two steps: YAML → [`ConfigFile`] (unknown keys and wrong types are
+//! errors that name the field path, line and column), then validation → [`Profiles`], which
+//! reports *every* problem at once, each naming the field and the offending value. A config
+//! with any error never starts the engine. Presets are profile definitions in the same
+//! schema, embedded from `src/presets/`; a profile can start from one (`preset: NAME`) and
+//! override single fields.
+
+use std::collections::BTreeSet;
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use kube::core::{Expression, Selector};
+use serde::Deserialize;
+
+use crate::profile::{
+    CustomResource, ExecutionStates, Grace, MetaKey, PodMatch, Profile, Profiles, ResourceRole,
+    ResumeFrom, SandboxStates, SessionStates,
+};
+
+/// The built-in presets: name, one-line description, YAML.
+pub const PRESETS: &[(&str, &str, &str)] = &[
+    (
+        "generic",
+        "pods labelled sandwatch.io/session, agent container `agent`",
+        include_str!("presets/generic.yaml"),
+    ),
+    (
+        "sandbox-api",
+        "centaur's sandbox API: bare sandbox pods, sandbox_sessions and agent_execution_requests (incidents 01, 02)",
+        include_str!("presets/sandbox-api.yaml"),
+    ),
+    (
+        "ambient",
+        "ambient-code: AgenticSession custom resources and their runner pods (incident 03)",
+        include_str!("presets/ambient.yaml"),
+    ),
+    (
+        "offload-modal",
+        "offload test runs on Modal sandboxes, reported through the ingest API (incident 04)",
+        include_str!("presets/offload-modal.yaml"),
+    ),
+];
+
+/// One problem in a config, with the field path and the value that caused it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub field: String,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.field, self.message)
+    }
+}
+
+/// Every problem found in a config.
+#[derive(Debug, thiserror::Error)]
+pub struct ConfigErrors(pub Vec<ConfigError>);
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{e}")?;
+        }
+        Ok(())
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The file's schema. Every field is optional here so that a profile can override a preset
+// field by field; validation decides what is required.
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigFile {
+    #[serde(default)]
+    pub profiles: Vec<ProfileSpec>,
+}
+
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProfileSpec {
+    pub name: Option<String>,
+    pub preset: Option<String>,
+    pub pods: Option<PodsSpec>,
+    pub sessions: Option<SessionsSpec>,
+    pub executions: Option<ExecutionsSpec>,
+    pub sandboxes: Option<SandboxesSpec>,
+    pub custom_resources: Option<Vec<CustomResourceSpec>>,
+    pub grace: Option<GraceSpec>,
+}
+
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PodsSpec {
+    pub selector: Option<String>,
+    pub namespaces: Option<Vec<String>>,
+    pub agent_containers: Option<Vec<String>>,
+    pub session_key: Option<KeySpec>,
+    pub execution_key: Option<KeySpec>,
+}
+
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeySpec {
+    pub label: Option<String>,
+    pub annotation: Option<String>,
+}
+
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SessionsSpec {
+    pub active: Option<Vec<String>>,
+    pub suspended: Option<Vec<String>>,
+    pub transitional: Option<Vec<String>>,
+    pub terminal: Option<Vec<String>>,
+    pub resume_from: Option<String>,
+}
+
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExecutionsSpec {
+    pub active: Option<Vec<String>>,
+    pub terminal: Option<Vec<String>>,
+}
+
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SandboxesSpec {
+    pub dead: Option<Vec<String>>,
+    pub alive: Option<Vec<String>>,
+}
+
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CustomResourceSpec {
+    pub api_version: Option<String>,
+    pub kind: Option<String>,
+    pub plural: Option<String>,
+    pub role: Option<String>,
+    pub state_when_unset: Option<String>,
+}
+
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GraceSpec {
+    pub native_sidecar: Option<String>,
+    pub absence: Option<String>,
+    pub leaked_pod: Option<String>,
+}
+
+// ---------------------------------------------------------------------------------------------
+
+/// Parses and validates a config file's text. `source` names it in error messages.
+pub fn load_str(text: &str) -> Result<Profiles, ConfigErrors> {
+    let file = parse_yaml::<ConfigFile>(text, "")?;
+    if file.profiles.is_empty() {
+        return Err(ConfigErrors(vec![ConfigError {
+            field: "profiles".into(),
+            message: "no profiles defined; add at least one (e.g. `- preset: generic`)".into(),
+        }]));
+    }
+    resolve(file.profiles, "profiles")
+}
+
+/// The profiles of one preset, by name.
+pub fn preset(name: &str) -> Result<Profiles, ConfigErrors> {
+    let spec = preset_spec(name).map_err(|message| {
+        ConfigErrors(vec![ConfigError {
+            field: "preset".into(),
+            message,
+        }])
+    })?;
+    resolve(vec![spec], "preset")
+}
+
+fn preset_spec(name: &str) -> Result<ProfileSpec, String> {
+    let Some((_, _, text)) = PRESETS.iter().find(|(n, _, _)| *n == name) else {
+        return Err(format!(
+            "unknown preset {name:?}; the presets are: {}",
+            PRESETS
+                .iter()
+                .map(|(n, _, _)| *n)
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+    };
+    // Presets are part of the binary and covered by tests; a broken one is a build defect.
+    let mut spec = parse_yaml::<ProfileSpec>(text, "")
+        .map_err(|e| format!("preset {name:?} is invalid: {e}"))?;
+    spec.name.get_or_insert_with(|| name.to_string());
+    Ok(spec)
+}
+
+fn parse_yaml<T: for<'de> Deserialize<'de>>(text: &str, prefix: &str) -> Result<T, ConfigErrors> {
+    let mut path = String::new();
+    let result = serde_saphyr::with_deserializer_from_str(text, |de| {
+        serde_path_to_error::deserialize(de).map_err(|e| {
+            path = e.path().to_string();
+            e.into_inner()
+        })
+    });
+    result.map_err(|e| {
+        let field = match (prefix.is_empty(), path.as_str()) {
+            (_, "" | ".") => {
+                if prefix.is_empty() {
+                    "(file)".to_string()
+                } else {
+                    prefix.to_string()
+                }
+            }
+            (true, p) => p.to_string(),
+            (false, p) => format!("{prefix}.{p}"),
+        };
+        ConfigErrors(vec![ConfigError {
+            field,
+            message: e.to_string(),
+        }])
+    })
+}
+
+fn resolve(specs: Vec<ProfileSpec>, base: &str) -> Result<Profiles, ConfigErrors> {
+    let mut errors = Vec::new();
+    let mut profiles = Vec::new();
+    let mut names = BTreeSet::new();
+    for (i, spec) in specs.into_iter().enumerate() {
+        let at = if base == "preset" {
+            "preset".to_string()
+        } else {
+            format!("{base}[{i}]")
+        };
+        let spec = match &spec.preset {
+            Some(p) => match preset_spec(p) {
+                Ok(base_spec) => overlay(base_spec, spec),
+                Err(message) => {
+                    errors.push(ConfigError {
+                        field: format!("{at}.preset"),
+                        message,
+                    });
+                    continue;
+                }
+            },
+            None => spec,
+        };
+        let mut v = Validator {
+            at: at.clone(),
+            errors: &mut errors,
+        };
+        if let Some(p) = v.profile(spec) {
+            if !names.insert(p.name.to_string()) {
+                v.err(
+                    "name",
+                    format!("{:?} is used by two profiles; names must be unique", p.name),
+                );
+            } else {
+                profiles.push(p);
+            }
+        }
+    }
+    if profiles.len() > usize::from(u16::MAX) {
+        errors.push(ConfigError {
+            field: base.to_string(),
+            message: format!(
+                "{} profiles; at most {} are supported",
+                profiles.len(),
+                u16::MAX
+            ),
+        });
+    }
+    if errors.is_empty() {
+        Ok(Profiles::new(profiles))
+    } else {
+        Err(ConfigErrors(errors))
+    }
+}
+
+/// Fields set in `over` replace those of `base`, one field at a time.
+fn overlay(base: ProfileSpec, over: ProfileSpec) -> ProfileSpec {
+    fn pick<T>(o: Option<T>, b: Option<T>) -> Option<T> {
+        o.or(b)
+    }
+    fn section<T: Default>(b: Option<T>, o: Option<T>, f: impl FnOnce(T, T) -> T) -> Option<T> {
+        match (b, o) {
+            (Some(b), Some(o)) => Some(f(b, o)),
+            (b, o) => o.or(b),
+        }
+    }
+    ProfileSpec {
+        name: pick(over.name, base.name),
+        preset: over.preset,
+        pods: section(base.pods, over.pods, |b, o| PodsSpec {
+            selector: pick(o.selector, b.selector),
+            namespaces: pick(o.namespaces, b.namespaces),
+            agent_containers: pick(o.agent_containers, b.agent_containers),
+            session_key: pick(o.session_key, b.session_key),
+            execution_key: pick(o.execution_key, b.execution_key),
+        }),
+        sessions: section(base.sessions, over.sessions, |b, o| SessionsSpec {
+            active: pick(o.active, b.active),
+            suspended: pick(o.suspended, b.suspended),
+            transitional: pick(o.transitional, b.transitional),
+            terminal: pick(o.terminal, b.terminal),
+            resume_from: pick(o.resume_from, b.resume_from),
+        }),
+        executions: section(base.executions, over.executions, |b, o| ExecutionsSpec {
+            active: pick(o.active, b.active),
+            terminal: pick(o.terminal, b.terminal),
+        }),
+        sandboxes: section(base.sandboxes, over.sandboxes, |b, o| SandboxesSpec {
+            dead: pick(o.dead, b.dead),
+            alive: pick(o.alive, b.alive),
+        }),
+        custom_resources: pick(over.custom_resources, base.custom_resources),
+        grace: section(base.grace, over.grace, |b, o| GraceSpec {
+            native_sidecar: pick(o.native_sidecar, b.native_sidecar),
+            absence: pick(o.absence, b.absence),
+            leaked_pod: pick(o.leaked_pod, b.leaked_pod),
+        }),
+    }
+}
+
+struct Validator<'a> {
+    at: String,
+    errors: &'a mut Vec<ConfigError>,
+}
+
+impl Validator<'_> {
+    fn err(&mut self, field: &str, message: String) {
+        self.errors.push(ConfigError {
+            field: format!("{}.{field}", self.at),
+            message,
+        });
+    }
+
+    fn profile(&mut self, spec: ProfileSpec) -> Option<Profile> {
+        let before = self.errors.len();
+        let name = match spec.name {
+            Some(n) if is_label_safe(&n) => n,
+            Some(n) => {
+                self.err(
+                    "name",
+                    format!(
+                        "{n:?} is not a valid profile name: use 1-63 lowercase letters, digits and '-' (it becomes a metric label)"
+                    ),
+                );
+                String::new()
+            }
+            None => {
+                self.err("name", "missing; every profile needs a name".into());
+                String::new()
+            }
+        };
+        let pods = spec.pods.and_then(|p| self.pods(p));
+        let custom_resources = self.custom_resources(spec.custom_resources.unwrap_or_default());
+        let sessions = self.sessions(spec.sessions.unwrap_or_default(), &custom_resources);
+        let executions = self.executions(spec.executions.unwrap_or_default());
+        let sandboxes = self.sandboxes(spec.sandboxes.unwrap_or_default());
+        let grace = self.grace(spec.grace.unwrap_or_default());
+        if custom_resources
+            .iter()
+            .any(|c| c.role == ResourceRole::Session)
+            && pods.as_ref().is_none_or(|p| p.session_key.is_none())
+        {
+            self.err(
+                "pods.session_key",
+                "missing: custom resources with role `session` are joined to pods through the session key".into(),
+            );
+        }
+        if self.errors.len() > before {
+            return None;
+        }
+        Some(Profile {
+            name: Arc::from(name),
+            pods,
+            sessions,
+            executions,
+            sandboxes,
+            custom_resources,
+            grace,
+        })
+    }
+
+    fn pods(&mut self, spec: PodsSpec) -> Option<PodMatch> {
+        let selector_text = spec.selector.unwrap_or_default();
+        let selector = match parse_selector(&selector_text) {
+            Ok(s) => s,
+            Err(e) => {
+                self.err("pods.selector", format!("{selector_text:?}: {e}"));
+                Selector::default()
+            }
+        };
+        if selector_text.trim().is_empty() {
+            self.err(
+                "pods.selector",
+                "missing or empty: a profile must say which pods are its sandboxes (e.g. \"app=sandbox\")".into(),
+            );
+        }
+        let agent_containers = spec.agent_containers.unwrap_or_default();
+        if agent_containers.is_empty() {
+            self.err(
+                "pods.agent_containers",
+                "missing or empty: name the agent container(s) of a sandbox pod".into(),
+            );
+        }
+        for (i, c) in agent_containers.iter().enumerate() {
+            if c.trim().is_empty() {
+                self.err(
+                    &format!("pods.agent_containers[{i}]"),
+                    "empty container name".into(),
+                );
+            }
+        }
+        let namespaces = spec.namespaces.unwrap_or_default();
+        for (i, n) in namespaces.iter().enumerate() {
+            if !is_dns_label(n) {
+                self.err(
+                    &format!("pods.namespaces[{i}]"),
+                    format!("{n:?} is not a valid namespace name"),
+                );
+            }
+        }
+        let session_key = spec
+            .session_key
+            .and_then(|k| self.key("pods.session_key", k));
+        let execution_key = spec
+            .execution_key
+            .and_then(|k| self.key("pods.execution_key", k));
+        Some(PodMatch {
+            selector_text,
+            selector,
+            namespaces,
+            agent_containers,
+            session_key,
+            execution_key,
+        })
+    }
+
+    fn key(&mut self, field: &str, spec: KeySpec) -> Option<MetaKey> {
+        match (spec.label, spec.annotation) {
+            (Some(l), None) if !l.is_empty() => Some(MetaKey::Label(l)),
+            (None, Some(a)) if !a.is_empty() => Some(MetaKey::Annotation(a)),
+            (Some(l), Some(a)) => {
+                self.err(
+                    field,
+                    format!("both label {l:?} and annotation {a:?} given; choose one"),
+                );
+                None
+            }
+            _ => {
+                self.err(
+                    field,
+                    "give either `label: KEY` or `annotation: KEY`".into(),
+                );
+                None
+            }
+        }
+    }
+
+    fn states(&mut self, sets: &[(&str, &Vec<String>)], section: &str) {
+        let mut seen: Vec<(&str, &str)> = Vec::new();
+        for (class, states) in sets {
+            for (i, s) in states.iter().enumerate() {
+                if s.trim().is_empty() {
+                    self.err(
+                        &format!("{section}.{class}[{i}]"),
+                        "empty state name".into(),
+                    );
+                }
+                if let Some((other, _)) = seen.iter().find(|(_, t)| *t == s.as_str()) {
+                    self.err(
+                        &format!("{section}.{class}[{i}]"),
+                        format!("state {s:?} is also listed in {section}.{other}; a state has one meaning"),
+                    );
+                }
+                seen.push((class, s.as_str()));
+            }
+        }
+    }
+
+    fn sessions(&mut self, spec: SessionsSpec, resources: &[CustomResource]) -> SessionStates {
+        let s = SessionStates {
+            active: spec.active.unwrap_or_default(),
+            suspended: spec.suspended.unwrap_or_default(),
+            transitional: spec.transitional.unwrap_or_default(),
+            terminal: spec.terminal.unwrap_or_default(),
+            resume_from: None,
+        };
+        self.states(
+            &[
+                ("active", &s.active),
+                ("suspended", &s.suspended),
+                ("transitional", &s.transitional),
+                ("terminal", &s.terminal),
+            ],
+            "sessions",
+        );
+        let resume_from = match spec.resume_from.as_deref() {
+            None | Some("pod") => Some(ResumeFrom::Pod),
+            Some("custom_resource") => {
+                if !resources
+                    .iter()
+                    .any(|c| c.role == ResourceRole::ResumeTarget)
+                {
+                    self.err(
+                        "sessions.resume_from",
+                        "\"custom_resource\" needs a custom_resources entry with role `resume_target`".into(),
+                    );
+                }
+                Some(ResumeFrom::CustomResource)
+            }
+            Some(other) => {
+                self.err(
+                    "sessions.resume_from",
+                    format!("{other:?} is not one of: pod, custom_resource"),
+                );
+                None
+            }
+        };
+        SessionStates { resume_from, ..s }
+    }
+
+    fn executions(&mut self, spec: ExecutionsSpec) -> ExecutionStates {
+        let e = ExecutionStates {
+            active: spec.active.unwrap_or_default(),
+            terminal: spec.terminal.unwrap_or_default(),
+        };
+        self.states(
+            &[("active", &e.active), ("terminal", &e.terminal)],
+            "executions",
+        );
+        e
+    }
+
+    fn sandboxes(&mut self, spec: SandboxesSpec) -> SandboxStates {
+        let s = SandboxStates {
+            dead: spec.dead.unwrap_or_default(),
+            alive: spec.alive.unwrap_or_default(),
+        };
+        self.states(&[("alive", &s.alive), ("dead", &s.dead)], "sandboxes");
+        s
+    }
+
+    fn custom_resources(&mut self, specs: Vec<CustomResourceSpec>) -> Vec<CustomResource> {
+        let mut out = Vec::new();
+        for (i, spec) in specs.into_iter().enumerate() {
+            let at = format!("custom_resources[{i}]");
+            let before = self.errors.len();
+            let (group, version) = match spec.api_version.as_deref() {
+                Some(av) => {
+                    match av.split_once('/') {
+                        Some((g, v)) if !g.is_empty() && !v.is_empty() && !v.contains('/') => {
+                            (g.to_string(), v.to_string())
+                        }
+                        _ => {
+                            self.err(
+                            &format!("{at}.api_version"),
+                            format!("{av:?} is not GROUP/VERSION (e.g. \"vteam.ambient-code/v1alpha1\")"),
+                        );
+                            Default::default()
+                        }
+                    }
+                }
+                None => {
+                    self.err(&format!("{at}.api_version"), "missing".into());
+                    Default::default()
+                }
+            };
+            let kind = spec.kind.unwrap_or_default();
+            if kind.is_empty() {
+                self.err(
+                    &format!("{at}.kind"),
+                    "missing (e.g. \"AgenticSession\")".into(),
+                );
+            }
+            let plural = spec.plural.unwrap_or_default();
+            if plural.is_empty() || plural.chars().any(|c| !c.is_ascii_lowercase()) {
+                self.err(
+                    &format!("{at}.plural"),
+                    format!(
+                        "{plural:?}: give the lowercase resource plural (e.g. \"agenticsessions\")"
+                    ),
+                );
+            }
+            let role = match spec.role.as_deref() {
+                Some("session") => ResourceRole::Session,
+                Some("resume_target") => ResourceRole::ResumeTarget,
+                Some(other) => {
+                    self.err(
+                        &format!("{at}.role"),
+                        format!("{other:?} is not one of: session, resume_target"),
+                    );
+                    ResourceRole::Session
+                }
+                None => {
+                    self.err(
+                        &format!("{at}.role"),
+                        "missing; one of: session, resume_target".into(),
+                    );
+                    ResourceRole::Session
+                }
+            };
+            if self.errors.len() == before {
+                out.push(CustomResource {
+                    group,
+                    version,
+                    kind,
+                    plural,
+                    role,
+                    state_when_unset: spec.state_when_unset,
+                });
+            }
+        }
+        out
+    }
+
+    fn grace(&mut self, spec: GraceSpec) -> Grace {
+        let d = Grace::default();
+        Grace {
+            native_sidecar: self.duration(
+                "grace.native_sidecar",
+                spec.native_sidecar,
+                d.native_sidecar,
+            ),
+            absence: self.duration("grace.absence", spec.absence, d.absence),
+            leaked_pod: self.duration("grace.leaked_pod", spec.leaked_pod, d.leaked_pod),
+        }
+    }
+
+    fn duration(&mut self, field: &str, text: Option<String>, default: Duration) -> Duration {
+        let Some(text) = text else { return default };
+        match parse_duration(&text) {
+            Ok(d) => d,
+            Err(e) => {
+                self.err(field, e);
+                default
+            }
+        }
+    }
+}
+
+/// Parses a duration such as `90s`, `10m`, `1h 30m`.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let d: jiff::SignedDuration = text
+        .trim()
+        .parse()
+        .map_err(|_| format!("{text:?} is not a duration (write e.g. 90s, 10m, 1h30m)"))?;
+    Duration::try_from(d)
+        .map_err(|_| format!("{text:?} is negative; durations must be zero or more"))
+}
+
+fn is_dns_label(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && s.chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        && !s.starts_with('-')
+        && !s.ends_with('-')
+}
+
+fn is_label_safe(s: &str) -> bool {
+    is_dns_label(s)
+}
+
+/// Parses a Kubernetes label selector string (`a=b,c!=d,e in (f,g),h notin (i),j,!k`) into
+/// kube's [`Selector`], which matches label maps and renders back for the API server.
+pub fn parse_selector(text: &str) -> Result<Selector, String> {
+    let mut exprs = Vec::new();
+    for term in split_outside_parens(text) {
+        let term = term.trim();
+        if term.is_empty() {
+            continue;
+        }
+        exprs.push(parse_term(term)?);
+    }
+    Ok(Selector::from_iter(exprs))
+}
+
+fn split_outside_parens(text: &str) -> Vec<&str> {
+    let mut out = Vec::new();
+    let (mut depth, mut start) = (0i32, 0);
+    for (i, c) in text.char_indices() {
+        match c {
+            '(' => depth += 1,
+            ')' => depth -= 1,
+            ',' if depth == 0 => {
+                out.push(&text[start..i]);
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    out.push(&text[start..]);
+    out
+}
+
+fn parse_term(term: &str) -> Result<Expression, String> {
+    let check_key = |k: &str| -> Result<String, String> {
+        let k = k.trim();
+        let valid = !k.is_empty()
+            && k.chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_./".contains(c));
+        if valid {
+            Ok(k.to_string())
+        } else {
+            Err(format!("{k:?} is not a valid label key"))
+        }
+    };
+    let check_value = |v: &str| -> Result<String, String> {
+        let v = v.trim();
+        if v.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+        {
+            Ok(v.to_string())
+        } else {
+            Err(format!("{v:?} is not a valid label value"))
+        }
+    };
+    let set = |rest: &str| -> Result<BTreeSet<String>, String> {
+        let rest = rest.trim();
+        let inner = rest
+            .strip_prefix('(')
+            .and_then(|r| r.strip_suffix(')'))
+            .ok_or_else(|| {
+                format!("expected a parenthesised list after the operator in {term:?}")
+            })?;
+        inner.split(',').map(check_value).collect()
+    };
+    if let Some(k) = term.strip_prefix('!') {
+        return Ok(Expression::DoesNotExist(check_key(k)?));
+    }
+    if let Some((k, v)) = term.split_once("!=") {
+        return Ok(Expression::NotEqual(check_key(k)?, check_value(v)?));
+    }
+    if let Some((k, v)) = term.split_once("==") {
+        return Ok(Expression::Equal(check_key(k)?, check_value(v)?));
+    }
+    if let Some((k, v)) = term.split_once('=') {
+        return Ok(Expression::Equal(check_key(k)?, check_value(v)?));
+    }
+    let mut words = term.splitn(2, char::is_whitespace);
+    let key = words.next().unwrap_or_default();
+    match words.next().map(str::trim_start) {
+        None => Ok(Expression::Exists(check_key(key)?)),
+        Some(rest) if rest.starts_with("notin") => {
+            Ok(Expression::NotIn(check_key(key)?, set(&rest[5..])?))
+        }
+        Some(rest) if rest.starts_with("in") => {
+            Ok(Expression::In(check_key(key)?, set(&rest[2..])?))
+        }
+        Some(_) => Err(format!(
+            "{term:?} is not a selector term (use k=v, k!=v, k in (a,b), k notin (a,b), k or !k)"
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kube::core::SelectorExt;
+    use std::collections::BTreeMap;
+
+    #[test]
+    fn every_preset_is_valid() {
+        for (name, _, _) in PRESETS {
+            let p = preset(name).unwrap_or_else(|e| panic!("preset {name}: {e}"));
+            assert_eq!(&*p.get(crate::profile::ProfileId(0)).name, *name);
+        }
+    }
+
+    #[test]
+    fn selectors_parse_and_match() {
+        let s = parse_selector(
+            "centaur.ai/managed=true,centaur.ai/warm!=true,!centaur.ai/iron-proxy,tier in (a, b)",
+        )
+        .unwrap();
+        let labels = |pairs: &[(&str, &str)]| -> BTreeMap<String, String> {
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        };
+        assert!(s.matches(&labels(&[("centaur.ai/managed", "true"), ("tier", "a")])));
+        assert!(!s.matches(&labels(&[("centaur.ai/managed", "true"), ("tier", "c")])));
+        assert!(!s.matches(&labels(&[
+            ("centaur.ai/managed", "true"),
+            ("tier", "a"),
+            ("centaur.ai/warm", "true")
+        ])));
+        assert_eq!(
+            s.to_string(),
+            "centaur.ai/managed=true,centaur.ai/warm!=true,!centaur.ai/iron-proxy,tier in (a,b)"
+        );
+        assert!(
+            parse_selector("a in b")
+                .unwrap_err()
+                .contains("parenthesised")
+        );
+        assert!(
+            parse_selector("a b c")
+                .unwrap_err()
+                .contains("not a selector term")
+        );
+    }
+
+    #[test]
+    fn errors_name_field_and_value() {
+        let yaml = r#"
+profiles:
+  - name: Bad_Name
+    pods:
+      selector: "app=sandbox"
+      agent_containers: []
+    sessions:
+      active: [running]
+      terminal: [running]
+      resume_from: elsewhere
+    grace:
+      absence: soon
+  - preset: nope
+"#;
+        let errs = load_str(yaml).unwrap_err().to_string();
+        for needle in [
+            "profiles[0].name: \"Bad_Name\" is not a valid profile name",
+            "profiles[0].pods.agent_containers: missing or empty",
+            "profiles[0].sessions.terminal[0]: state \"running\" is also listed in sessions.active",
+            "profiles[0].sessions.resume_from: \"elsewhere\" is not one of: pod, custom_resource",
+            "profiles[0].grace.absence: \"soon\" is not a duration",
+            "profiles[1].preset: unknown preset \"nope\"",
+        ] {
+            assert!(errs.contains(needle), "missing {needle:?} in:\n{errs}");
+        }
+    }
+
+    #[test]
+    fn unknown_keys_and_wrong_types_name_the_path() {
+        let e = load_str("profiles:\n  - name: a\n    pods:\n      selektor: x\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("profiles[0].pods"), "{e}");
+        assert!(e.contains("unknown field `selektor`"), "{e}");
+        let e = load_str("profiles:\n  - name: a\n    pods:\n      agent_containers: 5\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("profiles[0].pods.agent_containers"), "{e}");
+        assert!(e.contains("line 4"), "{e}");
+    }
+
+    #[test]
+    fn a_profile_overrides_a_preset_field_by_field() {
+        let p = load_str(
+            "profiles:\n  - preset: sandbox-api\n    name: prod\n    pods:\n      namespaces: [agents]\n    grace:\n      absence: 5m\n",
+        )
+        .unwrap();
+        let prof = p.get(crate::profile::ProfileId(0));
+        assert_eq!(&*prof.name, "prod");
+        let pods = prof.pods.as_ref().unwrap();
+        assert_eq!(pods.namespaces, vec!["agents"]);
+        assert_eq!(
+            pods.agent_containers,
+            vec!["sandbox"],
+            "kept from the preset"
+        );
+        assert_eq!(prof.grace.absence, Duration::from_secs(300));
+        assert_eq!(prof.grace.leaked_pod, Duration::from_secs(600));
+    }
+}

@@ -1,0 +1,336 @@
+//! The engine: owns the World, applies changes, runs the rules, emits transitions.
+//!
+//! ```text
+//!  sources ──Change──▶ Engine::apply ──▶ World (join) ──subjects touched──▶ rules ──▶ Transitions ──▶ sinks
+//! ```
+//!
+//! One task owns the engine (no locks). Each [`Change`] arrives with the instant it happened
+//! on the engine's clock. Applying it first fires the timers that fell due before that instant
+//! (each at its own due time), then mutates the World, which reports the subjects the change
+//! touched, and re-runs the rules for those subjects alone: the cost of an event is
+//! O(entities touched), never O(cluster). The only exception is a source changing between
+//! trusted and untrusted, which re-judges everything once.
+//!
+//! A rule's candidate opens a finding once it has held, as observed, for the rule's
+//! `hold_for` and not before its `not_before`; until then it is pending, with a timer. A
+//! finding resolves as soon as its rule says the condition no longer holds. While a source a
+//! rule rests on is unsynced or stale, that rule's findings hold as they are.
+
+use std::cmp::max;
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+
+use crate::finding::{Candidate, Event, FindingKey, OpenFinding, Transition};
+use crate::kubernetes::Object;
+use crate::profile::{ProfileId, Profiles};
+use crate::record::{RecordChange, RecordKind};
+use crate::rules::{self, Rule, SubjectKind, SubjectView};
+use crate::time::Ts;
+use crate::world::{SourceStatus, Subject, Trust, World};
+
+/// Everything a source can tell the engine.
+#[derive(Clone, Debug)]
+pub enum Change {
+    PodUpserted(Box<Object>),
+    PodDeleted {
+        namespace: String,
+        name: String,
+        /// When known, only the pod with this uid is removed.
+        uid: Option<String>,
+    },
+    Record(RecordChange),
+    /// A custom resource a suspended session resumes from appeared or vanished.
+    ResumeTarget {
+        profile: ProfileId,
+        namespace: String,
+        name: String,
+        exists: bool,
+    },
+    /// A source's health (synced, fresh) for the feeds it provides.
+    Source(SourceStatus),
+    /// Only advances the clock (fires due timers).
+    Tick,
+}
+
+struct Pending {
+    first_seen: Ts,
+    due: Option<Ts>,
+    last_attempt: Option<u64>,
+    retries: u64,
+}
+
+struct Open {
+    finding: OpenFinding,
+    last_attempt: Option<u64>,
+}
+
+enum Judgement {
+    Clear,
+    Hold,
+    Holds(Candidate),
+}
+
+pub struct Engine {
+    world: World,
+    rules: &'static [&'static dyn Rule],
+    now: Ts,
+    open: HashMap<FindingKey, Open>,
+    pending: HashMap<FindingKey, Pending>,
+    timers: BTreeSet<(Ts, FindingKey)>,
+    next_id: u64,
+}
+
+/// Counts a rise of the attempt counter and remembers the new value.
+fn bump(last: &mut Option<u64>, new: Option<u64>) -> u64 {
+    let added = match (*last, new) {
+        (Some(l), Some(n)) if n > l => n - l,
+        _ => 0,
+    };
+    if new.is_some() {
+        *last = new;
+    }
+    added
+}
+
+impl Engine {
+    pub fn new(profiles: Arc<Profiles>) -> Engine {
+        Engine {
+            world: World::new(profiles),
+            rules: rules::ALL,
+            now: Ts(i64::MIN),
+            open: HashMap::new(),
+            pending: HashMap::new(),
+            timers: BTreeSet::new(),
+            next_id: 0,
+        }
+    }
+
+    pub fn world(&self) -> &World {
+        &self.world
+    }
+
+    /// The engine's clock: the latest instant it has been given.
+    pub fn now(&self) -> Ts {
+        self.now
+    }
+
+    /// The open findings, in a stable order.
+    pub fn open_findings(&self) -> Vec<&OpenFinding> {
+        let mut keys: Vec<&FindingKey> = self.open.keys().collect();
+        keys.sort();
+        keys.into_iter().map(|k| &self.open[k].finding).collect()
+    }
+
+    pub fn pending_count(&self) -> usize {
+        self.pending.len()
+    }
+
+    /// Applies one change that happened at `at` (clamped so the clock never runs backwards).
+    pub fn apply(&mut self, at: Ts, change: Change) -> Vec<Transition> {
+        let mut out = Vec::new();
+        self.advance_into(at, &mut out);
+        let mut touched = Vec::new();
+        let now = self.now;
+        match change {
+            Change::PodUpserted(obj) => self.world.upsert_pod(&obj, now, &mut touched),
+            Change::PodDeleted {
+                namespace,
+                name,
+                uid,
+            } => self
+                .world
+                .delete_pod(&namespace, &name, uid.as_deref(), &mut touched),
+            Change::Record(RecordChange::Upsert(rec)) => {
+                self.world.upsert_record(rec, now, &mut touched)
+            }
+            Change::Record(RecordChange::Delete {
+                kind,
+                profile,
+                namespace,
+                id,
+            }) => {
+                let key = self
+                    .world
+                    .record_key(kind, profile, namespace.as_deref(), &id);
+                self.world.delete_record(&key, &mut touched);
+            }
+            Change::ResumeTarget {
+                profile,
+                namespace,
+                name,
+                exists,
+            } => self
+                .world
+                .set_resume_target(profile, &namespace, &name, exists, &mut touched),
+            Change::Source(status) => {
+                if self.world.set_source(status) {
+                    touched = self.world.all_subjects();
+                }
+            }
+            Change::Tick => {}
+        }
+        touched.sort();
+        touched.dedup();
+        for subject in &touched {
+            self.evaluate(subject, &mut out);
+        }
+        out
+    }
+
+    /// Advances the clock to `to`, firing every timer due by then.
+    pub fn advance(&mut self, to: Ts) -> Vec<Transition> {
+        let mut out = Vec::new();
+        self.advance_into(to, &mut out);
+        out
+    }
+
+    fn advance_into(&mut self, to: Ts, out: &mut Vec<Transition>) {
+        while let Some((due, key)) = self.timers.first().cloned() {
+            if due > to {
+                break;
+            }
+            self.timers.pop_first();
+            if let Some(p) = self.pending.get_mut(&key) {
+                if p.due == Some(due) {
+                    p.due = None;
+                }
+            }
+            self.now = max(self.now, due);
+            self.evaluate(&key.subject, out);
+        }
+        self.now = max(self.now, to);
+    }
+
+    fn evaluate(&mut self, subject: &Subject, out: &mut Vec<Transition>) {
+        let kind = match subject {
+            Subject::Pod { .. } => SubjectKind::Pod,
+            Subject::Record(k) => match k.kind {
+                RecordKind::Session => SubjectKind::Session,
+                RecordKind::Execution => SubjectKind::Execution,
+                RecordKind::Sandbox => return,
+            },
+        };
+        for rule in self.rules.iter().filter(|r| r.subject() == kind) {
+            let key = FindingKey {
+                kind: rule.kind(),
+                subject: subject.clone(),
+            };
+            match self.judge(*rule, subject) {
+                Judgement::Hold => {}
+                Judgement::Clear => self.clear(key, out),
+                Judgement::Holds(c) => self.holds(key, c, out),
+            }
+        }
+    }
+
+    fn judge(&self, rule: &dyn Rule, subject: &Subject) -> Judgement {
+        let needs = rule.needs();
+        let w = &self.world;
+        if needs
+            .required
+            .iter()
+            .any(|f| w.trust(*f) == Trust::Unconfigured)
+        {
+            return Judgement::Clear;
+        }
+        let view = match subject {
+            Subject::Pod { .. } => match w.pod_of(subject) {
+                Some(p) => SubjectView::Pod(p),
+                None => return Judgement::Clear,
+            },
+            Subject::Record(k) => match w.record(k) {
+                Some(r) => SubjectView::Record(k, r),
+                None => return Judgement::Clear,
+            },
+        };
+        if needs
+            .required
+            .iter()
+            .chain(needs.optional)
+            .any(|f| w.trust(*f) == Trust::Untrusted)
+        {
+            return Judgement::Hold;
+        }
+        match rule.evaluate(&view, w, self.now) {
+            Some(c) => Judgement::Holds(c),
+            None => Judgement::Clear,
+        }
+    }
+
+    fn clear(&mut self, key: FindingKey, out: &mut Vec<Transition>) {
+        if let Some(p) = self.pending.remove(&key) {
+            if let Some(due) = p.due {
+                self.timers.remove(&(due, key.clone()));
+            }
+        }
+        if let Some(o) = self.open.remove(&key) {
+            out.push(Transition {
+                event: Event::Resolved,
+                at: self.now,
+                finding: o.finding,
+                new_retries: 0,
+            });
+        }
+    }
+
+    fn holds(&mut self, key: FindingKey, c: Candidate, out: &mut Vec<Transition>) {
+        let now = self.now;
+        if let Some(o) = self.open.get_mut(&key) {
+            let added = bump(&mut o.last_attempt, c.attempt);
+            if added > 0 || o.finding.finding != c.finding {
+                o.finding.retries_after_death += added;
+                o.finding.finding = c.finding;
+                out.push(Transition {
+                    event: Event::Updated,
+                    at: now,
+                    finding: o.finding.clone(),
+                    new_retries: added,
+                });
+            }
+            return;
+        }
+        let p = self.pending.entry(key.clone()).or_insert(Pending {
+            first_seen: now,
+            due: None,
+            last_attempt: c.attempt,
+            retries: 0,
+        });
+        p.retries += bump(&mut p.last_attempt, c.attempt);
+        let due = max(
+            p.first_seen.saturating_add(c.hold_for),
+            c.not_before.unwrap_or(Ts(i64::MIN)),
+        );
+        if now >= due {
+            let p = self.pending.remove(&key).expect("just inserted");
+            if let Some(old) = p.due {
+                self.timers.remove(&(old, key.clone()));
+            }
+            self.next_id += 1;
+            let finding = OpenFinding {
+                id: self.next_id,
+                finding: c.finding,
+                opened_at: now,
+                evidence_at: c.evidence_at.unwrap_or(p.first_seen).min(now),
+                retries_after_death: p.retries,
+            };
+            out.push(Transition {
+                event: Event::Opened,
+                at: now,
+                finding: finding.clone(),
+                new_retries: 0,
+            });
+            self.open.insert(
+                key,
+                Open {
+                    finding,
+                    last_attempt: p.last_attempt,
+                },
+            );
+        } else if p.due != Some(due) {
+            if let Some(old) = p.due.replace(due) {
+                self.timers.remove(&(old, key.clone()));
+            }
+            self.timers.insert((due, key));
+        }
+    }
+}

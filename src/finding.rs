@@ -1,0 +1,144 @@
+//! Findings and their transitions: what the engine hands to the sinks.
+//!
+//! A finding is one instance of a drift between the runtime and the records (an agent dead
+//! behind a live sidecar, a suspended session with nothing to resume from...). Its identity
+//! fields say which pod / session / execution / sandbox it is about; the engine opens it when
+//! a rule's condition has held long enough and resolves it as soon as the condition stops.
+//! Sinks see only [`Transition`]s.
+
+use std::fmt;
+use std::time::Duration;
+
+use serde::Serialize;
+
+use crate::time::Ts;
+use crate::world::{Subject, Sym};
+
+/// The finding kinds. Their names are part of the interface (metrics, API, webhooks).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FindingKind {
+    AgentTerminatedPodRunning,
+    ExecutionOnDeadAgent,
+    OrphanedSuspendedSession,
+    SessionActiveWithoutAgent,
+    LeakedSandboxPod,
+}
+
+impl FindingKind {
+    pub const ALL: [FindingKind; 5] = [
+        FindingKind::AgentTerminatedPodRunning,
+        FindingKind::ExecutionOnDeadAgent,
+        FindingKind::OrphanedSuspendedSession,
+        FindingKind::SessionActiveWithoutAgent,
+        FindingKind::LeakedSandboxPod,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FindingKind::AgentTerminatedPodRunning => "agent_terminated_pod_running",
+            FindingKind::ExecutionOnDeadAgent => "execution_on_dead_agent",
+            FindingKind::OrphanedSuspendedSession => "orphaned_suspended_session",
+            FindingKind::SessionActiveWithoutAgent => "session_active_without_agent",
+            FindingKind::LeakedSandboxPod => "leaked_sandbox_pod",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<FindingKind> {
+        FindingKind::ALL.into_iter().find(|k| k.as_str() == s)
+    }
+}
+
+impl fmt::Display for FindingKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What a finding is about and what the evidence says.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Finding {
+    pub kind: FindingKind,
+    pub profile: Sym,
+    pub namespace: Option<Sym>,
+    pub pod: Option<Sym>,
+    pub session: Option<Sym>,
+    pub execution: Option<Sym>,
+    pub sandbox: Option<Sym>,
+    /// Why, in one word: a container's termination reason (`OOMKilled`, `Error`), or
+    /// `PodGone`, `ResourceGone`, `SandboxDead`, `NoSession`, `SessionTerminal`...
+    pub reason: Sym,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub container: Option<Sym>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i32>,
+    /// The subject record's state (e.g. `retry_wait`), or the dead sandbox's state.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub state: Option<Sym>,
+    #[serde(skip)]
+    pub pod_uid: Option<Sym>,
+}
+
+/// A rule's judgement that its condition holds for a subject.
+#[derive(Clone, Debug)]
+pub struct Candidate {
+    pub finding: Finding,
+    /// When the evidence happened (a container's finishedAt, a sandbox's death), if known;
+    /// otherwise the engine uses the moment it first saw the condition.
+    pub evidence_at: Option<Ts>,
+    /// How long the condition must hold, as observed, before the finding opens.
+    pub hold_for: Duration,
+    /// The finding may not open before this instant (e.g. finishedAt + the sidecar grace).
+    pub not_before: Option<Ts>,
+    /// The subject's attempt counter, for counting retries after the agent died.
+    pub attempt: Option<u64>,
+}
+
+/// The engine's key for one finding: its kind and the subject it is about.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct FindingKey {
+    pub kind: FindingKind,
+    pub subject: Subject,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Event {
+    Opened,
+    /// Still open; the evidence moved (another retry against the dead agent).
+    Updated,
+    Resolved,
+}
+
+/// An open finding as the engine keeps it.
+#[derive(Clone, Debug)]
+pub struct OpenFinding {
+    /// Unique for the life of the process; lets sinks follow one finding across updates.
+    pub id: u64,
+    pub finding: Finding,
+    pub opened_at: Ts,
+    pub evidence_at: Ts,
+    /// Attempt increments seen since the agent died.
+    pub retries_after_death: u64,
+}
+
+/// A change in a finding's life, at a point on the engine's clock.
+#[derive(Clone, Debug)]
+pub struct Transition {
+    pub event: Event,
+    pub at: Ts,
+    pub finding: OpenFinding,
+    /// For `Updated`: how many retries this update added.
+    pub new_retries: u64,
+}
+
+impl Transition {
+    /// Seconds from the evidence to the finding opening.
+    pub fn detection_latency_secs(&self) -> f64 {
+        self.finding.opened_at.secs_since(self.finding.evidence_at)
+    }
+
+    pub fn open_for_secs(&self) -> f64 {
+        self.at.secs_since(self.finding.opened_at)
+    }
+}

@@ -1,0 +1,28 @@
+//! sandwatch joins the runtime truth of agent sandboxes (Kubernetes pods and their
+//! containers, or external sandboxes) with the platform's own records (sessions, executions)
+//! and reports where they drift apart.
+//!
+//! ```text
+//!  sources ──Change──▶ engine (owns the World) ──Transition──▶ sinks
+//!  replay file           apply the change            replay report
+//!                        re-run rules for the        metrics
+//!                        subjects it touched
+//! ```
+//!
+//! Read top-down: [`sources`] turn input into [`engine::Change`]s; the [`engine`] applies
+//! them to the [`world`] and asks the [`rules`] about the subjects each change touched;
+//! [`finding`] transitions go to the [`sinks`]. [`profile`]s (from [`config`]) say how each
+//! platform looks; [`kubernetes`] and [`record`] are the shapes of the input.
+
+pub mod config;
+pub mod engine;
+pub mod finding;
+pub mod kubernetes;
+pub mod profile;
+pub mod record;
+pub mod replay;
+pub mod rules;
+pub mod sinks;
+pub mod sources;
+pub mod time;
+pub mod world;

@@ -1,0 +1,170 @@
+//! The `sandwatch` command line: parses arguments and wires the pieces of the library.
+
+use std::fs::File;
+use std::io::{self, IsTerminal};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+
+use sandwatch::config::{self, PRESETS};
+use sandwatch::profile::Profiles;
+use sandwatch::replay::{self, Input};
+use sandwatch::sinks::report::Format;
+
+/// Joins agent-sandbox pods with the platform's session and execution records, and reports
+/// where they drift apart: agents dead behind live sidecars, executions retried against dead
+/// agents, suspended sessions with nothing to resume, sessions active without an agent, and
+/// leaked sandbox pods.
+#[derive(Parser)]
+#[command(name = "sandwatch", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the engine over recorded pod watch events and records, in virtual time, and print
+    /// every finding transition.
+    ///
+    /// Each FILE is a sequence of JSON values (one per line or pretty-printed): bare watch
+    /// events as `kubectl get pods -A --watch --output-watch-events -o json` prints them, or
+    /// envelopes {"at": RFC3339, "watch": EVENT} / {"at": ..., "record": RECORD} / {"at": ...}.
+    /// Files are read in order as one stream; `-` reads standard input. Malformed values are
+    /// reported on standard error with their position, counted, and skipped.
+    Replay {
+        #[command(flatten)]
+        profiles: ProfileArgs,
+        /// Output format: `table` for people, `json` for one object per line plus a summary.
+        #[arg(long, value_enum, default_value_t = Format::Table)]
+        format: Format,
+        /// Also write the Prometheus text exposition of the final state to this file.
+        #[arg(long, value_name = "FILE")]
+        metrics_out: Option<PathBuf>,
+        /// Replay files (`-` for standard input).
+        #[arg(required = true, value_name = "FILE")]
+        files: Vec<String>,
+    },
+    /// Validate a config file and explain every error by field and value.
+    CheckConfig {
+        /// The YAML config file.
+        file: PathBuf,
+    },
+    /// List the built-in presets, or print one as a config profile to start from.
+    Presets {
+        /// A preset name to print.
+        name: Option<String>,
+    },
+}
+
+#[derive(Args)]
+#[group(multiple = false)]
+struct ProfileArgs {
+    /// Use a built-in preset: generic, sandbox-api, ambient, offload-modal.
+    #[arg(long, value_name = "NAME")]
+    preset: Option<String>,
+    /// Use the profiles of a YAML config file.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+}
+
+impl ProfileArgs {
+    /// The profiles to run with: the config file, the preset, or `generic`.
+    fn load(&self) -> anyhow::Result<Profiles> {
+        if let Some(path) = &self.config {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading config {}", path.display()))?;
+            return config::load_str(&text)
+                .map_err(|e| anyhow::anyhow!("invalid config {}:\n{e}", path.display()));
+        }
+        let name = self.preset.as_deref().unwrap_or("generic");
+        config::preset(name).map_err(|e| anyhow::anyhow!("{e}"))
+    }
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_writer(io::stderr)
+        .with_ansi(io::stderr().is_terminal())
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    match run(Cli::parse()) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("sandwatch: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Replay {
+            profiles,
+            format,
+            metrics_out,
+            files,
+        } => {
+            let profiles = Arc::new(profiles.load()?);
+            let mut inputs = Vec::new();
+            for f in files {
+                let reader: Box<dyn io::Read> = if f == "-" {
+                    Box::new(io::stdin().lock())
+                } else {
+                    Box::new(File::open(&f).with_context(|| format!("opening {f}"))?)
+                };
+                inputs.push(Input { name: f, reader });
+            }
+            let outcome = replay::run(profiles, inputs, format, io::stdout().lock())?;
+            if let Some(path) = metrics_out {
+                std::fs::write(&path, outcome.metrics)
+                    .with_context(|| format!("writing {}", path.display()))?;
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::CheckConfig { file } => {
+            let text = std::fs::read_to_string(&file)
+                .with_context(|| format!("reading {}", file.display()))?;
+            match config::load_str(&text) {
+                Ok(profiles) => {
+                    println!(
+                        "{}: OK, {} profile(s): {}",
+                        file.display(),
+                        profiles.len(),
+                        profiles.names().join(", ")
+                    );
+                    Ok(ExitCode::SUCCESS)
+                }
+                Err(errors) => {
+                    eprintln!("{}: {} error(s)", file.display(), errors.0.len());
+                    for e in &errors.0 {
+                        eprintln!("  {e}");
+                    }
+                    Ok(ExitCode::FAILURE)
+                }
+            }
+        }
+        Command::Presets { name: None } => {
+            for (name, about, _) in PRESETS {
+                println!("{name:<14} {about}");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Presets { name: Some(name) } => {
+            let (_, _, text) = PRESETS
+                .iter()
+                .find(|(n, _, _)| *n == name)
+                .with_context(|| {
+                    format!("unknown preset {name:?}; `sandwatch presets` lists them")
+                })?;
+            print!("{text}");
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}

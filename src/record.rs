@@ -1,0 +1,243 @@
+//! Platform records in their one normalized shape.
+//!
+//! Whatever a record comes from (a SQL row, a custom resource, the ingest API, a replay file),
+//! a source turns it into a [`RecordDoc`] and [`RecordDoc::validate`]s it against the profiles
+//! into a [`RecordChange`] for the engine. Validation is where bad input stops: an unknown kind,
+//! a missing id or a state the profile does not know is an [`InputError`] that names the field
+//! and the value; the source logs it, counts it and carries on.
+
+use std::fmt;
+
+use serde::Deserialize;
+
+use crate::profile::{ProfileId, Profiles};
+use crate::time::Ts;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum RecordKind {
+    Session,
+    Execution,
+    Sandbox,
+}
+
+impl RecordKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RecordKind::Session => "session",
+            RecordKind::Execution => "execution",
+            RecordKind::Sandbox => "sandbox",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<RecordKind> {
+        match s {
+            "session" => Some(RecordKind::Session),
+            "execution" => Some(RecordKind::Execution),
+            "sandbox" => Some(RecordKind::Sandbox),
+            _ => None,
+        }
+    }
+}
+
+/// A record as it arrives, before validation.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RecordDoc {
+    pub kind: Option<String>,
+    pub id: Option<String>,
+    pub state: Option<String>,
+    pub profile: Option<String>,
+    /// Explicit link to a pod: `namespace` + `pod` (the namespace may be left out).
+    pub namespace: Option<String>,
+    pub pod: Option<String>,
+    /// An execution's session id.
+    pub session: Option<String>,
+    /// An execution's (non-Kubernetes) sandbox id.
+    pub sandbox: Option<String>,
+    /// Attempt counter (claims, stream breaks, download retries...).
+    pub attempt: Option<u64>,
+    pub updated_at: Option<Ts>,
+    pub deadline: Option<Ts>,
+    #[serde(default)]
+    pub deleted: bool,
+}
+
+/// A validated record.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Record {
+    pub kind: RecordKind,
+    pub profile: ProfileId,
+    pub id: String,
+    pub namespace: Option<String>,
+    pub state: String,
+    pub pod: Option<String>,
+    pub session: Option<String>,
+    pub sandbox: Option<String>,
+    pub attempt: Option<u64>,
+    pub updated_at: Option<Ts>,
+    pub deadline: Option<Ts>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RecordChange {
+    Upsert(Record),
+    Delete {
+        kind: RecordKind,
+        profile: ProfileId,
+        namespace: Option<String>,
+        id: String,
+    },
+}
+
+/// Input that cannot be used. `reason` is a short, bounded word for metrics labels; the
+/// message names the field and the value for people.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub struct InputError {
+    pub reason: &'static str,
+    pub message: String,
+}
+
+impl InputError {
+    pub fn new(reason: &'static str, message: impl Into<String>) -> InputError {
+        InputError {
+            reason,
+            message: message.into(),
+        }
+    }
+}
+
+impl fmt::Display for InputError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+fn non_empty(v: Option<String>) -> Option<String> {
+    v.filter(|s| !s.trim().is_empty())
+}
+
+impl RecordDoc {
+    pub fn validate(self, profiles: &Profiles) -> Result<RecordChange, InputError> {
+        let kind_text = self.kind.ok_or_else(|| {
+            InputError::new(
+                "missing_field",
+                "record.kind: missing (session, execution or sandbox)",
+            )
+        })?;
+        let kind = RecordKind::parse(&kind_text).ok_or_else(|| {
+            InputError::new(
+                "unknown_kind",
+                format!("record.kind: {kind_text:?} is not a record kind (session, execution or sandbox)"),
+            )
+        })?;
+        let id = non_empty(self.id).ok_or_else(|| {
+            InputError::new(
+                "missing_field",
+                format!("record.id: missing or empty on a {kind_text} record"),
+            )
+        })?;
+        let profile = profiles.for_record(self.profile.as_deref()).ok_or_else(|| {
+            InputError::new(
+                "unknown_profile",
+                format!(
+                    "record.profile: {:?} is not a configured profile ({}) on {kind_text} {id:?}",
+                    self.profile.as_deref().unwrap_or_default(),
+                    profiles.names().join(", ")
+                ),
+            )
+        })?;
+        let namespace = non_empty(self.namespace);
+        if self.deleted {
+            return Ok(RecordChange::Delete {
+                kind,
+                profile,
+                namespace,
+                id,
+            });
+        }
+        let state = non_empty(self.state).ok_or_else(|| {
+            InputError::new(
+                "missing_field",
+                format!("record.state: missing on {kind_text} {id:?}"),
+            )
+        })?;
+        let p = profiles.get(profile);
+        let known = match kind {
+            RecordKind::Session => p.sessions.classify(&state).is_some(),
+            RecordKind::Execution => p.executions.classify(&state).is_some(),
+            RecordKind::Sandbox => p.sandboxes.classify(&state).is_some(),
+        };
+        if !known {
+            let states = match kind {
+                RecordKind::Session => p.sessions.describe(),
+                RecordKind::Execution => p.executions.describe(),
+                RecordKind::Sandbox => p.sandboxes.describe(),
+            };
+            let states = if states.is_empty() {
+                "it defines none".to_string()
+            } else {
+                states
+            };
+            return Err(InputError::new(
+                "unknown_state",
+                format!(
+                    "record.state: {state:?} is not a {kind_text} state of profile {:?} ({states}) on {kind_text} {id:?}",
+                    p.name
+                ),
+            ));
+        }
+        Ok(RecordChange::Upsert(Record {
+            kind,
+            profile,
+            id,
+            namespace,
+            state,
+            pod: non_empty(self.pod),
+            session: non_empty(self.session),
+            sandbox: non_empty(self.sandbox),
+            attempt: self.attempt,
+            updated_at: self.updated_at,
+            deadline: self.deadline,
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config;
+
+    fn check(json: &str) -> Result<RecordChange, InputError> {
+        let profiles = config::preset("generic").unwrap();
+        let doc: RecordDoc = serde_json::from_str(json).unwrap();
+        doc.validate(&profiles)
+    }
+
+    #[test]
+    fn the_issue_examples_validate() {
+        for json in [
+            r#"{"kind":"session","id":"s-1","state":"suspended","namespace":"agents","pod":"sandbox-s-1"}"#,
+            r#"{"kind":"execution","id":"e-9","session":"s-1","state":"retry_wait","attempt":3}"#,
+            r#"{"kind":"sandbox","id":"sb-1","state":"failure"}"#,
+            r#"{"kind":"session","id":"s-1","deleted":true}"#,
+        ] {
+            check(json).unwrap_or_else(|e| panic!("{json}: {e}"));
+        }
+    }
+
+    #[test]
+    fn bad_records_name_the_field_and_value() {
+        let e = check(r#"{"kind":"job","id":"x","state":"running"}"#).unwrap_err();
+        assert_eq!(e.reason, "unknown_kind");
+        assert!(e.message.contains("record.kind: \"job\""), "{e}");
+        let e = check(r#"{"kind":"session","id":"s-1","state":"runing"}"#).unwrap_err();
+        assert_eq!(e.reason, "unknown_state");
+        assert!(e.message.contains("record.state: \"runing\""), "{e}");
+        assert!(e.message.contains("active: running, idle"), "{e}");
+        let e = check(r#"{"kind":"session","state":"running"}"#).unwrap_err();
+        assert!(e.message.starts_with("record.id: missing"), "{e}");
+        let e = check(r#"{"kind":"session","id":"s","state":"running","profile":"other"}"#)
+            .unwrap_err();
+        assert_eq!(e.reason, "unknown_profile");
+    }
+}

@@ -1,0 +1,71 @@
+//! `agent_terminated_pod_running`: the agent container is dead but a sidecar keeps the pod
+//! `Running` (incidents 01 and 03).
+//!
+//! Opens when the pod's phase is Running, an agent container has terminated for good (any
+//! reason: OOMKilled, Error, even Completed) and another container still runs. A plain
+//! sidecar holds the phase at Running indefinitely, so that opens at once. A native sidecar
+//! (an init container with `restartPolicy: Always`) is stopped by the kubelet itself once the
+//! main container exits, so it counts only after the profile's sidecar grace from the agent's
+//! finishedAt. Under `restartPolicy: Always` a terminated agent is about to restart: that is
+//! a crash loop, not this finding. Resolves when the pod is deleted, starts terminating,
+//! leaves Running, or the agent runs again.
+
+use crate::finding::{Candidate, FindingKind};
+use crate::rules::{Needs, SubjectKind, SubjectView, pod_identity};
+use crate::time::Ts;
+use crate::world::{Feed, Phase, World};
+
+pub struct Rule;
+
+impl super::Rule for Rule {
+    fn kind(&self) -> FindingKind {
+        FindingKind::AgentTerminatedPodRunning
+    }
+
+    fn subject(&self) -> SubjectKind {
+        SubjectKind::Pod
+    }
+
+    fn needs(&self) -> Needs {
+        Needs {
+            required: &[Feed::Pods],
+            optional: &[],
+        }
+    }
+
+    fn evaluate(&self, subject: &SubjectView<'_>, world: &World, _now: Ts) -> Option<Candidate> {
+        let SubjectView::Pod(pod) = subject else {
+            return None;
+        };
+        if pod.phase != Phase::Running || pod.terminating {
+            return None;
+        }
+        let agent = pod.dead_agent()?;
+        let (plain_sidecar, native_sidecar) = pod.others_running();
+        if !plain_sidecar && !native_sidecar {
+            return None;
+        }
+        let grace = world.profiles().get(pod.profile).grace.native_sidecar;
+        let mut finding = pod_identity(
+            self.kind(),
+            world,
+            pod,
+            agent.reason.as_deref().unwrap_or("Terminated"),
+        );
+        if finding.session.is_none() {
+            finding.session = world
+                .sessions_of_pod(pod)
+                .first()
+                .map(|(k, _)| k.id.clone());
+        }
+        finding.container = Some(agent.name.clone());
+        finding.exit_code = Some(agent.exit_code);
+        Some(Candidate {
+            finding,
+            evidence_at: Some(agent.finished_at),
+            hold_for: std::time::Duration::ZERO,
+            not_before: (!plain_sidecar).then(|| agent.finished_at.saturating_add(grace)),
+            attempt: None,
+        })
+    }
+}

@@ -1,0 +1,102 @@
+//! `execution_on_dead_agent`: an execution the platform still treats as live, whose agent is
+//! dead (incidents 01 and 04).
+//!
+//! Opens when an execution is in an active state and its agent is dead: its external sandbox
+//! is in a dead state, its pod's agent container has terminated for good, or its pod is gone
+//! (absence: only while the pod source is trusted, and after the absence grace). The agent is
+//! found through the execution's sandbox, its explicit pod, a pod keyed by its id, or its
+//! session's pod. The engine counts every attempt increment seen after the death: that is the
+//! reclaim / retry loop the platform runs against a corpse. Resolves when the execution
+//! reaches a terminal state or the agent is alive again.
+
+use std::time::Duration;
+
+use crate::finding::{Candidate, Finding, FindingKind};
+use crate::profile::{ExecutionClass, SandboxClass};
+use crate::rules::{Needs, SubjectKind, SubjectView};
+use crate::time::Ts;
+use crate::world::{Feed, PodLink, StateClass, Trust, World};
+
+pub struct Rule;
+
+impl super::Rule for Rule {
+    fn kind(&self) -> FindingKind {
+        FindingKind::ExecutionOnDeadAgent
+    }
+
+    fn subject(&self) -> SubjectKind {
+        SubjectKind::Execution
+    }
+
+    fn needs(&self) -> Needs {
+        Needs {
+            required: &[Feed::Executions],
+            optional: &[Feed::Pods, Feed::Sessions, Feed::Sandboxes],
+        }
+    }
+
+    fn evaluate(&self, subject: &SubjectView<'_>, world: &World, _now: Ts) -> Option<Candidate> {
+        let SubjectView::Record(key, rec) = subject else {
+            return None;
+        };
+        if rec.class != StateClass::Execution(ExecutionClass::Active) {
+            return None;
+        }
+        let profile = world.profiles().get(key.profile);
+        let mut finding = Finding {
+            kind: self.kind(),
+            profile: profile.name.clone(),
+            namespace: key.namespace.clone(),
+            pod: rec.pod.clone(),
+            session: rec.session.clone(),
+            execution: Some(key.id.clone()),
+            sandbox: rec.sandbox.clone(),
+            reason: "".into(),
+            container: None,
+            exit_code: None,
+            state: Some(rec.state.clone()),
+            pod_uid: None,
+        };
+        let candidate = |finding: Finding, evidence_at: Option<Ts>, hold_for: Duration| {
+            Some(Candidate {
+                finding,
+                evidence_at,
+                hold_for,
+                not_before: None,
+                attempt: rec.attempt,
+            })
+        };
+        if let Some((_, sandbox)) = world.sandbox_of(key, rec) {
+            // An unknown sandbox is not a dead one.
+            let sandbox = sandbox?;
+            if sandbox.class != StateClass::Sandbox(SandboxClass::Dead) {
+                return None;
+            }
+            finding.reason = "SandboxDead".into();
+            return candidate(finding, Some(sandbox.since), Duration::ZERO);
+        }
+        match world.pod_of_execution(key, rec) {
+            PodLink::None => None,
+            PodLink::Missing => {
+                if world.trust(Feed::Pods) != Trust::Trusted {
+                    return None;
+                }
+                if finding.pod.is_none() {
+                    finding.pod = world.session_of(key, rec).and_then(|(_, s)| s.pod.clone());
+                }
+                finding.reason = "PodGone".into();
+                candidate(finding, None, profile.grace.absence)
+            }
+            PodLink::Found(pod) => {
+                let agent = pod.dead_agent()?;
+                finding.namespace = Some(pod.namespace.clone());
+                finding.pod = Some(pod.name.clone());
+                finding.pod_uid = Some(pod.uid.clone());
+                finding.reason = agent.reason.clone().unwrap_or_else(|| "Terminated".into());
+                finding.container = Some(agent.name.clone());
+                finding.exit_code = Some(agent.exit_code);
+                candidate(finding, Some(agent.finished_at), Duration::ZERO)
+            }
+        }
+    }
+}

@@ -1,0 +1,66 @@
+//! `leaked_sandbox_pod`: a sandbox pod nobody owns any more; it costs money.
+//!
+//! Opens when a sandbox pod that is not terminating has no session record in an active,
+//! suspended or transitional state (none at all, or only finished ones) for longer than the
+//! profile's leak grace (default 10 minutes). Rests on the absence of a record, so it needs
+//! the session source to be trusted. Resolves when the pod is deleted or starts terminating,
+//! or a live session claims it.
+
+use crate::finding::{Candidate, FindingKind};
+use crate::profile::SessionClass;
+use crate::rules::{Needs, SubjectKind, SubjectView, pod_identity};
+use crate::time::Ts;
+use crate::world::{Feed, StateClass, World};
+
+pub struct Rule;
+
+impl super::Rule for Rule {
+    fn kind(&self) -> FindingKind {
+        FindingKind::LeakedSandboxPod
+    }
+
+    fn subject(&self) -> SubjectKind {
+        SubjectKind::Pod
+    }
+
+    fn needs(&self) -> Needs {
+        Needs {
+            required: &[Feed::Pods, Feed::Sessions],
+            optional: &[],
+        }
+    }
+
+    fn evaluate(&self, subject: &SubjectView<'_>, world: &World, _now: Ts) -> Option<Candidate> {
+        let SubjectView::Pod(pod) = subject else {
+            return None;
+        };
+        if pod.terminating {
+            return None;
+        }
+        let sessions = world.sessions_of_pod(pod);
+        if sessions
+            .iter()
+            .any(|(_, s)| s.class != StateClass::Session(SessionClass::Terminal))
+        {
+            return None;
+        }
+        let last = sessions.first();
+        let reason = if last.is_some() {
+            "SessionTerminal"
+        } else {
+            "NoSession"
+        };
+        let mut finding = pod_identity(self.kind(), world, pod, reason);
+        if let Some((key, rec)) = last {
+            finding.session = Some(key.id.clone());
+            finding.state = Some(rec.state.clone());
+        }
+        Some(Candidate {
+            finding,
+            evidence_at: None,
+            hold_for: world.profiles().get(pod.profile).grace.leaked_pod,
+            not_before: None,
+            attempt: None,
+        })
+    }
+}

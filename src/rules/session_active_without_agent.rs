@@ -1,0 +1,79 @@
+//! `session_active_without_agent`: the records say a session is live, but its agent is not
+//! (incident 03: the AgenticSession stays Running while its runner is OOM-killed).
+//!
+//! Opens when a session is in an active state and its pod's agent container has terminated
+//! for good (or the pod has finished), or its pod is gone (absence: only while the pod source
+//! is trusted, and after the absence grace, which covers a pod being re-created). Resolves when
+//! the session leaves the active state or a live agent is back.
+
+use std::time::Duration;
+
+use crate::finding::{Candidate, Finding, FindingKind};
+use crate::profile::SessionClass;
+use crate::rules::{Needs, SubjectKind, SubjectView};
+use crate::time::Ts;
+use crate::world::{Feed, PodLink, StateClass, World};
+
+pub struct Rule;
+
+impl super::Rule for Rule {
+    fn kind(&self) -> FindingKind {
+        FindingKind::SessionActiveWithoutAgent
+    }
+
+    fn subject(&self) -> SubjectKind {
+        SubjectKind::Session
+    }
+
+    fn needs(&self) -> Needs {
+        Needs {
+            required: &[Feed::Sessions, Feed::Pods],
+            optional: &[],
+        }
+    }
+
+    fn evaluate(&self, subject: &SubjectView<'_>, world: &World, _now: Ts) -> Option<Candidate> {
+        let SubjectView::Record(key, rec) = subject else {
+            return None;
+        };
+        if rec.class != StateClass::Session(SessionClass::Active) {
+            return None;
+        }
+        let profile = world.profiles().get(key.profile);
+        let mut finding = Finding {
+            kind: self.kind(),
+            profile: profile.name.clone(),
+            namespace: key.namespace.clone(),
+            pod: rec.pod.clone(),
+            session: Some(key.id.clone()),
+            execution: None,
+            sandbox: None,
+            reason: "PodGone".into(),
+            container: None,
+            exit_code: None,
+            state: Some(rec.state.clone()),
+            pod_uid: None,
+        };
+        let (evidence_at, hold_for) = match world.pod_of_session(key, rec) {
+            PodLink::None => return None,
+            PodLink::Missing => (None, profile.grace.absence),
+            PodLink::Found(pod) => {
+                let agent = pod.dead_agent()?;
+                finding.namespace = Some(pod.namespace.clone());
+                finding.pod = Some(pod.name.clone());
+                finding.pod_uid = Some(pod.uid.clone());
+                finding.reason = agent.reason.clone().unwrap_or_else(|| "Terminated".into());
+                finding.container = Some(agent.name.clone());
+                finding.exit_code = Some(agent.exit_code);
+                (Some(agent.finished_at), Duration::ZERO)
+            }
+        };
+        Some(Candidate {
+            finding,
+            evidence_at,
+            hold_for,
+            not_before: None,
+            attempt: None,
+        })
+    }
+}

@@ -1,0 +1,259 @@
+//! The finding metrics: Prometheus series kept up to date from transitions.
+//!
+//! Sits at the end of the flow: engine → transitions → this sink → a prometheus-client
+//! `Registry`, encoded by `/metrics` in live mode or written by `replay --metrics-out`. Labels
+//! are bounded (namespace, profile, kind, reason, state): per-entity detail (pod, session,
+//! execution ids) lives in the findings API and the logs, never in series. Profile-level
+//! series start at zero for every configured profile, so alerts see zeros, not absences.
+
+use std::collections::HashMap;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+use crate::finding::{Event, FindingKind, Transition};
+use crate::profile::Profiles;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabels {
+    pub kind: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ProfileLabels {
+    pub profile: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ProfileStateLabels {
+    pub profile: String,
+    pub state: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct NamespaceProfileLabels {
+    pub namespace: String,
+    pub profile: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct NamespaceProfileReasonLabels {
+    pub namespace: String,
+    pub profile: String,
+    pub reason: String,
+}
+
+/// Which gauge series an open finding counts in.
+#[derive(Clone, Debug)]
+enum Series {
+    AgentTerminated(NamespaceProfileReasonLabels),
+    ExecutionOnDeadAgent(ProfileStateLabels),
+    Orphaned(ProfileLabels),
+    ActiveWithoutAgent(ProfileLabels),
+    Leaked(NamespaceProfileLabels),
+}
+
+type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
+
+/// Detection latency buckets: sub-second (event-driven) up to the slowest grace periods.
+fn latency_histogram() -> Histogram {
+    Histogram::new([
+        0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1200.0, 3600.0,
+    ])
+}
+
+#[derive(Clone)]
+pub struct FindingMetrics {
+    agent_terminated: Family<NamespaceProfileReasonLabels, Gauge>,
+    orphaned: Family<ProfileLabels, Gauge>,
+    executions_dead: Family<ProfileStateLabels, Gauge>,
+    retries: Family<ProfileLabels, Counter>,
+    active_without_agent: Family<ProfileLabels, Gauge>,
+    leaked: Family<NamespaceProfileLabels, Gauge>,
+    opened: Family<KindLabels, Counter>,
+    resolved: Family<KindLabels, Counter>,
+    latency: HistogramFamily<KindLabels>,
+}
+
+/// The sink: the metric families plus which series each open finding counts in.
+pub struct FindingSink {
+    metrics: FindingMetrics,
+    open: HashMap<u64, Series>,
+}
+
+impl FindingMetrics {
+    pub fn new(profiles: &Profiles) -> FindingMetrics {
+        let m = FindingMetrics {
+            agent_terminated: Family::default(),
+            orphaned: Family::default(),
+            executions_dead: Family::default(),
+            retries: Family::default(),
+            active_without_agent: Family::default(),
+            leaked: Family::default(),
+            opened: Family::default(),
+            resolved: Family::default(),
+            latency: Family::new_with_constructor(latency_histogram),
+        };
+        for (_, p) in profiles.iter() {
+            let profile = ProfileLabels {
+                profile: p.name.to_string(),
+            };
+            m.orphaned.get_or_create_owned(&profile);
+            m.active_without_agent.get_or_create_owned(&profile);
+            m.retries.get_or_create_owned(&profile);
+            for state in &p.executions.active {
+                m.executions_dead.get_or_create_owned(&ProfileStateLabels {
+                    profile: p.name.to_string(),
+                    state: state.clone(),
+                });
+            }
+        }
+        for kind in FindingKind::ALL {
+            let k = KindLabels {
+                kind: kind.as_str().to_string(),
+            };
+            m.opened.get_or_create_owned(&k);
+            m.resolved.get_or_create_owned(&k);
+        }
+        m
+    }
+
+    pub fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "sandwatch_agent_container_terminated_while_pod_running",
+            "Sandbox pods whose agent container has terminated (reason = its termination reason) while a sidecar keeps the pod Running; the platform still believes the agent is alive. See the findings API for the pods",
+            self.agent_terminated.clone(),
+        );
+        registry.register(
+            "sandwatch_orphaned_suspended_sessions",
+            "Sessions in a suspended state whose pod (or resume resource) no longer exists; resuming them will fail until the record is fixed",
+            self.orphaned.clone(),
+        );
+        registry.register(
+            "sandwatch_executions_on_dead_agent",
+            "Executions in an active state (label state) whose agent is dead: container terminated, pod gone or sandbox dead; the platform will retry or wait until a deadline",
+            self.executions_dead.clone(),
+        );
+        registry.register(
+            "sandwatch_retries_against_dead_agent",
+            "Attempt increments (reclaims, stream breaks, download retries) seen on executions after their agent died: wasted work against a corpse",
+            self.retries.clone(),
+        );
+        registry.register(
+            "sandwatch_sessions_active_without_agent",
+            "Sessions the records call active whose pod is gone or whose agent container has terminated",
+            self.active_without_agent.clone(),
+        );
+        registry.register(
+            "sandwatch_leaked_sandbox_pods",
+            "Sandbox pods with no active, suspended or starting session for longer than the leak grace; they cost money until deleted",
+            self.leaked.clone(),
+        );
+        registry.register(
+            "sandwatch_findings_opened",
+            "Findings opened, by kind",
+            self.opened.clone(),
+        );
+        registry.register(
+            "sandwatch_findings_resolved",
+            "Findings resolved (their condition stopped holding), by kind",
+            self.resolved.clone(),
+        );
+        registry.register(
+            "sandwatch_detection_latency_seconds",
+            "Time from the evidence (e.g. the agent container's finishedAt) to the finding opening, including grace periods",
+            self.latency.clone(),
+        );
+    }
+
+    pub fn sink(&self) -> FindingSink {
+        FindingSink {
+            metrics: self.clone(),
+            open: HashMap::new(),
+        }
+    }
+}
+
+impl FindingSink {
+    fn gauge(&self, s: &Series) -> Gauge {
+        let m = &self.metrics;
+        match s {
+            Series::AgentTerminated(l) => m.agent_terminated.get_or_create_owned(l),
+            Series::ExecutionOnDeadAgent(l) => m.executions_dead.get_or_create_owned(l),
+            Series::Orphaned(l) => m.orphaned.get_or_create_owned(l),
+            Series::ActiveWithoutAgent(l) => m.active_without_agent.get_or_create_owned(l),
+            Series::Leaked(l) => m.leaked.get_or_create_owned(l),
+        }
+    }
+
+    pub fn transition(&mut self, t: &Transition) {
+        let f = &t.finding.finding;
+        let profile = f.profile.to_string();
+        let namespace = f.namespace.as_deref().unwrap_or_default().to_string();
+        let series = match f.kind {
+            FindingKind::AgentTerminatedPodRunning => {
+                Series::AgentTerminated(NamespaceProfileReasonLabels {
+                    namespace,
+                    profile: profile.clone(),
+                    reason: f.reason.to_string(),
+                })
+            }
+            FindingKind::ExecutionOnDeadAgent => Series::ExecutionOnDeadAgent(ProfileStateLabels {
+                profile: profile.clone(),
+                state: f.state.as_deref().unwrap_or_default().to_string(),
+            }),
+            FindingKind::OrphanedSuspendedSession => Series::Orphaned(ProfileLabels {
+                profile: profile.clone(),
+            }),
+            FindingKind::SessionActiveWithoutAgent => Series::ActiveWithoutAgent(ProfileLabels {
+                profile: profile.clone(),
+            }),
+            FindingKind::LeakedSandboxPod => Series::Leaked(NamespaceProfileLabels {
+                namespace,
+                profile: profile.clone(),
+            }),
+        };
+        let kind = KindLabels {
+            kind: f.kind.as_str().to_string(),
+        };
+        let retries = |n: u64| {
+            if n > 0 {
+                self.metrics
+                    .retries
+                    .get_or_create(&ProfileLabels {
+                        profile: profile.clone(),
+                    })
+                    .inc_by(n);
+            }
+        };
+        match t.event {
+            Event::Opened => {
+                retries(t.finding.retries_after_death);
+                self.metrics.opened.get_or_create(&kind).inc();
+                self.metrics
+                    .latency
+                    .get_or_create(&kind)
+                    .observe(t.detection_latency_secs());
+                self.gauge(&series).inc();
+                self.open.insert(t.finding.id, series);
+            }
+            Event::Updated => {
+                retries(t.new_retries);
+                if let Some(old) = self.open.insert(t.finding.id, series.clone()) {
+                    self.gauge(&old).dec();
+                }
+                self.gauge(&series).inc();
+            }
+            Event::Resolved => {
+                self.metrics.resolved.get_or_create(&kind).inc();
+                if let Some(old) = self.open.remove(&t.finding.id) {
+                    self.gauge(&old).dec();
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,243 @@
+//! The replay report: each finding transition, for a program (`json`) or a person (`table`).
+//!
+//! Sits at the end of the replay flow: replay source → engine → transitions → this sink →
+//! standard output. JSON prints one object per line as transitions happen, then a summary
+//! object; the table is printed at the end with aligned columns and a one-line summary.
+
+use std::collections::BTreeMap;
+use std::io::{self, Write};
+
+use serde::Serialize;
+
+use crate::finding::{Event, FindingKind, Transition};
+use crate::sources::replay::Counts;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    Json,
+    Table,
+}
+
+#[derive(Serialize)]
+struct Line<'a> {
+    event: Event,
+    kind: FindingKind,
+    at: String,
+    profile: &'a str,
+    namespace: Option<&'a str>,
+    pod: Option<&'a str>,
+    session: Option<&'a str>,
+    execution: Option<&'a str>,
+    sandbox: Option<&'a str>,
+    reason: &'a str,
+    retries_after_death: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    container: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    exit_code: Option<i32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    state: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    detection_latency_seconds: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    open_for_seconds: Option<f64>,
+}
+
+#[derive(Serialize)]
+struct Summary {
+    event: &'static str,
+    open: BTreeMap<&'static str, u64>,
+    opened_total: u64,
+    resolved_total: u64,
+    retries_after_death_total: u64,
+    events: u64,
+    records: u64,
+    rejected: u64,
+}
+
+pub struct Report<W: Write> {
+    out: W,
+    format: Format,
+    rows: Vec<[String; 9]>,
+    opened: u64,
+    resolved: u64,
+    retries: u64,
+    open: BTreeMap<&'static str, u64>,
+}
+
+fn opt(s: &Option<std::sync::Arc<str>>) -> Option<&str> {
+    s.as_deref()
+}
+
+impl<W: Write> Report<W> {
+    pub fn new(out: W, format: Format) -> Report<W> {
+        Report {
+            out,
+            format,
+            rows: Vec::new(),
+            opened: 0,
+            resolved: 0,
+            retries: 0,
+            open: FindingKind::ALL.iter().map(|k| (k.as_str(), 0)).collect(),
+        }
+    }
+
+    pub fn transition(&mut self, t: &Transition) -> io::Result<()> {
+        let f = &t.finding.finding;
+        match t.event {
+            Event::Opened => {
+                self.opened += 1;
+                self.retries += t.finding.retries_after_death;
+                *self.open.entry(f.kind.as_str()).or_default() += 1;
+            }
+            Event::Updated => {
+                self.retries += t.new_retries;
+                return Ok(());
+            }
+            Event::Resolved => {
+                self.resolved += 1;
+                *self.open.entry(f.kind.as_str()).or_default() -= 1;
+            }
+        }
+        match self.format {
+            Format::Json => {
+                let line = Line {
+                    event: t.event,
+                    kind: f.kind,
+                    at: t.at.to_string(),
+                    profile: &f.profile,
+                    namespace: opt(&f.namespace),
+                    pod: opt(&f.pod),
+                    session: opt(&f.session),
+                    execution: opt(&f.execution),
+                    sandbox: opt(&f.sandbox),
+                    reason: &f.reason,
+                    retries_after_death: t.finding.retries_after_death,
+                    container: opt(&f.container),
+                    exit_code: f.exit_code,
+                    state: opt(&f.state),
+                    detection_latency_seconds: (t.event == Event::Opened)
+                        .then(|| t.detection_latency_secs()),
+                    open_for_seconds: (t.event == Event::Resolved).then(|| t.open_for_secs()),
+                };
+                serde_json::to_writer(&mut self.out, &line)?;
+                writeln!(self.out)
+            }
+            Format::Table => {
+                let dash = |s: Option<&str>| s.unwrap_or("-").to_string();
+                let target = match (opt(&f.namespace), opt(&f.pod)) {
+                    (Some(ns), Some(p)) => format!("{ns}/{p}"),
+                    (None, Some(p)) => p.to_string(),
+                    _ => "-".to_string(),
+                };
+                let mut detail = Vec::new();
+                if let Some(c) = &f.container {
+                    detail.push(format!("container={c}"));
+                }
+                if let Some(x) = f.exit_code {
+                    detail.push(format!("exit={x}"));
+                }
+                if let Some(s) = &f.state {
+                    detail.push(format!("state={s}"));
+                }
+                if t.finding.retries_after_death > 0 {
+                    detail.push(format!("retries={}", t.finding.retries_after_death));
+                }
+                if t.event == Event::Resolved {
+                    detail.push(format!("open_for={}s", t.open_for_secs()));
+                }
+                let work = match (opt(&f.execution), opt(&f.sandbox)) {
+                    (Some(e), Some(s)) => format!("{e}@{s}"),
+                    (Some(e), None) => e.to_string(),
+                    (None, s) => dash(s),
+                };
+                self.rows.push([
+                    t.at.to_string(),
+                    format!("{:?}", t.event).to_lowercase(),
+                    f.kind.to_string(),
+                    f.profile.to_string(),
+                    target,
+                    dash(opt(&f.session)),
+                    work,
+                    f.reason.to_string(),
+                    detail.join(" "),
+                ]);
+                Ok(())
+            }
+        }
+    }
+
+    pub fn finish(mut self, counts: &Counts) -> io::Result<W> {
+        match self.format {
+            Format::Json => {
+                let summary = Summary {
+                    event: "summary",
+                    open: self.open.clone(),
+                    opened_total: self.opened,
+                    resolved_total: self.resolved,
+                    retries_after_death_total: self.retries,
+                    events: counts.events,
+                    records: counts.records,
+                    rejected: counts.rejected,
+                };
+                serde_json::to_writer(&mut self.out, &summary)?;
+                writeln!(self.out)?;
+            }
+            Format::Table => {
+                let header = [
+                    "AT",
+                    "EVENT",
+                    "KIND",
+                    "PROFILE",
+                    "POD",
+                    "SESSION",
+                    "EXECUTION",
+                    "REASON",
+                    "DETAIL",
+                ]
+                .map(String::from);
+                let mut widths = [0usize; 9];
+                for row in std::iter::once(&header).chain(&self.rows) {
+                    for (w, cell) in widths.iter_mut().zip(row) {
+                        *w = (*w).max(cell.chars().count());
+                    }
+                }
+                for row in std::iter::once(&header).chain(&self.rows) {
+                    let mut line = String::new();
+                    for (i, (cell, w)) in row.iter().zip(widths).enumerate() {
+                        if i + 1 == row.len() {
+                            line.push_str(cell);
+                        } else {
+                            line.push_str(&format!("{cell:<w$}  "));
+                        }
+                    }
+                    writeln!(self.out, "{}", line.trim_end())?;
+                }
+                let open: Vec<String> = self
+                    .open
+                    .iter()
+                    .filter(|(_, n)| **n > 0)
+                    .map(|(k, n)| format!("{k} {n}"))
+                    .collect();
+                writeln!(
+                    self.out,
+                    "\n{} opened, {} resolved, {} still open{}; {} retries after death; {} watch events, {} records, {} rejected",
+                    self.opened,
+                    self.resolved,
+                    self.open.values().sum::<u64>(),
+                    if open.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" ({})", open.join(", "))
+                    },
+                    self.retries,
+                    counts.events,
+                    counts.records,
+                    counts.rejected
+                )?;
+            }
+        }
+        self.out.flush()?;
+        Ok(self.out)
+    }
+}

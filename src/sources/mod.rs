@@ -1,0 +1,118 @@
+//! Sources: turn the outside world into [`Change`]s for the engine.
+//!
+//! Each source knows its input (a replay file, the Kubernetes watch, a database, the ingest
+//! API) and nothing of rules. What they share lives here: turning one Kubernetes watch event
+//! into a change, whatever the object is (a pod, or a custom resource a profile names).
+
+pub mod replay;
+
+use crate::engine::Change;
+use crate::kubernetes::Object;
+use crate::profile::{Profiles, ResourceRole};
+use crate::record::{InputError, RecordDoc};
+use crate::world::Feed;
+
+/// The kind of a watch event, as the API server sends it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WatchType {
+    Added,
+    Modified,
+    Deleted,
+}
+
+impl WatchType {
+    pub fn parse(s: &str) -> Option<WatchType> {
+        match s {
+            "ADDED" => Some(WatchType::Added),
+            "MODIFIED" => Some(WatchType::Modified),
+            "DELETED" => Some(WatchType::Deleted),
+            _ => None,
+        }
+    }
+}
+
+/// Turns one watched object into a change and the feed it belongs to. Objects no profile
+/// cares about give `Ok(None)`.
+pub fn object_change(
+    kind: WatchType,
+    obj: Object,
+    profiles: &Profiles,
+) -> Result<Option<(Feed, Change)>, InputError> {
+    let deleted = kind == WatchType::Deleted;
+    let what = || {
+        format!(
+            "{} {}/{}",
+            if obj.kind.is_empty() {
+                "object"
+            } else {
+                &obj.kind
+            },
+            obj.namespace().unwrap_or("-"),
+            obj.name().unwrap_or("-")
+        )
+    };
+    let (Some(namespace), Some(name)) = (obj.namespace(), obj.name()) else {
+        return Err(InputError::new(
+            "missing_field",
+            format!(
+                "object.metadata: {} has no {}",
+                what(),
+                if obj.name().is_none() {
+                    "name"
+                } else {
+                    "namespace"
+                }
+            ),
+        ));
+    };
+    if obj.is_pod() {
+        let change = if deleted {
+            Change::PodDeleted {
+                namespace: namespace.to_string(),
+                name: name.to_string(),
+                uid: obj.metadata.uid.clone(),
+            }
+        } else {
+            Change::PodUpserted(Box::new(obj))
+        };
+        return Ok(Some((Feed::Pods, change)));
+    }
+    let Some((profile, resource)) = profiles.for_resource(&obj.api_version, &obj.kind) else {
+        return Ok(None);
+    };
+    match resource.role {
+        ResourceRole::ResumeTarget => Ok(Some((
+            Feed::ResumeTargets,
+            Change::ResumeTarget {
+                profile,
+                namespace: namespace.to_string(),
+                name: name.to_string(),
+                exists: !deleted,
+            },
+        ))),
+        ResourceRole::Session => {
+            let doc = RecordDoc {
+                kind: Some("session".into()),
+                id: Some(name.to_string()),
+                state: obj
+                    .status
+                    .phase
+                    .clone()
+                    .or_else(|| resource.state_when_unset.clone()),
+                profile: Some(profiles.get(profile).name.to_string()),
+                namespace: Some(namespace.to_string()),
+                deleted,
+                ..RecordDoc::default()
+            };
+            let change = doc.validate(profiles).map_err(|e| InputError {
+                reason: e.reason,
+                message: format!(
+                    "{}: {}",
+                    what(),
+                    e.message.replace("record.state", "status.phase")
+                ),
+            })?;
+            Ok(Some((Feed::Sessions, Change::Record(change))))
+        }
+    }
+}
