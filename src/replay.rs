@@ -47,9 +47,6 @@ pub fn run<W: Write>(
             .for_each(|bytes, position| {
                 if let Err(e) = replay.value(bytes, &mut transitions) {
                     warn!(
-                        input = %name,
-                        value = position.value,
-                        line = position.line,
                         reason = e.reason,
                         "skipped value {} (line {}) of {name}: {}",
                         position.value,

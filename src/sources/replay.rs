@@ -57,19 +57,22 @@ pub struct Splitter<R> {
     line: u64,
     values: u64,
     eof: bool,
+    /// Bytes to ask for per read: grows from 64 KiB to 4 MiB, so small inputs stay cheap.
+    block: usize,
 }
 
-const BLOCK: usize = 4 << 20;
+const MAX_BLOCK: usize = 4 << 20;
 
 impl<R: Read> Splitter<R> {
     pub fn new(reader: R) -> Splitter<R> {
         Splitter {
             reader,
-            buf: Vec::with_capacity(BLOCK),
+            buf: Vec::new(),
             pos: 0,
             line: 1,
             values: 0,
             eof: false,
+            block: 64 << 10,
         }
     }
 
@@ -83,7 +86,8 @@ impl<R: Read> Splitter<R> {
             self.pos = 0;
         }
         let start = self.buf.len();
-        let want = BLOCK.max(self.buf.len());
+        let want = self.block.max(self.buf.len());
+        self.block = (self.block * 2).min(MAX_BLOCK);
         self.buf.resize(start + want, 0);
         let n = loop {
             match self.reader.read(&mut self.buf[start..]) {
@@ -314,7 +318,15 @@ pub fn decode(bytes: &[u8]) -> Result<Decoded, InputError> {
 /// find it; the common path pays nothing for this).
 fn explain(bytes: &[u8], e: serde_json::Error) -> InputError {
     if e.is_syntax() || e.is_eof() {
-        return InputError::new("invalid_json", format!("not valid JSON: {e}"));
+        return InputError::new(
+            "invalid_json",
+            format!(
+                "not valid JSON: {} (line {} column {} of the value)",
+                strip_position(&e.to_string()),
+                e.line(),
+                e.column()
+            ),
+        );
     }
     let mut de = serde_json::Deserializer::from_slice(bytes);
     match serde_path_to_error::deserialize::<_, Entry>(&mut de) {
@@ -492,7 +504,7 @@ mod tests {
     #[test]
     fn values_across_block_boundaries_are_whole() {
         let one = format!("{{\"pad\":\"{}\"}}\n", "x".repeat(1000));
-        let input = one.repeat(10_000); // ~10 MB: crosses the 4 MiB blocks
+        let input = one.repeat(10_000); // ~10 MB: crosses many blocks
         let mut n = 0;
         Splitter::new(input.as_bytes())
             .for_each(|b, _| {
