@@ -17,7 +17,7 @@
 //! rule rests on is unsynced or stale, that rule's findings hold as they are.
 
 use std::cmp::max;
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use crate::finding::{Candidate, Event, FindingKey, OpenFinding, Transition};
@@ -26,7 +26,7 @@ use crate::profile::{ProfileId, Profiles};
 use crate::record::{RecordChange, RecordKind};
 use crate::rules::{self, Rule, SubjectKind, SubjectView};
 use crate::time::Ts;
-use crate::world::{SourceStatus, Subject, Trust, World};
+use crate::world::{HashMap, SourceStatus, Subject, Trust, World};
 
 /// Everything a source can tell the engine.
 #[derive(Clone, Debug)]
@@ -80,6 +80,13 @@ pub struct Engine {
     next_id: u64,
 }
 
+/// Gives back a map's memory once it has emptied to a quarter of its capacity (amortized O(1)).
+fn shrink<K: std::hash::Hash + Eq, V>(map: &mut HashMap<K, V>) {
+    if map.capacity() > 1024 && map.len() * 4 < map.capacity() {
+        map.shrink_to(map.len() * 2);
+    }
+}
+
 /// Counts a rise of the attempt counter and remembers the new value.
 fn bump(last: &mut Option<u64>, new: Option<u64>) -> u64 {
     let added = match (*last, new) {
@@ -98,8 +105,8 @@ impl Engine {
             world: World::new(profiles),
             rules: rules::ALL,
             now: Ts(i64::MIN),
-            open: HashMap::new(),
-            pending: HashMap::new(),
+            open: HashMap::default(),
+            pending: HashMap::default(),
             timers: BTreeSet::new(),
             next_id: 0,
         }
@@ -174,6 +181,9 @@ impl Engine {
         for subject in &touched {
             self.evaluate(subject, &mut out);
         }
+        // A burst (every pod pending until its records arrive) must not pin its memory.
+        shrink(&mut self.pending);
+        shrink(&mut self.open);
         out
     }
 

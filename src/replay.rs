@@ -24,6 +24,8 @@ pub struct Outcome<W> {
     pub out: W,
     /// The Prometheus text exposition of the final state.
     pub metrics: String,
+    /// The engine in its final state.
+    pub engine: Engine,
 }
 
 /// Replays `inputs` in order and writes the report to `out`.
@@ -44,8 +46,18 @@ pub fn run<W: Write>(
     for input in inputs {
         let name = input.name;
         Splitter::new(input.reader)
-            .for_each(|bytes, position| {
-                if let Err(e) = replay.value(bytes, &mut transitions) {
+            .for_each_decoded(
+                |value| {
+                    let result = replay.decoded(value, &mut transitions);
+                    for t in transitions.drain(..) {
+                        metric_sink.transition(&t);
+                        if write_error.is_none() {
+                            write_error = report.transition(&t).err();
+                        }
+                    }
+                    result
+                },
+                |e, position| {
                     warn!(
                         reason = e.reason,
                         "skipped value {} (line {}) of {name}: {}",
@@ -53,14 +65,8 @@ pub fn run<W: Write>(
                         position.line,
                         e.message
                     );
-                }
-                for t in transitions.drain(..) {
-                    metric_sink.transition(&t);
-                    if write_error.is_none() {
-                        write_error = report.transition(&t).err();
-                    }
-                }
-            })
+                },
+            )
             .map_err(|e| anyhow::anyhow!("reading {name}: {e}"))?;
     }
     if let Some(e) = write_error {
@@ -74,5 +80,6 @@ pub fn run<W: Write>(
         counts,
         out,
         metrics: text,
+        engine: replay.engine,
     })
 }

@@ -22,10 +22,46 @@ impl Ts {
     /// Parses an RFC 3339 timestamp such as Kubernetes writes (`2026-05-01T10:00:00Z`,
     /// `2026-05-01T10:00:08.123456Z`) or PostgreSQL prints (`2026-05-01 10:00:00+00`).
     pub fn parse(text: &str) -> Result<Ts, String> {
+        if let Some(t) = Ts::parse_kubernetes(text.as_bytes()) {
+            return Ok(t);
+        }
         text.trim()
             .parse::<jiff::Timestamp>()
             .map(|t| Ts(t.as_millisecond()))
             .map_err(|e| format!("{text:?} is not an RFC 3339 timestamp ({e})"))
+    }
+
+    /// The exact form the API server writes (`2026-05-01T10:00:00Z`), without a general
+    /// parser: most timestamps in a watch stream are in it. `None` for anything else.
+    fn parse_kubernetes(b: &[u8]) -> Option<Ts> {
+        if b.len() != 20
+            || b[4] != b'-'
+            || b[7] != b'-'
+            || b[10] != b'T'
+            || b[13] != b':'
+            || b[16] != b':'
+            || b[19] != b'Z'
+        {
+            return None;
+        }
+        let num = |r: std::ops::Range<usize>| -> Option<i64> {
+            b[r].iter().try_fold(0i64, |n, c| {
+                c.is_ascii_digit().then(|| n * 10 + i64::from(c - b'0'))
+            })
+        };
+        let (y, mo, d) = (num(0..4)?, num(5..7)?, num(8..10)?);
+        let (h, mi, s) = (num(11..13)?, num(14..16)?, num(17..19)?);
+        if !(1..=12).contains(&mo) || !(1..=31).contains(&d) || h > 23 || mi > 59 || s > 60 {
+            return None;
+        }
+        let date = jiff::civil::Date::new(y as i16, mo as i8, d as i8).ok()?;
+        let days = date
+            .since(jiff::civil::Date::constant(1970, 1, 1))
+            .ok()?
+            .get_days();
+        Some(Ts(
+            (i64::from(days) * 86_400 + h * 3600 + mi * 60 + s) * 1000
+        ))
     }
 
     pub fn from_secs(secs: i64) -> Ts {
@@ -96,5 +132,17 @@ mod tests {
         let c = Ts::parse("2026-05-01 12:00:00+02").unwrap();
         assert_eq!(c, a);
         assert!(Ts::parse("yesterday").unwrap_err().contains("yesterday"));
+        // The fast path agrees with the general parser, and rejects what it should.
+        for t in [
+            "1970-01-01T00:00:00Z",
+            "2024-02-29T23:59:59Z",
+            "2026-12-31T00:00:01Z",
+            "1969-07-20T20:17:40Z",
+        ] {
+            let general = t.parse::<jiff::Timestamp>().unwrap().as_millisecond();
+            assert_eq!(Ts::parse_kubernetes(t.as_bytes()), Some(Ts(general)), "{t}");
+        }
+        assert_eq!(Ts::parse_kubernetes(b"2026-02-30T00:00:00Z"), None);
+        assert!(Ts::parse("2026-02-30T00:00:00Z").is_err());
     }
 }

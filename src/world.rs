@@ -11,7 +11,7 @@
 //! The World also knows which sources feed it and whether each is synced and fresh: a
 //! missing pod or record only means something when the source that would show it is trusted.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::hash_map::Entry;
 use std::sync::Arc;
 
 use crate::kubernetes::Object;
@@ -23,6 +23,61 @@ use crate::time::Ts;
 
 /// A shared, immutable string.
 pub type Sym = Arc<str>;
+
+/// A pod's uid: kept as 16 bytes when it is a UUID (as the API server makes them), as text
+/// otherwise.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Uid {
+    Uuid([u8; 16]),
+    Text(Sym),
+}
+
+impl Uid {
+    pub fn parse(text: &str) -> Uid {
+        let hex: Vec<u8> = text.bytes().filter(|b| *b != b'-').collect();
+        let uuid_shape = text.len() == 36
+            && hex.len() == 32
+            && [8, 13, 18, 23].iter().all(|&i| text.as_bytes()[i] == b'-');
+        if uuid_shape {
+            let mut out = [0u8; 16];
+            let digit = |c: u8| (c as char).to_digit(16).filter(|_| !c.is_ascii_uppercase());
+            if hex.chunks(2).zip(out.iter_mut()).all(|(pair, o)| {
+                match (digit(pair[0]), digit(pair[1])) {
+                    (Some(h), Some(l)) => {
+                        *o = (h * 16 + l) as u8;
+                        true
+                    }
+                    _ => false,
+                }
+            }) {
+                return Uid::Uuid(out);
+            }
+        }
+        Uid::Text(Sym::from(text))
+    }
+}
+
+impl std::fmt::Display for Uid {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Uid::Text(t) => f.write_str(t),
+            Uid::Uuid(b) => {
+                for (i, byte) in b.iter().enumerate() {
+                    if matches!(i, 4 | 6 | 8 | 10) {
+                        f.write_str("-")?;
+                    }
+                    write!(f, "{byte:02x}")?;
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+/// The World's maps: foldhash is several times faster than SipHash on these short keys, and
+/// its per-process random seed keeps it resistant to crafted collisions.
+pub type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
+type HashSet<K> = std::collections::HashSet<K, foldhash::fast::RandomState>;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Phase {
@@ -78,7 +133,7 @@ pub struct Container {
 pub struct Pod {
     pub namespace: Sym,
     pub name: Sym,
-    pub uid: Sym,
+    pub uid: Uid,
     pub profile: ProfileId,
     pub phase: Phase,
     pub restart_policy: RestartPolicy,
@@ -158,8 +213,6 @@ pub struct StoredRecord {
     pub session: Option<Sym>,
     pub sandbox: Option<Sym>,
     pub attempt: Option<u64>,
-    pub updated_at: Option<Ts>,
-    pub deadline: Option<Ts>,
     /// Since when the record has been in its current state (its `updated_at` when the state
     /// changed, else the time the change was seen).
     pub since: Ts,
@@ -168,7 +221,7 @@ pub struct StoredRecord {
 /// Something a rule can judge: a pod (by uid, so a re-created pod is a new subject) or a record.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Subject {
-    Pod { namespace: Sym, name: Sym, uid: Sym },
+    Pod { namespace: Sym, name: Sym, uid: Uid },
     Record(RecordKey),
 }
 
@@ -232,55 +285,65 @@ pub enum PodLink<'a> {
     Found(&'a Pod),
 }
 
-#[derive(Clone, Debug)]
-enum Slot {
-    One(u32),
-    Many(Vec<u32>),
+/// A map from a key to pod slots that is almost always one-to-one: the usual single slot
+/// sits in `first` (4 bytes), the rare extra ones (a replacement pod next to a terminating
+/// one, the same name in two namespaces) in `more`.
+struct PodIndex<K> {
+    first: HashMap<K, u32>,
+    more: HashMap<K, Vec<u32>>,
 }
 
-impl Slot {
-    fn iter(&self) -> impl Iterator<Item = u32> + '_ {
-        let (one, many) = match self {
-            Slot::One(i) => (Some(*i), &[][..]),
-            Slot::Many(v) => (None, v.as_slice()),
-        };
-        one.into_iter().chain(many.iter().copied())
-    }
-}
-
-fn slot_insert<K: std::hash::Hash + Eq>(map: &mut HashMap<K, Slot>, key: K, idx: u32) {
-    use std::collections::hash_map::Entry;
-    match map.entry(key) {
-        Entry::Vacant(v) => {
-            v.insert(Slot::One(idx));
+impl<K: std::hash::Hash + Eq + Clone> PodIndex<K> {
+    fn new() -> Self {
+        PodIndex {
+            first: HashMap::default(),
+            more: HashMap::default(),
         }
-        Entry::Occupied(mut o) => match o.get_mut() {
-            Slot::One(i) if *i == idx => {}
-            Slot::One(i) => {
-                let first = *i;
-                *o.get_mut() = Slot::Many(vec![first, idx]);
+    }
+
+    fn get<Q>(&self, key: &Q) -> impl Iterator<Item = u32> + '_
+    where
+        K: std::borrow::Borrow<Q>,
+        Q: std::hash::Hash + Eq + ?Sized,
+    {
+        let more = self.more.get(key).map(Vec::as_slice).unwrap_or_default();
+        self.first
+            .get(key)
+            .copied()
+            .into_iter()
+            .chain(more.iter().copied())
+    }
+
+    fn insert(&mut self, key: K, idx: u32) {
+        match self.first.entry(key) {
+            Entry::Vacant(v) => {
+                v.insert(idx);
             }
-            Slot::Many(v) => {
-                if !v.contains(&idx) {
-                    v.push(idx)
+            Entry::Occupied(o) if *o.get() == idx => {}
+            Entry::Occupied(o) => {
+                let list = self.more.entry(o.key().clone()).or_default();
+                if !list.contains(&idx) {
+                    list.push(idx);
                 }
             }
-        },
-    }
-}
-
-fn slot_remove<K: std::hash::Hash + Eq>(map: &mut HashMap<K, Slot>, key: &K, idx: u32) {
-    let Some(slot) = map.get_mut(key) else { return };
-    match slot {
-        Slot::One(i) if *i == idx => {
-            map.remove(key);
         }
-        Slot::One(_) => {}
-        Slot::Many(v) => {
-            v.retain(|i| *i != idx);
-            if v.len() == 1 {
-                *slot = Slot::One(v[0]);
+    }
+
+    fn remove(&mut self, key: &K, idx: u32) {
+        if self.first.get(key) == Some(&idx) {
+            match self.more.get_mut(key).and_then(Vec::pop) {
+                Some(next) => {
+                    self.first.insert(key.clone(), next);
+                }
+                None => {
+                    self.first.remove(key);
+                }
             }
+        } else if let Some(list) = self.more.get_mut(key) {
+            list.retain(|i| *i != idx);
+        }
+        if self.more.get(key).is_some_and(Vec::is_empty) {
+            self.more.remove(key);
         }
     }
 }
@@ -307,9 +370,9 @@ pub struct World {
     strings: HashSet<Sym>,
     pods: Vec<Option<Pod>>,
     free: Vec<u32>,
-    pods_by_name: HashMap<Sym, Slot>,
-    pods_by_session: HashMap<(ProfileId, Sym), Slot>,
-    pods_by_execution: HashMap<(ProfileId, Sym), Slot>,
+    pods_by_name: PodIndex<Sym>,
+    pods_by_session: PodIndex<(ProfileId, Sym)>,
+    pods_by_execution: PodIndex<(ProfileId, Sym)>,
     records: HashMap<RecordKey, StoredRecord>,
     /// Sessions and executions that name a pod (or resume target) explicitly, by that name.
     records_by_pod: HashMap<Sym, Vec<RecordKey>>,
@@ -325,17 +388,17 @@ impl World {
     pub fn new(profiles: Arc<Profiles>) -> World {
         World {
             profiles,
-            strings: HashSet::new(),
+            strings: Default::default(),
             pods: Vec::new(),
             free: Vec::new(),
-            pods_by_name: HashMap::new(),
-            pods_by_session: HashMap::new(),
-            pods_by_execution: HashMap::new(),
-            records: HashMap::new(),
-            records_by_pod: HashMap::new(),
-            executions_by_session: HashMap::new(),
-            executions_by_sandbox: HashMap::new(),
-            resume_targets: HashMap::new(),
+            pods_by_name: PodIndex::new(),
+            pods_by_session: PodIndex::new(),
+            pods_by_execution: PodIndex::new(),
+            records: Default::default(),
+            records_by_pod: Default::default(),
+            executions_by_session: Default::default(),
+            executions_by_sandbox: Default::default(),
+            resume_targets: Default::default(),
             sources: Vec::new(),
             pod_count: 0,
         }
@@ -408,7 +471,7 @@ impl World {
     // Pods
 
     fn pod_index(&self, namespace: &str, name: &str) -> Option<u32> {
-        self.pods_by_name.get(name)?.iter().find(|&i| {
+        self.pods_by_name.get(name).find(|&i| {
             self.pods[i as usize]
                 .as_ref()
                 .is_some_and(|p| &*p.namespace == namespace)
@@ -460,7 +523,7 @@ impl World {
                     (self.pods.len() - 1) as u32
                 }
             };
-            slot_insert(&mut self.pods_by_name, pod.name.clone(), idx);
+            self.pods_by_name.insert(pod.name.clone(), idx);
             self.index_pod(&pod, idx);
             self.affected_by_pod(&pod, touched);
             self.pods[idx as usize] = Some(pod);
@@ -480,35 +543,39 @@ impl World {
         let Some(idx) = self.pod_index(namespace, name) else {
             return;
         };
-        if let Some(uid) = uid {
-            let stored = self.pods[idx as usize].as_ref().map(|p| &*p.uid);
-            if !uid.is_empty() && stored.is_some_and(|s| s != uid) {
+        if let Some(uid) = uid.filter(|u| !u.is_empty()) {
+            let uid = Uid::parse(uid);
+            if self.pods[idx as usize]
+                .as_ref()
+                .is_some_and(|p| p.uid != uid)
+            {
                 return;
             }
         }
         let old = self.pods[idx as usize].take().expect("indexed pod exists");
         self.affected_by_pod(&old, touched);
         self.unindex_pod(&old, idx);
-        slot_remove(&mut self.pods_by_name, &old.name, idx);
+        self.pods_by_name.remove(&old.name, idx);
         self.free.push(idx);
         self.pod_count -= 1;
     }
 
     fn index_pod(&mut self, pod: &Pod, idx: u32) {
         if let Some(s) = &pod.session {
-            slot_insert(&mut self.pods_by_session, (pod.profile, s.clone()), idx);
+            self.pods_by_session.insert((pod.profile, s.clone()), idx);
         }
         if let Some(e) = &pod.execution {
-            slot_insert(&mut self.pods_by_execution, (pod.profile, e.clone()), idx);
+            self.pods_by_execution.insert((pod.profile, e.clone()), idx);
         }
     }
 
     fn unindex_pod(&mut self, pod: &Pod, idx: u32) {
         if let Some(s) = &pod.session {
-            slot_remove(&mut self.pods_by_session, &(pod.profile, s.clone()), idx);
+            self.pods_by_session.remove(&(pod.profile, s.clone()), idx);
         }
         if let Some(e) = &pod.execution {
-            slot_remove(&mut self.pods_by_execution, &(pod.profile, e.clone()), idx);
+            self.pods_by_execution
+                .remove(&(pod.profile, e.clone()), idx);
         }
     }
 
@@ -612,10 +679,13 @@ impl World {
             .uid
             .as_deref()
             .filter(|u| !u.is_empty())
-            .map(Sym::from)
+            .map(Uid::parse)
             // Without a uid, namespace/name is the identity.
             .unwrap_or_else(|| {
-                Sym::from(format!("{namespace}/{}", obj.name().unwrap_or_default()))
+                Uid::Text(Sym::from(format!(
+                    "{namespace}/{}",
+                    obj.name().unwrap_or_default()
+                )))
             });
         Pod {
             name: Sym::from(obj.name().unwrap_or_default()),
@@ -745,8 +815,6 @@ impl World {
             session: rec.session.map(Sym::from),
             sandbox: rec.sandbox.map(Sym::from),
             attempt: rec.attempt,
-            updated_at: rec.updated_at,
-            deadline: rec.deadline,
             since,
         };
         self.index_record(&key, &stored);
@@ -889,10 +957,11 @@ impl World {
     // ----------------------------------------------------------------------------------------
     // Joins the rules use
 
-    fn pods_at<'a>(&'a self, slot: Option<&'a Slot>) -> impl Iterator<Item = &'a Pod> + 'a {
-        slot.into_iter()
-            .flat_map(|s| s.iter())
-            .filter_map(move |i| self.pods[i as usize].as_ref())
+    fn pods_at<'a>(
+        &'a self,
+        slots: impl Iterator<Item = u32> + 'a,
+    ) -> impl Iterator<Item = &'a Pod> + 'a {
+        slots.filter_map(move |i| self.pods[i as usize].as_ref())
     }
 
     /// Every pod that belongs to a session: named by the record, or carrying its session key.
@@ -1021,5 +1090,26 @@ impl World {
             .map(Pod::subject)
             .chain(self.records.keys().cloned().map(Subject::Record))
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Uid;
+
+    #[test]
+    fn uuids_are_kept_as_bytes_and_print_back() {
+        let text = "5f0c1a2b-3c4d-4e5f-8a9b-0c1d2e3f4a5b";
+        let uid = Uid::parse(text);
+        assert!(matches!(uid, Uid::Uuid(_)));
+        assert_eq!(uid.to_string(), text);
+        for other in [
+            "uid-1",
+            "5F0C1A2B-3C4D-4E5F-8A9B-0C1D2E3F4A5B",
+            "5f0c1a2b-3c4d-4e5f-8a9b-0c1d2e3f4a5z",
+        ] {
+            assert_eq!(Uid::parse(other), Uid::Text(other.into()));
+            assert_eq!(Uid::parse(other).to_string(), other);
+        }
     }
 }

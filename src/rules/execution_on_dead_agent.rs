@@ -91,7 +91,7 @@ impl super::Rule for Rule {
                 let agent = pod.dead_agent()?;
                 finding.namespace = Some(pod.namespace.clone());
                 finding.pod = Some(pod.name.clone());
-                finding.pod_uid = Some(pod.uid.clone());
+                finding.pod_uid = Some(pod.uid.to_string().into());
                 finding.reason = agent.reason.clone().unwrap_or_else(|| "Terminated".into());
                 finding.container = Some(agent.name.clone());
                 finding.exit_code = Some(agent.exit_code);

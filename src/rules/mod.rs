@@ -78,6 +78,6 @@ pub(crate) fn pod_identity(
         container: None,
         exit_code: None,
         state: None,
-        pod_uid: Some(pod.uid.clone()),
+        pod_uid: Some(pod.uid.to_string().into()),
     }
 }

@@ -48,7 +48,7 @@ pub struct NamespaceProfileReasonLabels {
 }
 
 /// Which gauge series an open finding counts in.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Hash, PartialEq, Eq)]
 enum Series {
     AgentTerminated(NamespaceProfileReasonLabels),
     ExecutionOnDeadAgent(ProfileStateLabels),
@@ -79,10 +79,13 @@ pub struct FindingMetrics {
     latency: HistogramFamily<KindLabels>,
 }
 
-/// The sink: the metric families plus which series each open finding counts in.
+/// The sink: the metric families plus which series each open finding counts in. Label sets
+/// are bounded, so each is stored once and open findings point at it.
 pub struct FindingSink {
     metrics: FindingMetrics,
-    open: HashMap<u64, Series>,
+    series: Vec<Gauge>,
+    series_index: HashMap<Series, u32>,
+    open: HashMap<u64, u32>,
 }
 
 impl FindingMetrics {
@@ -173,21 +176,31 @@ impl FindingMetrics {
     pub fn sink(&self) -> FindingSink {
         FindingSink {
             metrics: self.clone(),
+            series: Vec::new(),
+            series_index: HashMap::new(),
             open: HashMap::new(),
         }
     }
 }
 
 impl FindingSink {
-    fn gauge(&self, s: &Series) -> Gauge {
+    /// The index of a series' gauge, creating it on first use.
+    fn series(&mut self, s: Series) -> u32 {
+        if let Some(i) = self.series_index.get(&s) {
+            return *i;
+        }
         let m = &self.metrics;
-        match s {
+        let gauge = match &s {
             Series::AgentTerminated(l) => m.agent_terminated.get_or_create_owned(l),
             Series::ExecutionOnDeadAgent(l) => m.executions_dead.get_or_create_owned(l),
             Series::Orphaned(l) => m.orphaned.get_or_create_owned(l),
             Series::ActiveWithoutAgent(l) => m.active_without_agent.get_or_create_owned(l),
             Series::Leaked(l) => m.leaked.get_or_create_owned(l),
-        }
+        };
+        let i = self.series.len() as u32;
+        self.series.push(gauge);
+        self.series_index.insert(s, i);
+        i
     }
 
     pub fn transition(&mut self, t: &Transition) {
@@ -238,20 +251,22 @@ impl FindingSink {
                     .latency
                     .get_or_create(&kind)
                     .observe(t.detection_latency_secs());
-                self.gauge(&series).inc();
-                self.open.insert(t.finding.id, series);
+                let i = self.series(series);
+                self.series[i as usize].inc();
+                self.open.insert(t.finding.id, i);
             }
             Event::Updated => {
                 retries(t.new_retries);
-                if let Some(old) = self.open.insert(t.finding.id, series.clone()) {
-                    self.gauge(&old).dec();
+                let i = self.series(series);
+                if let Some(old) = self.open.insert(t.finding.id, i) {
+                    self.series[old as usize].dec();
                 }
-                self.gauge(&series).inc();
+                self.series[i as usize].inc();
             }
             Event::Resolved => {
                 self.metrics.resolved.get_or_create(&kind).inc();
                 if let Some(old) = self.open.remove(&t.finding.id) {
-                    self.gauge(&old).dec();
+                    self.series[old as usize].dec();
                 }
             }
         }

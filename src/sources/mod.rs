@@ -35,7 +35,7 @@ impl WatchType {
 /// cares about give `Ok(None)`.
 pub fn object_change(
     kind: WatchType,
-    obj: Object,
+    obj: Box<Object>,
     profiles: &Profiles,
 ) -> Result<Option<(Feed, Change)>, InputError> {
     let deleted = kind == WatchType::Deleted;
@@ -73,7 +73,7 @@ pub fn object_change(
                 uid: obj.metadata.uid.clone(),
             }
         } else {
-            Change::PodUpserted(Box::new(obj))
+            Change::PodUpserted(obj)
         };
         return Ok(Some((Feed::Pods, change)));
     }

@@ -16,6 +16,7 @@
 
 use std::io::Read;
 
+use memchr::{memchr, memchr_iter, memchr3};
 use serde::Deserialize;
 
 use crate::engine::{Change, Engine};
@@ -45,7 +46,7 @@ pub struct Rejected {
 
 /// Splits a byte stream into top-level JSON values without parsing them.
 ///
-/// It tracks strings, escapes and bracket depth. Because JSON strings cannot hold a raw
+/// It tracks strings, escapes and brace depth, jumping between the bytes that matter. Because JSON strings cannot hold a raw
 /// newline, and because a top-level value's opening brace is the only one at the start of a
 /// line in both one-per-line and pretty-printed output, a value that is cut short is closed
 /// at the next line that starts with `{`, so one broken value never swallows the rest.
@@ -54,7 +55,7 @@ pub struct Splitter<R> {
     buf: Vec<u8>,
     /// Bytes of `buf` already consumed.
     pos: usize,
-    line: u64,
+    lines: LineCounter,
     values: u64,
     eof: bool,
     /// Bytes to ask for per read: grows from 64 KiB to 4 MiB, so small inputs stay cheap.
@@ -63,13 +64,33 @@ pub struct Splitter<R> {
 
 const MAX_BLOCK: usize = 4 << 20;
 
+/// Line numbers, counted lazily: only up to where someone asks, in bulk.
+struct LineCounter {
+    /// The line number at byte `counted` of the buffer.
+    line: u64,
+    counted: usize,
+}
+
+impl LineCounter {
+    fn at(&mut self, buf: &[u8], offset: usize) -> u64 {
+        if offset > self.counted {
+            self.line += memchr_iter(b'\n', &buf[self.counted..offset]).count() as u64;
+            self.counted = offset;
+        }
+        self.line
+    }
+}
+
 impl<R: Read> Splitter<R> {
     pub fn new(reader: R) -> Splitter<R> {
         Splitter {
             reader,
             buf: Vec::new(),
             pos: 0,
-            line: 1,
+            lines: LineCounter {
+                line: 1,
+                counted: 0,
+            },
             values: 0,
             eof: false,
             block: 64 << 10,
@@ -82,7 +103,9 @@ impl<R: Read> Splitter<R> {
             return Ok(false);
         }
         if self.pos > 0 {
+            self.lines.at(&self.buf, self.pos);
             self.buf.drain(..self.pos);
+            self.lines.counted -= self.pos;
             self.pos = 0;
         }
         let start = self.buf.len();
@@ -106,38 +129,25 @@ impl<R: Read> Splitter<R> {
         Ok(n > 0)
     }
 
+    fn position(&mut self, start: usize) -> Position {
+        self.values += 1;
+        Position {
+            value: self.values,
+            line: self.lines.at(&self.buf, start),
+        }
+    }
+
     /// Calls `f` with each value's bytes and position, in order.
     pub fn for_each(&mut self, mut f: impl FnMut(&[u8], Position)) -> std::io::Result<()> {
         loop {
             match self.scan() {
-                Some((start, end, line)) => {
-                    self.values += 1;
-                    let position = Position {
-                        value: self.values,
-                        line,
-                    };
+                Some((start, end)) => {
+                    let position = self.position(start);
                     f(&self.buf[start..end], position);
                 }
                 None => {
                     if !self.fill()? {
-                        // Whatever is left at the end is a value cut short.
-                        let rest = &self.buf[self.pos..];
-                        if rest.iter().any(|b| !b.is_ascii_whitespace()) {
-                            self.values += 1;
-                            let start = self.pos
-                                + rest.iter().take_while(|b| b.is_ascii_whitespace()).count();
-                            let line = self.line
-                                + self.buf[self.pos..start]
-                                    .iter()
-                                    .filter(|b| **b == b'\n')
-                                    .count() as u64;
-                            let position = Position {
-                                value: self.values,
-                                line,
-                            };
-                            self.pos = self.buf.len();
-                            f(&self.buf[start..], position);
-                        }
+                        self.rest(|bytes, position| f(bytes, position));
                         return Ok(());
                     }
                 }
@@ -145,84 +155,169 @@ impl<R: Read> Splitter<R> {
         }
     }
 
-    /// Finds the next complete value in the buffer: (start, end, line). Consumes it.
-    /// Returns `None` (consuming nothing) if the buffer ends inside a value.
-    fn scan(&mut self) -> Option<(usize, usize, u64)> {
+    /// Whatever is left at the end of the input is a value cut short.
+    fn rest(&mut self, f: impl FnOnce(&[u8], Position)) {
+        let rest = &self.buf[self.pos..];
+        let skip = rest.iter().take_while(|b| b.is_ascii_whitespace()).count();
+        if skip == rest.len() {
+            return;
+        }
+        let start = self.pos + skip;
+        let position = self.position(start);
+        self.pos = self.buf.len();
+        f(&self.buf[start..], position);
+    }
+
+    /// Decodes each value as it splits it, in one pass over the bytes: serde_json reads the
+    /// values back to back, and the scanner is only asked where a value ends when serde_json
+    /// rejects it. `apply` gets each decoded value (or the reason it could not be decoded);
+    /// when it returns an error, `rejected` gets it with the value's position.
+    pub fn for_each_decoded(
+        &mut self,
+        mut apply: impl FnMut(Result<Decoded, InputError>) -> Result<(), InputError>,
+        mut rejected: impl FnMut(InputError, Position),
+    ) -> std::io::Result<()> {
+        loop {
+            // Values from `self.pos` on, until the buffer runs out or one is bad.
+            let base = self.pos;
+            let buf = &self.buf;
+            let mut stream =
+                serde_json::Deserializer::from_slice(&buf[base..]).into_iter::<Entry>();
+            let next_start = |offset: usize| {
+                offset
+                    + buf[offset..]
+                        .iter()
+                        .take_while(|b| b.is_ascii_whitespace())
+                        .count()
+            };
+            let (stop, bad) = loop {
+                let start = next_start(base + stream.byte_offset());
+                match stream.next() {
+                    None => break (start, None),
+                    Some(Ok(entry)) => {
+                        self.values += 1;
+                        if let Err(e) = apply(decode_entry(entry)) {
+                            let position = Position {
+                                value: self.values,
+                                line: self.lines.at(buf, start),
+                            };
+                            rejected(e, position);
+                        }
+                    }
+                    Some(Err(e)) => break (start, Some(e)),
+                }
+            };
+            self.pos = stop;
+            match bad {
+                // A value ends beyond the buffer: read more and start again at it.
+                Some(e) if e.is_eof() && !self.eof => {
+                    if !self.fill()? {
+                        self.rest(|bytes, p| rejected(explain(bytes, e), p));
+                        return Ok(());
+                    }
+                }
+                Some(e) => match self.scan() {
+                    Some((start, end)) => {
+                        let position = self.position(start);
+                        let error = explain(&self.buf[start..end], e);
+                        let _ = apply(Err(error.clone()));
+                        rejected(error, position);
+                    }
+                    None => {
+                        if !self.fill()? {
+                            self.rest(|bytes, p| {
+                                let error = explain(bytes, e);
+                                let _ = apply(Err(error.clone()));
+                                rejected(error, p)
+                            });
+                            return Ok(());
+                        }
+                    }
+                },
+                None => {
+                    if !self.fill()? {
+                        return Ok(());
+                    }
+                }
+            }
+        }
+    }
+
+    /// Finds the next complete value in the buffer: (start, end). Consumes it.
+    /// Returns `None` (consuming only whitespace) if the buffer ends inside a value.
+    fn scan(&mut self) -> Option<(usize, usize)> {
         let buf = &self.buf;
         let mut i = self.pos;
-        let mut line = self.line;
-        // Skip whitespace between values.
         while i < buf.len() && buf[i].is_ascii_whitespace() {
-            if buf[i] == b'\n' {
-                line += 1;
-            }
             i += 1;
-        }
-        if i >= buf.len() {
-            self.pos = i;
-            self.line = line;
-            return None;
         }
         let start = i;
-        let start_line = line;
-        if buf[i] != b'{' && buf[i] != b'[' {
-            // Not an object: take the rest of the line as one bad value.
-            while i < buf.len() && buf[i] != b'\n' {
-                i += 1;
+        let found = if i >= buf.len() {
+            None
+        } else if buf[i] != b'{' {
+            // Not an object: the rest of the line is one bad value.
+            match memchr(b'\n', &buf[i..]) {
+                Some(k) => Some(i + k),
+                None if self.eof => Some(buf.len()),
+                None => None,
             }
-            if i == buf.len() && !self.eof {
-                return None;
+        } else {
+            Self::object_end(buf, i)
+        };
+        match found {
+            Some(end) => {
+                self.pos = end;
+                Some((start, end))
             }
-            self.pos = i;
-            self.line = line;
-            return Some((start, i, start_line));
+            None => {
+                self.pos = start;
+                None
+            }
         }
+    }
+
+    /// The end of the object starting at `start`: after its closing brace, or at the start of
+    /// the line where the next object visibly begins if this one is cut short.
+    fn object_end(buf: &[u8], start: usize) -> Option<usize> {
         let mut depth = 0usize;
-        let mut in_string = false;
-        let mut escape = false;
-        while i < buf.len() {
-            let b = buf[i];
-            if in_string {
-                if escape {
-                    escape = false;
-                } else if b == b'\\' {
-                    escape = true;
-                } else if b == b'"' {
-                    in_string = false;
-                } else if b == b'\n' {
-                    // A raw newline cannot be inside a JSON string: the value is broken.
-                    in_string = false;
-                    line += 1;
+        let mut i = start;
+        loop {
+            i += memchr3(b'"', b'{', b'}', &buf[i..])?;
+            match buf[i] {
+                b'"' => {
+                    let mut j = i + 1;
+                    loop {
+                        j += memchr3(b'"', b'\\', b'\n', &buf[j..])?;
+                        match buf[j] {
+                            b'\\' if j + 2 <= buf.len() => j += 2,
+                            b'\\' => return None,
+                            b'"' => {
+                                j += 1;
+                                break;
+                            }
+                            // A raw newline cannot be inside a JSON string: the value is
+                            // broken; carry on outside the string from the newline.
+                            _ => break,
+                        }
+                    }
+                    i = j;
                 }
-                i += 1;
-                continue;
-            }
-            match b {
-                b'"' => in_string = true,
-                b'{' | b'[' => {
-                    if depth > 0 && b == b'{' && i > start && buf[i - 1] == b'\n' {
-                        // A brace at the start of a line inside a value: the value before it
-                        // was cut short, and a new one begins here.
-                        self.pos = i;
-                        self.line = line;
-                        return Some((start, i, start_line));
+                b'{' => {
+                    if depth > 0 && buf[i - 1] == b'\n' {
+                        return Some(i);
                     }
                     depth += 1;
+                    i += 1;
                 }
-                b'}' | b']' => {
+                _ => {
                     depth = depth.saturating_sub(1);
+                    i += 1;
                     if depth == 0 {
-                        self.pos = i + 1;
-                        self.line = line;
-                        return Some((start, i + 1, start_line));
+                        return Some(i);
                     }
                 }
-                b'\n' => line += 1,
-                _ => {}
             }
-            i += 1;
         }
-        None
     }
 }
 
@@ -231,7 +326,7 @@ impl<R: Read> Splitter<R> {
 struct WatchEvent {
     #[serde(rename = "type")]
     kind: String,
-    object: Object,
+    object: Box<Object>,
 }
 
 /// One value of a replay file: a bare watch event, or an envelope.
@@ -240,7 +335,7 @@ struct WatchEvent {
 struct Entry {
     #[serde(rename = "type")]
     kind: Option<String>,
-    object: Option<Object>,
+    object: Option<Box<Object>>,
     at: Option<Ts>,
     watch: Option<WatchEvent>,
     record: Option<RecordDoc>,
@@ -252,7 +347,7 @@ pub enum Decoded {
     Watch {
         at: Option<Ts>,
         kind: WatchType,
-        object: Object,
+        object: Box<Object>,
     },
     Record {
         at: Option<Ts>,
@@ -265,17 +360,20 @@ pub enum Decoded {
 
 /// Decodes one value. Errors name the field path and the reason.
 pub fn decode(bytes: &[u8]) -> Result<Decoded, InputError> {
-    let entry: Entry = match serde_json::from_slice(bytes) {
-        Ok(e) => e,
-        Err(e) => return Err(explain(bytes, e)),
-    };
+    match serde_json::from_slice(bytes) {
+        Ok(entry) => decode_entry(entry),
+        Err(e) => Err(explain(bytes, e)),
+    }
+}
+
+fn decode_entry(entry: Entry) -> Result<Decoded, InputError> {
     let shape_error = || {
         InputError::new(
             "invalid_value",
             "not a watch event ({\"type\", \"object\"}) or an envelope ({\"at\", \"watch\" | \"record\"})",
         )
     };
-    let watch_event = |kind: String, object: Object, at: Option<Ts>| {
+    let watch_event = |kind: String, object: Box<Object>, at: Option<Ts>| {
         if kind == "BOOKMARK" {
             return Ok(Decoded::Skip);
         }
@@ -409,16 +507,25 @@ impl<'a> Replay<'a> {
 
     /// Feeds one value; transitions go to `out`.
     pub fn value(&mut self, bytes: &[u8], out: &mut Vec<Transition>) -> Result<(), InputError> {
+        self.decoded(decode(bytes), out)
+    }
+
+    /// Feeds one decoded value (or the reason it could not be decoded, to count it).
+    pub fn decoded(
+        &mut self,
+        value: Result<Decoded, InputError>,
+        out: &mut Vec<Transition>,
+    ) -> Result<(), InputError> {
         self.counts.values += 1;
-        let result = self.apply_value(bytes, out);
+        let result = value.and_then(|v| self.apply(v, out));
         if result.is_err() {
             self.counts.rejected += 1;
         }
         result
     }
 
-    fn apply_value(&mut self, bytes: &[u8], out: &mut Vec<Transition>) -> Result<(), InputError> {
-        match decode(bytes)? {
+    fn apply(&mut self, value: Decoded, out: &mut Vec<Transition>) -> Result<(), InputError> {
+        match value {
             Decoded::Skip => Ok(()),
             Decoded::Tick(at) => {
                 let at = self.tick(Some(at));

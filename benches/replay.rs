@@ -1,0 +1,165 @@
+//! Replay throughput and memory on a generated cluster.
+//!
+//! `cargo bench --bench replay [-- --pods N --sessions N --keep]` (defaults: 100,000 of each)
+//! writes a replay file of realistic pods (~7 KB of JSON each, managedFields and all) and
+//! session records to a temporary directory, replays it through the real pipeline
+//! (splitter → decode → engine → report and metrics sinks), and prints events/s, the
+//! process's peak memory per tracked pod, and the JSON-scan floor (serde's `IgnoredAny`
+//! over the same bytes) for comparison.
+
+use std::fs::File;
+use std::io::{BufWriter, Read, Write};
+use std::sync::Arc;
+use std::time::Instant;
+
+use sandwatch::config;
+use sandwatch::replay::{self, Input};
+use sandwatch::sinks::report::Format;
+
+const POD: &str = include_str!("pod-template.json");
+
+fn arg(name: &str, default: usize) -> usize {
+    let args: Vec<String> = std::env::args().collect();
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1))
+        .and_then(|v| v.replace('_', "").parse().ok())
+        .unwrap_or(default)
+}
+
+/// Reads a line of /proc/self/status, in KiB.
+fn status_kib(field: &str) -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with(field))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+fn pod_json(i: usize, kind: &str, phase: &str, agent_state: &str) -> String {
+    let ns = format!("agents-{}", i % 40);
+    POD.replace("{NAME}", &format!("sandbox-{i:07}-7f2e91c4d0"))
+        .replace("{NS}", &ns)
+        .replace("{UID}", &format!("5f0c{i:08x}-1a2b-4c3d-8e9f-{i:012x}"))
+        .replace("{SESSION}", &format!("session-{i:07}"))
+        .replace("{PHASE}", phase)
+        .replace("{AGENT_STATE}", agent_state)
+        .replace("{TYPE}", kind)
+        .replace('\n', "")
+}
+
+fn generate(path: &std::path::Path, pods: usize, sessions: usize) -> std::io::Result<(usize, u64)> {
+    let mut w = BufWriter::with_capacity(1 << 20, File::create(path)?);
+    let running = r#"{"running":{"startedAt":"2026-05-01T10:00:04Z"}}"#;
+    let oom = r#"{"terminated":{"exitCode":137,"reason":"OOMKilled","startedAt":"2026-05-01T10:00:04Z","finishedAt":"2026-05-01T11:00:00Z","containerID":"containerd://a3c9e812"}}"#;
+    let mut values = 0;
+    for i in 0..pods {
+        writeln!(w, "{}", pod_json(i, "ADDED", "Running", running))?;
+        values += 1;
+    }
+    for i in 0..sessions {
+        let state = match i % 20 {
+            0 => "suspended",
+            1 => "stopped",
+            _ => "running",
+        };
+        writeln!(
+            w,
+            r#"{{"at":"2026-05-01T10:30:00Z","record":{{"kind":"session","id":"session-{i:07}","namespace":"agents-{}","state":"{state}"}}}}"#,
+            i % 40
+        )?;
+        values += 1;
+    }
+    // A day's churn: 1 in 10 agents OOM-killed behind their sidecar, 1 in 25 pods deleted.
+    for i in (0..pods).step_by(10) {
+        writeln!(w, "{}", pod_json(i, "MODIFIED", "Running", oom))?;
+        values += 1;
+    }
+    for i in (5..pods).step_by(25) {
+        writeln!(w, "{}", pod_json(i, "DELETED", "Running", running))?;
+        values += 1;
+    }
+    writeln!(w, r#"{{"at":"2026-05-01T12:00:00Z"}}"#)?;
+    w.flush()?;
+    Ok((values + 1, std::fs::metadata(path)?.len()))
+}
+
+fn main() -> anyhow::Result<()> {
+    let pods = arg("--pods", 100_000);
+    let sessions = arg("--sessions", 100_000);
+    let dir = std::env::temp_dir().join(format!("sandwatch-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let path = dir.join("cluster.json");
+    let t = Instant::now();
+    let (values, bytes) = generate(&path, pods, sessions)?;
+    println!(
+        "generated {values} values ({:.0} MB, {:.1} KB per pod) in {:.1?}",
+        bytes as f64 / 1e6,
+        POD.len() as f64 / 1e3,
+        t.elapsed()
+    );
+
+    let profiles = Arc::new(config::preset("generic")?);
+    let rss_before = status_kib("VmRSS:");
+    let t = Instant::now();
+    let outcome = replay::run(
+        profiles,
+        vec![Input {
+            name: path.display().to_string(),
+            reader: Box::new(File::open(&path)?),
+        }],
+        Format::Json,
+        std::io::sink(),
+    )?;
+    let replay_secs = t.elapsed().as_secs_f64();
+    let peak = status_kib("VmHWM:");
+    let after = status_kib("VmRSS:");
+    let tracked = pods - (5..pods).step_by(25).count();
+    let c = outcome.counts;
+    assert_eq!(c.rejected, 0, "the generated file is valid");
+    println!(
+        "replay: {} values ({} watch events, {} records) in {replay_secs:.2} s = {:.0} values/s, {:.0} MB/s",
+        c.values,
+        c.events,
+        c.records,
+        c.values as f64 / replay_secs,
+        bytes as f64 / 1e6 / replay_secs
+    );
+    let per_pod = |kib: u64| (kib.saturating_sub(rss_before) * 1024) as f64 / tracked as f64;
+    println!(
+        "memory: peak RSS {:.1} MiB, {:.1} MiB at the end, {:.1} MiB before the replay; {tracked} pods and {sessions} sessions tracked, {} findings open",
+        peak as f64 / 1024.0,
+        after as f64 / 1024.0,
+        rss_before as f64 / 1024.0,
+        outcome.engine.open_findings().len(),
+    );
+    println!(
+        "memory per tracked pod (with its session, indexes and open findings): {:.0} bytes at peak, {:.0} bytes at the end",
+        per_pod(peak),
+        per_pod(after)
+    );
+
+    // The floor: parse every value and throw it away.
+    let mut data = Vec::with_capacity(bytes as usize);
+    File::open(&path)?.read_to_end(&mut data)?;
+    let t = Instant::now();
+    let mut n = 0u64;
+    for v in serde_json::Deserializer::from_slice(&data).into_iter::<serde::de::IgnoredAny>() {
+        v?;
+        n += 1;
+    }
+    let floor_secs = t.elapsed().as_secs_f64();
+    println!(
+        "JSON-scan floor (IgnoredAny, in memory): {n} values in {floor_secs:.2} s = {:.0} MB/s; replay runs at {:.0}% of the floor's speed",
+        bytes as f64 / 1e6 / floor_secs,
+        100.0 * floor_secs / replay_secs
+    );
+    if std::env::args().any(|a| a == "--keep") {
+        println!("kept {}", path.display());
+    } else {
+        std::fs::remove_dir_all(&dir)?;
+    }
+    Ok(())
+}
