@@ -67,7 +67,7 @@ struct Open {
 enum Judgement {
     Clear,
     Hold,
-    Holds(Candidate),
+    Holds(Box<Candidate>),
 }
 
 pub struct Engine {
@@ -200,10 +200,10 @@ impl Engine {
                 break;
             }
             self.timers.pop_first();
-            if let Some(p) = self.pending.get_mut(&key) {
-                if p.due == Some(due) {
-                    p.due = None;
-                }
+            if let Some(p) = self.pending.get_mut(&key)
+                && p.due == Some(due)
+            {
+                p.due = None;
             }
             self.now = max(self.now, due);
             self.evaluate(&key.subject, out);
@@ -228,7 +228,7 @@ impl Engine {
             match self.judge(*rule, subject) {
                 Judgement::Hold => {}
                 Judgement::Clear => self.clear(key, out),
-                Judgement::Holds(c) => self.holds(key, c, out),
+                Judgement::Holds(c) => self.holds(key, *c, out),
             }
         }
     }
@@ -262,16 +262,16 @@ impl Engine {
             return Judgement::Hold;
         }
         match rule.evaluate(&view, w, self.now) {
-            Some(c) => Judgement::Holds(c),
+            Some(c) => Judgement::Holds(Box::new(c)),
             None => Judgement::Clear,
         }
     }
 
     fn clear(&mut self, key: FindingKey, out: &mut Vec<Transition>) {
-        if let Some(p) = self.pending.remove(&key) {
-            if let Some(due) = p.due {
-                self.timers.remove(&(due, key.clone()));
-            }
+        if let Some(p) = self.pending.remove(&key)
+            && let Some(due) = p.due
+        {
+            self.timers.remove(&(due, key.clone()));
         }
         if let Some(o) = self.open.remove(&key) {
             out.push(Transition {

@@ -921,15 +921,15 @@ impl World {
         if list.is_empty() {
             self.resume_targets.remove(&key);
         }
-        if had != exists {
-            if let Some(keys) = self.records_by_pod.get(name) {
-                for k in keys {
-                    if k.profile == profile
-                        && k.kind == RecordKind::Session
-                        && k.namespace.as_ref().is_none_or(|n| *n == ns)
-                    {
-                        touched.push(Subject::Record(k.clone()));
-                    }
+        if had != exists
+            && let Some(keys) = self.records_by_pod.get(name)
+        {
+            for k in keys {
+                if k.profile == profile
+                    && k.kind == RecordKind::Session
+                    && k.namespace.as_ref().is_none_or(|n| *n == ns)
+                {
+                    touched.push(Subject::Record(k.clone()));
                 }
             }
         }

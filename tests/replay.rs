@@ -174,10 +174,10 @@ fn incident_04_downloads_retried_against_a_dead_modal_sandbox() {
     assert_eq!(
         brief(&lines),
         [
-            format!("opened execution_on_dead_agent 2026-05-01T14:09:40Z -|-|run-7 SandboxDead 0"),
-            format!(
-                "resolved execution_on_dead_agent 2026-05-01T14:13:49Z -|-|run-7 SandboxDead 3"
-            ),
+            "opened execution_on_dead_agent 2026-05-01T14:09:40Z -|-|run-7 SandboxDead 0"
+                .to_string(),
+            "resolved execution_on_dead_agent 2026-05-01T14:13:49Z -|-|run-7 SandboxDead 3"
+                .to_string(),
         ]
     );
     assert_eq!(lines[0]["sandbox"], sb);

@@ -338,7 +338,7 @@ struct Entry {
     object: Option<Box<Object>>,
     at: Option<Ts>,
     watch: Option<WatchEvent>,
-    record: Option<RecordDoc>,
+    record: Option<Box<RecordDoc>>,
 }
 
 /// What one value means.
@@ -351,7 +351,7 @@ pub enum Decoded {
     },
     Record {
         at: Option<Ts>,
-        doc: RecordDoc,
+        doc: Box<RecordDoc>,
     },
     Tick(Ts),
     /// A watch event the replay has no use for (BOOKMARK).
