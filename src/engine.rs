@@ -17,7 +17,7 @@
 //! rule rests on is unsynced or stale, that rule's findings hold as they are.
 
 use std::cmp::max;
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashSet};
 use std::sync::Arc;
 
 use crate::finding::{Candidate, Event, FindingKey, OpenFinding, Transition};
@@ -26,7 +26,7 @@ use crate::profile::{ProfileId, Profiles};
 use crate::record::{RecordChange, RecordKind};
 use crate::rules::{self, Rule, SubjectKind, SubjectView};
 use crate::time::Ts;
-use crate::world::{HashMap, SourceStatus, Subject, Trust, World};
+use crate::world::{Feed, HashMap, SourceStatus, Subject, Trust, World};
 
 /// Everything a source can tell the engine.
 #[derive(Clone, Debug)]
@@ -45,6 +45,15 @@ pub enum Change {
         namespace: String,
         name: String,
         exists: bool,
+    },
+    /// A source finished a full list of its scope: whatever it did not list is gone.
+    Listed {
+        feed: Feed,
+        profile: ProfileId,
+        /// The namespace the source watches; `None` for all.
+        namespace: Option<String>,
+        /// (namespace, name) of every object listed.
+        listed: HashSet<(String, String)>,
     },
     /// A source's health (synced, fresh) for the feeds it provides.
     Source(SourceStatus),
@@ -169,6 +178,15 @@ impl Engine {
             } => self
                 .world
                 .set_resume_target(profile, &namespace, &name, exists, &mut touched),
+            Change::Listed {
+                feed,
+                profile,
+                namespace,
+                listed,
+            } => {
+                self.world
+                    .retain_listed(feed, profile, namespace.as_deref(), &listed, &mut touched)
+            }
             Change::Source(status) => {
                 if self.world.set_source(status) {
                     touched = self.world.all_subjects();

@@ -18,6 +18,7 @@ pub mod config;
 pub mod engine;
 pub mod finding;
 pub mod kubernetes;
+pub mod live;
 pub mod profile;
 pub mod record;
 pub mod replay;

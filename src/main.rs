@@ -27,6 +27,34 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Watch a live cluster: pods (and the custom resources profiles name) through the
+    /// Kubernetes API, joined with the records the profiles configure. Serves /healthz,
+    /// /readyz, /api/v1/findings, /metrics and a page at / for people.
+    ///
+    /// Connects in-cluster with the pod's service account, or from a kubeconfig
+    /// ($KUBECONFIG or ~/.kube/config, or --kubeconfig) like kubectl does.
+    Run {
+        #[command(flatten)]
+        profiles: ProfileArgs,
+        /// Address of the HTTP endpoints.
+        #[arg(
+            long,
+            value_name = "ADDR",
+            default_value = "0.0.0.0:8080",
+            env = "SANDWATCH_LISTEN"
+        )]
+        listen: std::net::SocketAddr,
+        /// Kubeconfig file to use instead of the in-cluster service account / default kubeconfig.
+        #[arg(long, value_name = "FILE")]
+        kubeconfig: Option<PathBuf>,
+        /// Kubeconfig context to use (default: the current context).
+        #[arg(long, value_name = "NAME")]
+        context: Option<String>,
+        /// How long a source may keep failing before it is reported unsynced (findings that
+        /// rest on it then hold) and starts over with a full list.
+        #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = duration)]
+        stale_after: std::time::Duration,
+    },
     /// Run the engine over recorded pod watch events and records, in virtual time, and print
     /// every finding transition.
     ///
@@ -85,6 +113,61 @@ impl ProfileArgs {
     }
 }
 
+fn duration(text: &str) -> Result<std::time::Duration, String> {
+    config::parse_duration(text)
+}
+
+/// A client for the cluster: a given kubeconfig (and context), else in-cluster, else the
+/// default kubeconfig, as kube-rs (and kubectl) resolve it.
+async fn kube_client(
+    kubeconfig: Option<PathBuf>,
+    context: Option<String>,
+) -> anyhow::Result<kube::Client> {
+    use kube::config::{Config, KubeConfigOptions, Kubeconfig};
+    let options = KubeConfigOptions {
+        context,
+        ..KubeConfigOptions::default()
+    };
+    let config = match kubeconfig {
+        Some(path) => {
+            let kc = Kubeconfig::read_from(&path)
+                .with_context(|| format!("reading kubeconfig {}", path.display()))?;
+            Config::from_custom_kubeconfig(kc, &options)
+                .await
+                .with_context(|| format!("using kubeconfig {}", path.display()))?
+        }
+        None if options.context.is_some() => Config::from_kubeconfig(&options)
+            .await
+            .context("loading the kubeconfig context")?,
+        None => Config::infer()
+            .await
+            .context("finding the cluster: no in-cluster service account and no usable kubeconfig (set --kubeconfig or KUBECONFIG)")?,
+    };
+    tracing::info!(cluster = %config.cluster_url, "connecting to the Kubernetes API");
+    kube::Client::try_from(config).context("building the Kubernetes client")
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}
+
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_writer(io::stderr)
@@ -105,6 +188,31 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
+        Command::Run {
+            profiles,
+            listen,
+            kubeconfig,
+            context,
+            stale_after,
+        } => {
+            let profiles = Arc::new(profiles.load()?);
+            let _ = rustls::crypto::ring::default_provider().install_default();
+            let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+            runtime.block_on(async {
+                let client = kube_client(kubeconfig, context).await?;
+                let settings = sandwatch::live::Settings {
+                    profiles,
+                    listen,
+                    stale_after,
+                    tick: std::time::Duration::from_secs(1),
+                };
+                let daemon = sandwatch::live::Daemon::start(settings, client).await?;
+                shutdown_signal().await;
+                tracing::info!("shutting down");
+                daemon.shutdown().await;
+                Ok::<_, anyhow::Error>(ExitCode::SUCCESS)
+            })
+        }
         Command::Replay {
             profiles,
             format,

@@ -1084,6 +1084,65 @@ impl World {
             .collect()
     }
 
+    /// After a source's full list: removes what it no longer lists within its scope (pods,
+    /// session records read from custom resources, or resume targets of a profile, in one
+    /// namespace or all), because those vanished while nobody was watching.
+    pub fn retain_listed(
+        &mut self,
+        feed: Feed,
+        profile: ProfileId,
+        namespace: Option<&str>,
+        listed: &std::collections::HashSet<(String, String)>,
+        touched: &mut Vec<Subject>,
+    ) {
+        let in_scope = |ns: &str| namespace.is_none_or(|n| n == ns);
+        let missing = |ns: &str, name: &str| !listed.contains(&(ns.to_string(), name.to_string()));
+        match feed {
+            Feed::Pods => {
+                let gone: Vec<(Sym, Sym)> = self
+                    .pods()
+                    .filter(|p| p.profile == profile && in_scope(&p.namespace))
+                    .filter(|p| missing(&p.namespace, &p.name))
+                    .map(|p| (p.namespace.clone(), p.name.clone()))
+                    .collect();
+                for (ns, name) in gone {
+                    self.delete_pod(&ns, &name, None, touched);
+                }
+            }
+            Feed::Sessions => {
+                let gone: Vec<RecordKey> = self
+                    .records
+                    .keys()
+                    .filter(|k| k.kind == RecordKind::Session && k.profile == profile)
+                    .filter(|k| {
+                        k.namespace
+                            .as_ref()
+                            .is_some_and(|ns| in_scope(ns) && missing(ns, &k.id))
+                    })
+                    .cloned()
+                    .collect();
+                for k in gone {
+                    self.delete_record(&k, touched);
+                }
+            }
+            Feed::ResumeTargets => {
+                let gone: Vec<(Sym, Sym)> = self
+                    .resume_targets
+                    .iter()
+                    .filter(|((p, _), _)| *p == profile)
+                    .flat_map(|((_, name), nss)| {
+                        nss.iter().map(move |ns| (ns.clone(), name.clone()))
+                    })
+                    .filter(|(ns, name)| in_scope(ns) && missing(ns, name))
+                    .collect();
+                for (ns, name) in gone {
+                    self.set_resume_target(profile, &ns, &name, false, touched);
+                }
+            }
+            Feed::Executions | Feed::Sandboxes => {}
+        }
+    }
+
     /// Every subject in the World (for a full re-evaluation when a source's trust changes).
     pub fn all_subjects(&self) -> Vec<Subject> {
         self.pods()

@@ -272,3 +272,124 @@ impl FindingSink {
         }
     }
 }
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SourceLabels {
+    pub source: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SourceReasonLabels {
+    pub source: String,
+    pub reason: String,
+}
+
+/// sandwatch's own health: its sources, and the input they had to reject.
+#[derive(Clone, Default)]
+pub struct HealthMetrics {
+    synced: Family<SourceLabels, Gauge>,
+    last_success: Family<SourceLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
+    watch_events: Family<SourceLabels, Counter>,
+    watch_restarts: Family<SourceLabels, Counter>,
+    watch_errors: Family<SourceLabels, Counter>,
+    rejected: Family<SourceReasonLabels, Counter>,
+}
+
+impl HealthMetrics {
+    pub fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "sandwatch_source_synced",
+            "1 while the source has completed its initial list or load and is fresh; 0 means findings that rest on it hold and remediation stops. Check the logs for the source's errors",
+            self.synced.clone(),
+        );
+        registry.register(
+            "sandwatch_source_last_success_timestamp_seconds",
+            "Unix time of the source's last successful list, watch event or poll",
+            self.last_success.clone(),
+        );
+        registry.register(
+            "sandwatch_watch_events",
+            "Watch events received from the Kubernetes API server, by source",
+            self.watch_events.clone(),
+        );
+        registry.register(
+            "sandwatch_watch_restarts",
+            "Watches started over with a full list after the API server stayed unreachable, by source",
+            self.watch_restarts.clone(),
+        );
+        registry.register(
+            "sandwatch_watch_errors",
+            "Failed watch or list requests (retried with backoff), by source",
+            self.watch_errors.clone(),
+        );
+        registry.register(
+            "sandwatch_rejected_inputs",
+            "Input that could not be used (bad JSON, unknown record kind or state, objects without metadata), by source and reason; it was logged and skipped",
+            self.rejected.clone(),
+        );
+    }
+
+    pub fn source_status(&self, name: &str, synced: bool) {
+        let l = SourceLabels {
+            source: name.to_string(),
+        };
+        self.synced.get_or_create(&l).set(i64::from(synced));
+    }
+
+    fn success(&self, source: &str) {
+        self.last_success
+            .get_or_create(&SourceLabels {
+                source: source.to_string(),
+            })
+            .set(crate::time::Ts::now().as_secs_f64());
+    }
+}
+
+impl crate::sources::kube::SourceCounters for HealthMetrics {
+    fn watch_event(&self, source: &str) {
+        self.success(source);
+        self.watch_events
+            .get_or_create(&SourceLabels {
+                source: source.to_string(),
+            })
+            .inc();
+    }
+
+    fn watch_restart(&self, source: &str) {
+        self.watch_restarts
+            .get_or_create(&SourceLabels {
+                source: source.to_string(),
+            })
+            .inc();
+    }
+
+    fn watch_error(&self, source: &str) {
+        self.watch_errors
+            .get_or_create(&SourceLabels {
+                source: source.to_string(),
+            })
+            .inc();
+    }
+
+    fn rejected(&self, source: &str, reason: &str) {
+        self.rejected
+            .get_or_create(&SourceReasonLabels {
+                source: source.to_string(),
+                reason: reason.to_string(),
+            })
+            .inc();
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BuildLabels {
+    version: String,
+}
+
+/// `sandwatch_build_info{version} 1`.
+pub fn register_build_info(registry: &mut Registry) {
+    let info = prometheus_client::metrics::info::Info::new(BuildLabels {
+        version: env!("CARGO_PKG_VERSION").to_string(),
+    });
+    registry.register("sandwatch_build", "The running sandwatch version", info);
+}

@@ -1,5 +1,7 @@
-//! Sinks: where finding transitions go. They read transitions and nothing else; no sink
-//! reaches back into a source or the engine.
+//! Sinks: where finding transitions go. They read transitions (and the engine's published
+//! snapshot) and nothing else; no sink reaches back into a source or the engine.
 
+pub mod http;
+pub mod log;
 pub mod metrics;
 pub mod report;

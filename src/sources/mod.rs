@@ -4,6 +4,7 @@
 //! API) and nothing of rules. What they share lives here: turning one Kubernetes watch event
 //! into a change, whatever the object is (a pod, or a custom resource a profile names).
 
+pub mod kube;
 pub mod replay;
 
 use crate::engine::Change;

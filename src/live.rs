@@ -1,0 +1,196 @@
+//! `sandwatch run`: the live daemon, wired.
+//!
+//! ```text
+//!  kube watches ─┐                        ┌─▶ metrics (prometheus-client)
+//!  (pods, CRs)   ├─(Ts, Change)─▶ engine ─┼─▶ logs
+//!  ...           ┘   one mpsc     task    ├─▶ snapshot ─▶ HTTP (/readyz, /api/v1/findings, /)
+//!                                          └─▶ transitions (broadcast, for in-process consumers)
+//! ```
+//!
+//! One task owns the engine and applies changes in arrival order; a ticker advances its clock
+//! every second so that grace-period timers fire. Sources are independent tasks; the HTTP
+//! server reads only what the engine task publishes.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use prometheus_client::registry::Registry;
+use tokio::sync::{broadcast, mpsc, watch};
+use tokio::task::JoinSet;
+use tracing::info;
+
+use crate::engine::{Change, Engine};
+use crate::finding::Transition;
+use crate::profile::Profiles;
+use crate::sinks::http::{self, Snapshot};
+use crate::sinks::log;
+use crate::sinks::metrics::{FindingMetrics, HealthMetrics};
+use crate::sources::kube::{self as kube_source, Context};
+use crate::time::Ts;
+
+pub struct Settings {
+    pub profiles: Arc<Profiles>,
+    pub listen: SocketAddr,
+    /// How long a source may fail before it is reported unsynced and starts over.
+    pub stale_after: Duration,
+    /// How often the engine's clock advances when nothing happens.
+    pub tick: Duration,
+}
+
+/// A running daemon.
+pub struct Daemon {
+    /// The address the HTTP server listens on.
+    pub addr: SocketAddr,
+    pub snapshot: watch::Receiver<Arc<Snapshot>>,
+    transitions: broadcast::Sender<Arc<Transition>>,
+    stop: watch::Sender<bool>,
+    tasks: JoinSet<()>,
+}
+
+impl Daemon {
+    /// Starts the sources, the engine task and the HTTP server.
+    pub async fn start(settings: Settings, client: ::kube::Client) -> anyhow::Result<Daemon> {
+        let profiles = settings.profiles.clone();
+        let findings = FindingMetrics::new(&profiles);
+        let health = HealthMetrics::default();
+        let mut registry = Registry::default();
+        findings.register(&mut registry);
+        health.register(&mut registry);
+        crate::sinks::metrics::register_build_info(&mut registry);
+
+        let (changes_tx, changes_rx) = mpsc::channel::<(Ts, Change)>(4096);
+        let (snapshot_tx, snapshot_rx) = watch::channel(Arc::new(Snapshot::default()));
+        let (transitions, _) = broadcast::channel(4096);
+        let (stop, stop_rx) = watch::channel(false);
+        let mut tasks = JoinSet::new();
+
+        let listener = tokio::net::TcpListener::bind(settings.listen)
+            .await
+            .map_err(|e| anyhow::anyhow!("listening on {}: {e}", settings.listen))?;
+        let addr = listener.local_addr()?;
+        let app = http::router(snapshot_rx.clone(), Arc::new(registry));
+        let mut http_stop = stop_rx.clone();
+        tasks.spawn(async move {
+            let shutdown = async move {
+                let _ = http_stop.wait_for(|s| *s).await;
+            };
+            if let Err(e) = axum::serve(listener, app)
+                .with_graceful_shutdown(shutdown)
+                .await
+            {
+                tracing::error!(error = %e, "the HTTP server stopped");
+            }
+        });
+        info!(%addr, "serving /healthz, /readyz, /api/v1/findings and /metrics");
+
+        let engine = EngineTask {
+            engine: Engine::new(profiles.clone()),
+            findings: findings.sink(),
+            health: health.clone(),
+            snapshot: snapshot_tx,
+            transitions: transitions.clone(),
+        };
+        tasks.spawn(engine.run(changes_rx, settings.tick, stop_rx.clone()));
+
+        let cx = Context {
+            client,
+            profiles: profiles.clone(),
+            changes: changes_tx,
+            stale_after: settings.stale_after,
+            counters: Arc::new(health),
+        };
+        for w in kube_source::watches(&profiles) {
+            info!(source = %w.name, selector = w.label_selector.as_deref().unwrap_or(""), "watching");
+            let mut stop = stop_rx.clone();
+            let cx = cx.clone();
+            tasks.spawn(async move {
+                tokio::select! {
+                    _ = w.run(cx) => {}
+                    _ = stop.wait_for(|s| *s) => {}
+                }
+            });
+        }
+        Ok(Daemon {
+            addr,
+            snapshot: snapshot_rx,
+            transitions,
+            stop,
+            tasks,
+        })
+    }
+
+    /// Every transition from now on.
+    pub fn transitions(&self) -> broadcast::Receiver<Arc<Transition>> {
+        self.transitions.subscribe()
+    }
+
+    /// Stops everything and waits for the tasks to finish.
+    pub async fn shutdown(mut self) {
+        let _ = self.stop.send(true);
+        while self.tasks.join_next().await.is_some() {}
+    }
+}
+
+struct EngineTask {
+    engine: Engine,
+    findings: crate::sinks::metrics::FindingSink,
+    health: HealthMetrics,
+    snapshot: watch::Sender<Arc<Snapshot>>,
+    transitions: broadcast::Sender<Arc<Transition>>,
+}
+
+impl EngineTask {
+    async fn run(
+        mut self,
+        mut changes: mpsc::Receiver<(Ts, Change)>,
+        tick: Duration,
+        mut stop: watch::Receiver<bool>,
+    ) {
+        let mut ticker = tokio::time::interval(tick);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let (at, change) = tokio::select! {
+                c = changes.recv() => match c {
+                    Some(c) => c,
+                    None => break,
+                },
+                _ = ticker.tick() => (Ts::now(), Change::Tick),
+                _ = stop.wait_for(|s| *s) => break,
+            };
+            let source = match &change {
+                Change::Source(s) => Some((s.name.clone(), s.synced && s.fresh)),
+                _ => None,
+            };
+            let out = self.engine.apply(at, change);
+            if let Some((name, ok)) = &source {
+                self.health.source_status(name, *ok);
+            }
+            for t in &out {
+                self.findings.transition(t);
+                log::transition(t);
+                let _ = self.transitions.send(Arc::new(t.clone()));
+            }
+            if !out.is_empty() || source.is_some() || self.due_for_counts(at) {
+                self.publish(at);
+            }
+        }
+    }
+
+    /// The tracked counts in the snapshot are refreshed at least every few seconds.
+    fn due_for_counts(&self, at: Ts) -> bool {
+        let last = self.snapshot.borrow().at;
+        at.secs_since(last) >= 2.0
+    }
+
+    fn publish(&self, at: Ts) {
+        let snap = Snapshot {
+            at,
+            findings: self.engine.open_findings().into_iter().cloned().collect(),
+            sources: self.engine.world().sources().to_vec(),
+            pods: self.engine.world().pod_count(),
+            records: self.engine.world().record_count(),
+        };
+        self.snapshot.send_replace(Arc::new(snap));
+    }
+}

@@ -1,0 +1,275 @@
+//! The HTTP endpoints: health, readiness, the open findings, and metrics.
+//!
+//! Sits at the end of the live flow: the engine task publishes a [`Snapshot`] (open findings
+//! and source health) after each change that alters them; these handlers only read the latest
+//! snapshot and the metrics registry, so a slow client never holds up the engine.
+//!
+//! - `GET /healthz`: the process is alive (always 200).
+//! - `GET /readyz`: 200 when every configured source is synced and fresh, else 503; the JSON
+//!   body says which sources are not.
+//! - `GET /api/v1/findings[?kind=&namespace=&profile=]`: the open findings with their
+//!   evidence. Per-entity detail (pod, session, execution ids) lives here, not in metrics.
+//! - `GET /metrics`: Prometheus / OpenMetrics text.
+//! - `GET /`: a plain HTML page listing the open findings, for a person.
+
+use std::fmt::Write as _;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::{Query, State};
+use axum::http::{StatusCode, header};
+use axum::response::{Html, IntoResponse, Json, Response};
+use axum::routing::get;
+use prometheus_client::registry::Registry;
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+
+use crate::finding::{FindingKind, OpenFinding};
+use crate::time::Ts;
+use crate::world::SourceStatus;
+
+/// What the engine publishes for readers.
+#[derive(Clone, Debug, Default)]
+pub struct Snapshot {
+    pub at: Ts,
+    pub findings: Vec<OpenFinding>,
+    pub sources: Vec<SourceStatus>,
+    /// Sandbox pods and records held in memory.
+    pub pods: usize,
+    pub records: usize,
+}
+
+#[derive(Clone)]
+struct AppState {
+    snapshot: watch::Receiver<Arc<Snapshot>>,
+    registry: Arc<Registry>,
+}
+
+pub fn router(snapshot: watch::Receiver<Arc<Snapshot>>, registry: Arc<Registry>) -> Router {
+    Router::new()
+        .route("/", get(index))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .route("/api/v1/findings", get(findings))
+        .route("/metrics", get(metrics))
+        .with_state(AppState { snapshot, registry })
+}
+
+#[derive(Serialize)]
+struct SourceView<'a> {
+    name: &'a str,
+    feeds: Vec<String>,
+    synced: bool,
+    fresh: bool,
+}
+
+#[derive(Serialize)]
+struct Readiness<'a> {
+    ready: bool,
+    not_ready: Vec<&'a str>,
+    sources: Vec<SourceView<'a>>,
+    pods: usize,
+    records: usize,
+}
+
+async fn readyz(State(s): State<AppState>) -> Response {
+    let snap = s.snapshot.borrow().clone();
+    let not_ready: Vec<&str> = snap
+        .sources
+        .iter()
+        .filter(|s| !(s.synced && s.fresh))
+        .map(|s| s.name.as_str())
+        .collect();
+    let ready = !snap.sources.is_empty() && not_ready.is_empty();
+    let body = Readiness {
+        ready,
+        not_ready,
+        sources: snap
+            .sources
+            .iter()
+            .map(|s| SourceView {
+                name: &s.name,
+                feeds: s
+                    .feeds
+                    .iter()
+                    .map(|f| format!("{f:?}").to_lowercase())
+                    .collect(),
+                synced: s.synced,
+                fresh: s.fresh,
+            })
+            .collect(),
+        pods: snap.pods,
+        records: snap.records,
+    };
+    let code = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (code, Json(body)).into_response()
+}
+
+#[derive(Deserialize)]
+struct Filter {
+    kind: Option<String>,
+    namespace: Option<String>,
+    profile: Option<String>,
+}
+
+/// One open finding as the API shows it.
+#[derive(Serialize)]
+pub struct FindingView<'a> {
+    pub kind: FindingKind,
+    pub profile: &'a str,
+    pub namespace: Option<&'a str>,
+    pub pod: Option<&'a str>,
+    pub session: Option<&'a str>,
+    pub execution: Option<&'a str>,
+    pub sandbox: Option<&'a str>,
+    pub reason: &'a str,
+    pub container: Option<&'a str>,
+    pub exit_code: Option<i32>,
+    pub state: Option<&'a str>,
+    pub retries_after_death: u64,
+    pub evidence_at: String,
+    pub opened_at: String,
+    pub open_for_seconds: f64,
+}
+
+impl<'a> FindingView<'a> {
+    pub fn new(f: &'a OpenFinding, now: Ts) -> FindingView<'a> {
+        let d = &f.finding;
+        FindingView {
+            kind: d.kind,
+            profile: &d.profile,
+            namespace: d.namespace.as_deref(),
+            pod: d.pod.as_deref(),
+            session: d.session.as_deref(),
+            execution: d.execution.as_deref(),
+            sandbox: d.sandbox.as_deref(),
+            reason: &d.reason,
+            container: d.container.as_deref(),
+            exit_code: d.exit_code,
+            state: d.state.as_deref(),
+            retries_after_death: f.retries_after_death,
+            evidence_at: f.evidence_at.to_string(),
+            opened_at: f.opened_at.to_string(),
+            open_for_seconds: now.secs_since(f.opened_at),
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct FindingsBody<'a> {
+    count: usize,
+    findings: Vec<FindingView<'a>>,
+}
+
+async fn findings(State(s): State<AppState>, Query(filter): Query<Filter>) -> Response {
+    if let Some(k) = &filter.kind
+        && FindingKind::parse(k).is_none()
+    {
+        let kinds: Vec<&str> = FindingKind::ALL.iter().map(|k| k.as_str()).collect();
+        let msg = format!("kind: {k:?} is not a finding kind ({})\n", kinds.join(", "));
+        return (StatusCode::BAD_REQUEST, msg).into_response();
+    }
+    let snap = s.snapshot.borrow().clone();
+    let now = Ts::now().max(snap.at);
+    let findings: Vec<FindingView> = snap
+        .findings
+        .iter()
+        .filter(|f| {
+            let d = &f.finding;
+            filter.kind.as_deref().is_none_or(|k| d.kind.as_str() == k)
+                && filter
+                    .namespace
+                    .as_deref()
+                    .is_none_or(|n| d.namespace.as_deref() == Some(n))
+                && filter.profile.as_deref().is_none_or(|p| &*d.profile == p)
+        })
+        .map(|f| FindingView::new(f, now))
+        .collect();
+    Json(FindingsBody {
+        count: findings.len(),
+        findings,
+    })
+    .into_response()
+}
+
+async fn metrics(State(s): State<AppState>) -> Response {
+    let mut text = String::new();
+    if let Err(e) = prometheus_client::encoding::text::encode(&mut text, &s.registry) {
+        return (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("encoding metrics: {e}\n"),
+        )
+            .into_response();
+    }
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        text,
+    )
+        .into_response()
+}
+
+fn escape(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}
+
+async fn index(State(s): State<AppState>) -> Html<String> {
+    let snap = s.snapshot.borrow().clone();
+    let now = Ts::now().max(snap.at);
+    let mut h = String::from(
+        "<!doctype html><html><head><meta charset=\"utf-8\"><title>sandwatch</title>\
+         <meta http-equiv=\"refresh\" content=\"15\"><style>body{font-family:sans-serif;margin:1.5em}\
+         table{border-collapse:collapse}td,th{border-bottom:1px solid #ddd;padding:4px 8px;text-align:left;font-size:14px}\
+         .bad{color:#b00}.ok{color:#070}</style></head><body><h1>sandwatch</h1>",
+    );
+    let down: Vec<&str> = snap
+        .sources
+        .iter()
+        .filter(|s| !(s.synced && s.fresh))
+        .map(|s| s.name.as_str())
+        .collect();
+    if down.is_empty() {
+        let _ = write!(
+            h,
+            "<p class=\"ok\">All {} sources synced and fresh.</p>",
+            snap.sources.len()
+        );
+    } else {
+        let _ = write!(
+            h,
+            "<p class=\"bad\">Not synced or stale: {}. Findings that rest on them are held.</p>",
+            escape(&down.join(", "))
+        );
+    }
+    let _ = write!(h, "<h2>{} open findings</h2>", snap.findings.len());
+    h.push_str("<table><tr><th>kind</th><th>profile</th><th>namespace/pod</th><th>session</th><th>execution / sandbox</th><th>reason</th><th>opened</th><th>open for</th><th>retries</th></tr>");
+    for f in &snap.findings {
+        let v = FindingView::new(f, now);
+        let _ = write!(
+            h,
+            "<tr><td>{}</td><td>{}</td><td>{}/{}</td><td>{}</td><td>{} {}</td><td>{}</td><td>{}</td><td>{:.0} s</td><td>{}</td></tr>",
+            v.kind,
+            escape(v.profile),
+            escape(v.namespace.unwrap_or("-")),
+            escape(v.pod.unwrap_or("-")),
+            escape(v.session.unwrap_or("-")),
+            escape(v.execution.unwrap_or("-")),
+            escape(v.sandbox.unwrap_or("")),
+            escape(v.reason),
+            v.opened_at,
+            v.open_for_seconds,
+            v.retries_after_death
+        );
+    }
+    h.push_str("</table><p><a href=\"/api/v1/findings\">JSON</a> · <a href=\"/readyz\">readiness</a> · <a href=\"/metrics\">metrics</a></p></body></html>");
+    Html(h)
+}

@@ -1,0 +1,259 @@
+//! The Kubernetes source: pods and custom resources, through kube-runtime's watcher.
+//!
+//! One [`Watch`] per profile and resource (and per namespace when a profile lists namespaces)
+//! runs `kube_runtime::watcher` with the profile's label selector, decoding each object
+//! straight into the slim [`Object`] (no reflector store of whole objects) and sending
+//! [`Change`]s to the engine. It tells the engine how far it can be trusted:
+//! - unsynced until the initial list is complete (`InitDone`);
+//! - unsynced again while the watcher relists (after a 410 Gone), and on `InitDone` it sends
+//!   the set of objects listed, so that what vanished during the gap is seen as deleted and
+//!   nothing else changes: no finding flaps because of a relist;
+//! - unsynced when errors last longer than `stale_after`; it then starts over with a fresh
+//!   list, which succeeds by itself once the API server answers again. Retries use the
+//!   watcher's own exponential backoff with jitter (800 ms to 30 s).
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use kube::core::ApiResource;
+use kube::runtime::WatchStreamExt;
+use kube::runtime::watcher::{self, Event};
+use kube::{Api, Client};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tracing::{debug, info, warn};
+
+use crate::engine::Change;
+use crate::kubernetes::Object;
+use crate::profile::{ProfileId, Profiles, ResourceRole};
+use crate::sources::{WatchType, object_change};
+use crate::time::Ts;
+use crate::world::{Feed, SourceStatus};
+
+/// One watched resource, in one scope.
+#[derive(Clone, Debug)]
+pub struct Watch {
+    /// The source's name in readiness reports and metrics, e.g. `pods/sandbox-api`.
+    pub name: String,
+    pub feed: Feed,
+    pub profile: ProfileId,
+    pub resource: ApiResource,
+    /// `None` watches every namespace.
+    pub namespace: Option<String>,
+    pub label_selector: Option<String>,
+}
+
+/// Every watch the profiles call for: their sandbox pods, and the custom resources they name.
+pub fn watches(profiles: &Profiles) -> Vec<Watch> {
+    let mut out = Vec::new();
+    for (id, p) in profiles.iter() {
+        let namespaces: Vec<Option<String>> = match p.pods.as_ref().map(|m| &m.namespaces) {
+            Some(list) if !list.is_empty() => list.iter().cloned().map(Some).collect(),
+            _ => vec![None],
+        };
+        let scoped = |base: String, ns: &Option<String>| match ns {
+            Some(ns) => format!("{base}/{ns}"),
+            None => base,
+        };
+        if let Some(pods) = &p.pods {
+            for ns in &namespaces {
+                out.push(Watch {
+                    name: scoped(format!("pods/{}", p.name), ns),
+                    feed: Feed::Pods,
+                    profile: id,
+                    resource: ApiResource::erase::<k8s_openapi::api::core::v1::Pod>(&()),
+                    namespace: ns.clone(),
+                    label_selector: Some(pods.selector_text.clone()),
+                });
+            }
+        }
+        for cr in &p.custom_resources {
+            let resource = ApiResource {
+                group: cr.group.clone(),
+                version: cr.version.clone(),
+                api_version: cr.api_version(),
+                kind: cr.kind.clone(),
+                plural: cr.plural.clone(),
+            };
+            let feed = match cr.role {
+                ResourceRole::Session => Feed::Sessions,
+                ResourceRole::ResumeTarget => Feed::ResumeTargets,
+            };
+            for ns in &namespaces {
+                out.push(Watch {
+                    name: scoped(format!("{}.{}/{}", cr.plural, cr.group, p.name), ns),
+                    feed,
+                    profile: id,
+                    resource: resource.clone(),
+                    namespace: ns.clone(),
+                    label_selector: None,
+                });
+            }
+        }
+    }
+    out
+}
+
+/// What a watch loop needs from the rest of the daemon.
+#[derive(Clone)]
+pub struct Context {
+    pub client: Client,
+    pub profiles: Arc<Profiles>,
+    pub changes: mpsc::Sender<(Ts, Change)>,
+    /// How long errors may last before the source is reported unsynced and relisted.
+    pub stale_after: Duration,
+    pub counters: Arc<dyn SourceCounters>,
+}
+
+/// Self-health counters a source reports (kept by the metrics sink).
+pub trait SourceCounters: Send + Sync {
+    fn watch_event(&self, source: &str);
+    fn watch_restart(&self, source: &str);
+    fn watch_error(&self, source: &str);
+    fn rejected(&self, source: &str, reason: &str);
+}
+
+impl Watch {
+    fn status(&self, synced: bool) -> Change {
+        Change::Source(SourceStatus {
+            name: self.name.clone(),
+            feeds: vec![self.feed],
+            synced,
+            fresh: synced,
+        })
+    }
+
+    fn api(&self, client: Client) -> Api<Object> {
+        match &self.namespace {
+            Some(ns) => Api::namespaced_with(client, ns, &self.resource),
+            None => Api::all_with(client, &self.resource),
+        }
+    }
+
+    /// Watches until the engine goes away.
+    pub async fn run(self, cx: Context) {
+        let send = |change: Change| {
+            let tx = cx.changes.clone();
+            async move { tx.send((Ts::now(), change)).await.is_ok() }
+        };
+        if !send(self.status(false)).await {
+            return;
+        }
+        let mut config = watcher::Config::default();
+        if let Some(selector) = &self.label_selector {
+            config = config.labels(selector);
+        }
+        let check_every =
+            (cx.stale_after / 4).clamp(Duration::from_millis(50), Duration::from_secs(1));
+        let mut first = true;
+        loop {
+            if !first {
+                cx.counters.watch_restart(&self.name);
+            }
+            first = false;
+            let mut stream = watcher::watcher(self.api(cx.client.clone()), config.clone())
+                .default_backoff()
+                .boxed();
+            let mut listed: Option<HashSet<(String, String)>> = None;
+            let mut synced = false;
+            let mut failing_since: Option<Instant> = None;
+            let mut check = tokio::time::interval(check_every);
+            loop {
+                let item = tokio::select! {
+                    item = stream.next() => item,
+                    _ = check.tick() => {
+                        let stale = failing_since.is_some_and(|t| t.elapsed() >= cx.stale_after);
+                        if stale && synced {
+                            warn!(source = %self.name, "the API server has not answered for {:?}: reporting the source unsynced and starting over with a full list", cx.stale_after);
+                            if !send(self.status(false)).await {
+                                return;
+                            }
+                            break;
+                        }
+                        continue;
+                    }
+                };
+                let event = match item {
+                    None => break,
+                    Some(Err(e)) => {
+                        cx.counters.watch_error(&self.name);
+                        warn!(source = %self.name, error = %e, "watch failed; retrying with backoff");
+                        failing_since.get_or_insert_with(Instant::now);
+                        continue;
+                    }
+                    Some(Ok(event)) => event,
+                };
+                failing_since = None;
+                cx.counters.watch_event(&self.name);
+                let change = match event {
+                    Event::Init => {
+                        debug!(source = %self.name, "listing");
+                        listed = Some(HashSet::new());
+                        if synced {
+                            synced = false;
+                            info!(source = %self.name, "relisting (the watch expired); findings that rest on this source hold until the list is complete");
+                            if !send(self.status(false)).await {
+                                return;
+                            }
+                        }
+                        continue;
+                    }
+                    Event::InitDone => {
+                        let listed = listed.take().unwrap_or_default();
+                        info!(source = %self.name, objects = listed.len(), "synced");
+                        let done = Change::Listed {
+                            feed: self.feed,
+                            profile: self.profile,
+                            namespace: self.namespace.clone(),
+                            listed,
+                        };
+                        if !send(done).await || !send(self.status(true)).await {
+                            return;
+                        }
+                        synced = true;
+                        continue;
+                    }
+                    Event::InitApply(obj) => {
+                        if let Some(seen) = listed.as_mut() {
+                            seen.insert(key(&obj));
+                        }
+                        self.change(WatchType::Added, obj, &cx)
+                    }
+                    Event::Apply(obj) => self.change(WatchType::Modified, obj, &cx),
+                    Event::Delete(obj) => self.change(WatchType::Deleted, obj, &cx),
+                };
+                if let Some(change) = change
+                    && !send(change).await
+                {
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Turns one object into a change; objects that cannot be used are logged and counted.
+    fn change(&self, kind: WatchType, mut obj: Object, cx: &Context) -> Option<Change> {
+        // List items of built-in kinds carry no kind/apiVersion.
+        if obj.kind.is_empty() {
+            obj.kind = self.resource.kind.clone();
+            obj.api_version = self.resource.api_version.clone();
+        }
+        match object_change(kind, Box::new(obj), &cx.profiles) {
+            Ok(change) => change.map(|(_, c)| c),
+            Err(e) => {
+                cx.counters.rejected(&self.name, e.reason);
+                warn!(source = %self.name, reason = e.reason, "skipped an object: {}", e.message);
+                None
+            }
+        }
+    }
+}
+
+fn key(obj: &Object) -> (String, String) {
+    (
+        obj.namespace().unwrap_or_default().to_string(),
+        obj.name().unwrap_or_default().to_string(),
+    )
+}

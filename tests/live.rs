@@ -1,0 +1,575 @@
+//! `sandwatch run` against the test API server: the real kube-rs client and watcher, the real
+//! daemon code, real HTTP on loopback.
+
+mod common;
+mod support;
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use common::{C, PodB, pod};
+use sandwatch::finding::{Event, Transition};
+use sandwatch::live::{Daemon, Settings};
+use support::apiserver::TestApiServer;
+
+/// Every transition the daemon emits, collected in the background.
+#[derive(Clone, Default)]
+struct Log(Arc<Mutex<Vec<Arc<Transition>>>>);
+
+impl Log {
+    fn follow(daemon: &Daemon) -> Log {
+        let log = Log::default();
+        let mut rx = daemon.transitions();
+        let sink = log.0.clone();
+        tokio::spawn(async move {
+            while let Ok(t) = rx.recv().await {
+                sink.lock().unwrap().push(t);
+            }
+        });
+        log
+    }
+
+    /// "event kind pod" lines, in order.
+    fn lines(&self) -> Vec<String> {
+        self.0
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|t| t.event != Event::Updated)
+            .map(|t| {
+                let f = &t.finding.finding;
+                format!(
+                    "{:?} {} {}",
+                    t.event,
+                    f.kind,
+                    f.pod.as_deref().or(f.session.as_deref()).unwrap_or("-")
+                )
+                .to_lowercase()
+            })
+            .collect()
+    }
+}
+
+async fn start(
+    server: &TestApiServer,
+    profiles: sandwatch::profile::Profiles,
+    stale_after: Duration,
+) -> Daemon {
+    let settings = Settings {
+        profiles: Arc::new(profiles),
+        listen: "127.0.0.1:0".parse().unwrap(),
+        stale_after,
+        tick: Duration::from_millis(100),
+    };
+    Daemon::start(settings, server.client())
+        .await
+        .expect("daemon starts")
+}
+
+async fn get(daemon: &Daemon, path: &str) -> (u16, Value) {
+    let r = reqwest::get(format!("http://{}{path}", daemon.addr))
+        .await
+        .expect("HTTP to the daemon");
+    let status = r.status().as_u16();
+    (status, r.json().await.unwrap_or(Value::Null))
+}
+
+/// Waits for a condition, checking every 20 ms, failing with `what` after `limit`.
+async fn wait_for<F, Fut>(limit: Duration, what: &str, mut cond: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + limit;
+    loop {
+        if cond().await {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {limit:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn wait_ready(daemon: &Daemon, ready: bool) {
+    wait_for(
+        Duration::from_secs(15),
+        if ready { "ready" } else { "not ready" },
+        || async { get(daemon, "/readyz").await.0 == if ready { 200 } else { 503 } },
+    )
+    .await;
+}
+
+async fn findings(daemon: &Daemon) -> Vec<Value> {
+    get(daemon, "/api/v1/findings").await.1["findings"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+}
+
+fn sandbox(name: &str) -> PodB {
+    pod("agents", name)
+        .label("sandwatch.io/session", name)
+        .container("agent", C::Running(1))
+        .container("tools", C::Running(1))
+}
+
+/// The pod as the API server stores it: without the builder's uid and resourceVersion, which
+/// the server assigns.
+fn stored(p: &PodB) -> Value {
+    let mut v = p.json();
+    let m = v["metadata"].as_object_mut().unwrap();
+    m.remove("uid");
+    m.remove("resourceVersion");
+    v
+}
+
+/// Replaces a pod's status behind the daemon's back, as the kubelet would.
+fn kubelet_update(server: &TestApiServer, p: &PodB) {
+    let mut current = server
+        .get("", "v1", "pods", &p.ns, &p.name)
+        .expect("pod exists");
+    current["status"] = p.json()["status"].clone();
+    server.update(current);
+}
+
+fn generic() -> sandwatch::profile::Profiles {
+    sandwatch::config::preset("generic").unwrap()
+}
+
+#[tokio::test]
+async fn oomkilled_agent_behind_a_live_sidecar_is_found_within_a_second_and_deletion_resolves_it() {
+    let server = TestApiServer::start().await;
+    let p = sandbox("s-1");
+    server.create(stored(&p));
+    let daemon = start(&server, generic(), Duration::from_secs(5)).await;
+    let mut rx = daemon.transitions();
+    wait_ready(&daemon, true).await;
+    wait_for(Duration::from_secs(5), "the watch to open", || async {
+        server.open_watches() > 0
+    })
+    .await;
+
+    kubelet_update(
+        &server,
+        &p.clone().set("agent", C::Terminated(137, "OOMKilled", 100)),
+    );
+    let sent = Instant::now();
+    let t = tokio::time::timeout(Duration::from_secs(1), rx.recv())
+        .await
+        .expect("a transition within one second of the MODIFIED event")
+        .unwrap();
+    let latency = sent.elapsed();
+    assert_eq!(t.event, Event::Opened);
+    assert_eq!(
+        t.finding.finding.kind.as_str(),
+        "agent_terminated_pod_running"
+    );
+    eprintln!("detected {latency:?} after the MODIFIED event was written");
+
+    let open = findings(&daemon).await;
+    assert_eq!(open.len(), 1, "{open:#?}");
+    assert_eq!(open[0]["reason"], "OOMKilled");
+    assert_eq!(open[0]["pod"], "s-1");
+    assert_eq!(open[0]["session"], "s-1");
+    assert_eq!(open[0]["container"], "agent");
+    assert_eq!(open[0]["exit_code"], 137);
+
+    server.delete("", "v1", "pods", "agents", "s-1");
+    let t = tokio::time::timeout(Duration::from_secs(2), rx.recv())
+        .await
+        .expect("resolved")
+        .unwrap();
+    assert_eq!(t.event, Event::Resolved);
+    assert!(findings(&daemon).await.is_empty());
+    daemon.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_410_relist_sees_the_deletions_of_the_gap_and_nothing_flaps() {
+    let server = TestApiServer::start().await;
+    let dead = |name: &str| sandbox(name).set("agent", C::Terminated(137, "OOMKilled", 10));
+    for name in ["a", "b", "c"] {
+        server.create(stored(&dead(name)));
+    }
+    server.create(stored(&sandbox("d")));
+    let daemon = start(&server, generic(), Duration::from_secs(30)).await;
+    let log = Log::follow(&daemon);
+    wait_ready(&daemon, true).await;
+    wait_for(Duration::from_secs(5), "three findings", || async {
+        findings(&daemon).await.len() == 3
+    })
+    .await;
+    wait_for(Duration::from_secs(5), "the watch to open", || async {
+        server.open_watches() == 1
+    })
+    .await;
+    let before = server
+        .requests()
+        .iter()
+        .filter(|r| r.verb == "list")
+        .count();
+
+    // The watch breaks; meanwhile a pod goes, another dies; history is compacted away.
+    server.hold_watches();
+    server.drop_all_watches();
+    server.delete("", "v1", "pods", "agents", "a");
+    kubelet_update(&server, &dead("d"));
+    server.compact();
+    server.release_watches();
+
+    wait_for(Duration::from_secs(10), "the relist", || async {
+        server
+            .requests()
+            .iter()
+            .filter(|r| r.verb == "list")
+            .count()
+            > before
+    })
+    .await;
+    wait_for(Duration::from_secs(10), "findings for b, c, d", || async {
+        let mut pods: Vec<String> = findings(&daemon)
+            .await
+            .iter()
+            .map(|f| f["pod"].as_str().unwrap().to_string())
+            .collect();
+        pods.sort();
+        pods == ["b", "c", "d"]
+    })
+    .await;
+    wait_ready(&daemon, true).await;
+    let mut lines = log.lines();
+    lines.sort();
+    assert_eq!(
+        lines,
+        [
+            "opened agent_terminated_pod_running a",
+            "opened agent_terminated_pod_running b",
+            "opened agent_terminated_pod_running c",
+            "opened agent_terminated_pod_running d",
+            "resolved agent_terminated_pod_running a",
+        ],
+        "b and c must not flap; a's deletion during the gap must be seen"
+    );
+    daemon.shutdown().await;
+}
+
+const AMBIENT_FAST: &str = r#"
+profiles:
+  - preset: ambient
+    grace:
+      absence: 1s
+"#;
+
+fn agentic_session(ns: &str, name: &str, phase: &str) -> Value {
+    json!({
+        "apiVersion": "vteam.ambient-code/v1alpha1", "kind": "AgenticSession",
+        "metadata": {"name": name, "namespace": ns},
+        "spec": {"initialPrompt": "fix the flaky test", "timeout": 3600},
+        "status": {"phase": phase}
+    })
+}
+
+fn runner(ns: &str, session: &str) -> PodB {
+    pod(ns, &format!("{session}-runner"))
+        .label("agentic-session", session)
+        .label("app", "ambient-code-runner")
+        .container("ambient-code-runner", C::Running(1))
+        .container("state-sync", C::Running(1))
+}
+
+fn ambient_server_resources(server: &TestApiServer) {
+    server.register(
+        "vteam.ambient-code",
+        "v1alpha1",
+        "agenticsessions",
+        "AgenticSession",
+        true,
+    );
+}
+
+#[tokio::test]
+async fn an_api_server_outage_holds_findings_and_the_daemon_recovers_by_itself() {
+    let server = TestApiServer::start().await;
+    ambient_server_resources(&server);
+    server.create(agentic_session("project-a", "s-9", "Running"));
+    server.create(stored(&runner("project-a", "s-9")));
+    let daemon = start(
+        &server,
+        sandwatch::config::load_str(AMBIENT_FAST).unwrap(),
+        Duration::from_millis(500),
+    )
+    .await;
+    let log = Log::follow(&daemon);
+    wait_ready(&daemon, true).await;
+
+    server.go_down().await;
+    // Behind the daemon's back, during the outage, the runner pod goes away.
+    server.delete("", "v1", "pods", "project-a", "s-9-runner");
+    wait_ready(&daemon, false).await;
+    let (_, body) = get(&daemon, "/readyz").await;
+    let not_ready: Vec<&str> = body["not_ready"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    assert!(not_ready.contains(&"pods/ambient"), "{body}");
+    assert!(
+        not_ready.contains(&"agenticsessions.vteam.ambient-code/ambient"),
+        "{body}"
+    );
+    // Several absence graces pass while the source is down: nothing opens.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(
+        log.lines().is_empty(),
+        "nothing may open while the source is down: {:?}",
+        log.lines()
+    );
+
+    server.come_up().await;
+    wait_ready(&daemon, true).await;
+    let recovered = Instant::now();
+    // Now the relist shows the pod gone: the session is active without an agent, once the
+    // absence grace has passed since the source was trusted again.
+    wait_for(
+        Duration::from_secs(10),
+        "the finding after recovery",
+        || async { log.lines() == ["opened session_active_without_agent s-9"] },
+    )
+    .await;
+    assert!(
+        recovered.elapsed() >= Duration::from_millis(500),
+        "the grace counts from recovery"
+    );
+    let metrics = reqwest::get(format!("http://{}/metrics", daemon.addr))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("sandwatch_watch_restarts_total{source=\"pods/ambient\"}"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("sandwatch_source_synced{source=\"pods/ambient\"} 1"),
+        "{metrics}"
+    );
+    daemon.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_label_selected_watch_never_receives_or_keeps_unrelated_pods() {
+    let server = TestApiServer::start().await;
+    let dead = |p: PodB| p.set("agent", C::Terminated(137, "OOMKilled", 10));
+    server.create(stored(&dead(sandbox("mine"))));
+    let unrelated = pod("agents", "someone-else")
+        .label("app", "web")
+        .container("agent", C::Terminated(137, "OOMKilled", 10))
+        .container("tools", C::Running(1));
+    server.create(stored(&unrelated));
+    let daemon = start(&server, generic(), Duration::from_secs(5)).await;
+    wait_ready(&daemon, true).await;
+    wait_for(Duration::from_secs(5), "one finding", || async {
+        findings(&daemon).await.len() == 1
+    })
+    .await;
+    // An unrelated pod created later never arrives either.
+    server.create(stored(
+        &pod("agents", "later")
+            .label("app", "web")
+            .container("agent", C::Running(1)),
+    ));
+    wait_for(Duration::from_secs(5), "the watch to open", || async {
+        server.open_watches() == 1
+    })
+    .await;
+
+    // The daemon only ever lists and watches (the RBAC it needs: list/watch pods).
+    for r in server.requests() {
+        assert!(
+            r.verb == "list" || r.verb == "watch",
+            "unexpected API call {r:?}"
+        );
+    }
+    let pod_calls: Vec<_> = server
+        .requests()
+        .into_iter()
+        .filter(|r| r.resource == "pods")
+        .collect();
+    assert!(!pod_calls.is_empty());
+    for r in &pod_calls {
+        assert_eq!(
+            r.param("labelSelector").as_deref(),
+            Some("sandwatch.io/session"),
+            "{r:?}"
+        );
+    }
+    let (_, ready) = get(&daemon, "/readyz").await;
+    assert_eq!(ready["pods"], 1, "only the selected pod is kept: {ready}");
+    assert_eq!(findings(&daemon).await[0]["pod"], "mine");
+    daemon.shutdown().await;
+}
+
+#[tokio::test]
+async fn agentic_sessions_are_session_records_joined_with_their_runner_pods() {
+    let server = TestApiServer::start().await;
+    ambient_server_resources(&server);
+    server.create(agentic_session("project-a", "s-9", "Running"));
+    server.create(agentic_session("project-b", "s-9", "Running")); // same name, other project
+    let r = runner("project-a", "s-9");
+    server.create(stored(&r));
+    server.create(stored(&runner("project-b", "s-9")));
+    let daemon = start(
+        &server,
+        sandwatch::config::preset("ambient").unwrap(),
+        Duration::from_secs(5),
+    )
+    .await;
+    let log = Log::follow(&daemon);
+    wait_ready(&daemon, true).await;
+    let (_, ready) = get(&daemon, "/readyz").await;
+    assert_eq!(ready["records"], 2, "{ready}");
+
+    kubelet_update(
+        &server,
+        &r.clone()
+            .set("ambient-code-runner", C::Terminated(137, "OOMKilled", 100)),
+    );
+    wait_for(Duration::from_secs(5), "two findings", || async {
+        findings(&daemon).await.len() == 2
+    })
+    .await;
+    let open = findings(&daemon).await;
+    let session = open
+        .iter()
+        .find(|f| f["kind"] == "session_active_without_agent")
+        .expect("the CR session");
+    assert_eq!(session["session"], "s-9");
+    assert_eq!(session["namespace"], "project-a");
+    assert_eq!(session["state"], "Running");
+    assert_eq!(session["reason"], "OOMKilled");
+
+    // The user stops the session: the operator moves the CR to Stopped.
+    let mut cr = server
+        .get(
+            "vteam.ambient-code",
+            "v1alpha1",
+            "agenticsessions",
+            "project-a",
+            "s-9",
+        )
+        .unwrap();
+    cr["status"]["phase"] = json!("Stopped");
+    server.update(cr);
+    wait_for(
+        Duration::from_secs(5),
+        "the session finding to resolve",
+        || async {
+            log.lines()
+                .contains(&"resolved session_active_without_agent s-9-runner".to_string())
+        },
+    )
+    .await;
+    assert_eq!(
+        findings(&daemon).await.len(),
+        1,
+        "the pod itself is still stuck"
+    );
+    daemon.shutdown().await;
+}
+
+#[tokio::test]
+async fn the_binary_connects_through_a_kubeconfig_context_and_stops_on_sigterm() {
+    let server = TestApiServer::start().await;
+    server.create(stored(
+        &sandbox("s-1").set("agent", C::Terminated(137, "OOMKilled", 10)),
+    ));
+    let dir = std::env::temp_dir().join(format!("sandwatch-kubeconfig-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let kubeconfig = dir.join("config");
+    std::fs::write(
+        &kubeconfig,
+        format!(
+            "apiVersion: v1\nkind: Config\ncurrent-context: other\nclusters:\n- name: test\n  cluster:\n    server: {}\n- name: nowhere\n  cluster:\n    server: http://127.0.0.1:9\ncontexts:\n- name: test\n  context:\n    cluster: test\n    user: test\n- name: other\n  context:\n    cluster: nowhere\n    user: test\nusers:\n- name: test\n  user: {{}}\n",
+            server.url()
+        ),
+    )
+    .unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_sandwatch"))
+        .args([
+            "run",
+            "--preset",
+            "generic",
+            "--context",
+            "test",
+            "--listen",
+        ])
+        .arg(format!("127.0.0.1:{port}"))
+        .arg("--kubeconfig")
+        .arg(&kubeconfig)
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let url = format!("http://127.0.0.1:{port}");
+    wait_for(
+        Duration::from_secs(20),
+        "the daemon to be ready",
+        || async {
+            matches!(reqwest::get(format!("{url}/readyz")).await, Ok(r) if r.status() == 200)
+        },
+    )
+    .await;
+    let body: Value = reqwest::get(format!("{url}/api/v1/findings"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(body["count"], 1, "{body}");
+    let page = reqwest::get(format!("{url}/"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        page.contains("1 open findings") && page.contains("OOMKilled"),
+        "{page}"
+    );
+    assert_eq!(
+        reqwest::get(format!("{url}/healthz"))
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+
+    let term = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(term.success());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "sandwatch did not stop on SIGTERM"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(status.success(), "{status}");
+}
