@@ -573,3 +573,89 @@ async fn the_binary_connects_through_a_kubeconfig_context_and_stops_on_sigterm()
     };
     assert!(status.success(), "{status}");
 }
+
+const GENERIC_FAST_SIDECAR: &str = r#"
+profiles:
+  - preset: generic
+    grace:
+      native_sidecar: 3s
+"#;
+
+#[tokio::test]
+async fn native_sidecars_crash_loops_and_graceful_deletion_through_the_api() {
+    let server = TestApiServer::start().await;
+    // A native sidecar still running after the agent exited (just now): counts only after its
+    // grace, measured from the agent's finishedAt.
+    let just_now = sandwatch::time::Ts::now().0 / 1000 - common::T0;
+    let native = pod("agents", "native")
+        .label("sandwatch.io/session", "native")
+        .container("agent", C::Terminated(1, "Error", just_now))
+        .native_sidecar("proxy", C::Running(0));
+    // A crash loop under restartPolicy Always: not this finding.
+    let looping = sandbox("looping")
+        .restart_policy("Always")
+        .set("agent", C::Waiting("CrashLoopBackOff"));
+    // A plain sidecar keeping a dead agent's pod Running.
+    let stuck = sandbox("stuck").set("agent", C::Terminated(137, "OOMKilled", 0));
+    for p in [&native, &looping, &stuck] {
+        let mut v = stored(p);
+        v["spec"]["nodeName"] = json!("node-1"); // scheduled: deletion is graceful
+        server.create(v);
+    }
+    let daemon = start(
+        &server,
+        sandwatch::config::load_str(GENERIC_FAST_SIDECAR).unwrap(),
+        Duration::from_secs(5),
+    )
+    .await;
+    let log = Log::follow(&daemon);
+    wait_ready(&daemon, true).await;
+    wait_for(Duration::from_secs(5), "both stuck pods", || async {
+        findings(&daemon).await.len() == 2
+    })
+    .await;
+    let lines = log.lines();
+    assert_eq!(
+        lines[0], "opened agent_terminated_pod_running stuck",
+        "the plain sidecar opens first: {lines:?}"
+    );
+    assert_eq!(lines[1], "opened agent_terminated_pod_running native");
+    let native_open = log
+        .0
+        .lock()
+        .unwrap()
+        .iter()
+        .find(|t| t.finding.finding.pod.as_deref() == Some("native"))
+        .cloned()
+        .unwrap();
+    assert!(
+        native_open.detection_latency_secs() >= 3.0,
+        "opened {} s after the agent's finishedAt: the native sidecar's grace is 3 s",
+        native_open.detection_latency_secs()
+    );
+
+    // kubectl delete: the API server sets deletionTimestamp (MODIFIED) and keeps the pod for
+    // its grace period; the finding resolves as soon as the pod is terminating.
+    let api: kube::Api<k8s_openapi::api::core::v1::Pod> =
+        kube::Api::namespaced(server.client(), "agents");
+    api.delete("stuck", &Default::default()).await.unwrap();
+    wait_for(
+        Duration::from_secs(5),
+        "the terminating pod's finding to resolve",
+        || async {
+            log.lines()
+                .contains(&"resolved agent_terminated_pod_running stuck".to_string())
+        },
+    )
+    .await;
+    assert!(
+        server.get("", "v1", "pods", "agents", "stuck").is_some(),
+        "still there, terminating"
+    );
+    assert!(
+        !log.lines().iter().any(|l| l.contains("looping")),
+        "{:?}",
+        log.lines()
+    );
+    daemon.shutdown().await;
+}
