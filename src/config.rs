@@ -16,9 +16,10 @@ use kube::core::{Expression, Selector};
 use serde::Deserialize;
 
 use crate::profile::{
-    CustomResource, ExecutionStates, Grace, MetaKey, PodMatch, Profile, Profiles, ResourceRole,
-    ResumeFrom, SandboxStates, SessionStates,
+    CustomResource, ExecutionStates, Grace, MetaKey, PodMatch, PostgresRecords, Profile, Profiles,
+    Records, ResourceRole, ResumeFrom, SandboxStates, SessionStates,
 };
+use crate::record::RecordKind;
 
 /// The built-in presets: name, one-line description, YAML.
 pub const PRESETS: &[(&str, &str, &str)] = &[
@@ -95,6 +96,43 @@ pub struct ProfileSpec {
     pub sandboxes: Option<SandboxesSpec>,
     pub custom_resources: Option<Vec<CustomResourceSpec>>,
     pub grace: Option<GraceSpec>,
+    pub records: Option<RecordsSpec>,
+}
+
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RecordsSpec {
+    pub postgres: Option<PostgresSpec>,
+    pub ingest: Option<IngestSpec>,
+}
+
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PostgresSpec {
+    pub url_env: Option<String>,
+    pub url_file: Option<String>,
+    pub ca_file: Option<String>,
+    pub poll_interval: Option<String>,
+    pub resync_interval: Option<String>,
+    pub stale_after: Option<String>,
+    pub statement_timeout: Option<String>,
+    pub overlap: Option<String>,
+    pub listen_channel: Option<String>,
+    pub queries: Option<QueriesSpec>,
+}
+
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QueriesSpec {
+    pub session: Option<String>,
+    pub execution: Option<String>,
+    pub sandbox: Option<String>,
+}
+
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IngestSpec {
+    pub kinds: Option<Vec<String>>,
 }
 
 #[derive(Debug, Default, Clone, Deserialize)]
@@ -323,6 +361,25 @@ fn overlay(base: ProfileSpec, over: ProfileSpec) -> ProfileSpec {
             absence: pick(o.absence, b.absence),
             leaked_pod: pick(o.leaked_pod, b.leaked_pod),
         }),
+        records: section(base.records, over.records, |b, o| RecordsSpec {
+            postgres: section(b.postgres, o.postgres, |b, o| PostgresSpec {
+                url_env: pick(o.url_env, b.url_env),
+                url_file: pick(o.url_file, b.url_file),
+                ca_file: pick(o.ca_file, b.ca_file),
+                poll_interval: pick(o.poll_interval, b.poll_interval),
+                resync_interval: pick(o.resync_interval, b.resync_interval),
+                stale_after: pick(o.stale_after, b.stale_after),
+                statement_timeout: pick(o.statement_timeout, b.statement_timeout),
+                overlap: pick(o.overlap, b.overlap),
+                listen_channel: pick(o.listen_channel, b.listen_channel),
+                queries: section(b.queries, o.queries, |b, o| QueriesSpec {
+                    session: pick(o.session, b.session),
+                    execution: pick(o.execution, b.execution),
+                    sandbox: pick(o.sandbox, b.sandbox),
+                }),
+            }),
+            ingest: pick(o.ingest, b.ingest),
+        }),
     }
 }
 
@@ -363,6 +420,7 @@ impl Validator<'_> {
         let executions = self.executions(spec.executions.unwrap_or_default());
         let sandboxes = self.sandboxes(spec.sandboxes.unwrap_or_default());
         let grace = self.grace(spec.grace.unwrap_or_default());
+        let records = self.records(spec.records.unwrap_or_default());
         if custom_resources
             .iter()
             .any(|c| c.role == ResourceRole::Session)
@@ -384,7 +442,84 @@ impl Validator<'_> {
             sandboxes,
             custom_resources,
             grace,
+            records,
         })
+    }
+
+    fn records(&mut self, spec: RecordsSpec) -> Records {
+        let postgres = spec.postgres.map(|pg| {
+            let mut queries = Vec::new();
+            let q = pg.queries.unwrap_or_default();
+            for (kind, text) in [
+                (RecordKind::Session, q.session),
+                (RecordKind::Execution, q.execution),
+                (RecordKind::Sandbox, q.sandbox),
+            ] {
+                match text {
+                    Some(t) if t.trim().is_empty() => self.err(
+                        &format!("records.postgres.queries.{}", kind.as_str()),
+                        "empty query".into(),
+                    ),
+                    Some(t) => queries.push((kind, t.trim().trim_end_matches(';').to_string())),
+                    None => {}
+                }
+            }
+            if queries.is_empty() {
+                self.err(
+                    "records.postgres.queries",
+                    "no query: give at least one of session, execution, sandbox, each selecting columns aliased to id, state (and namespace, pod, session, sandbox, attempt, updated_at, deadline)".into(),
+                );
+            }
+            let d = PostgresRecords::default();
+            let channel = pg.listen_channel.filter(|c| !c.is_empty());
+            if let Some(c) = &channel {
+                let ok = c.chars().next().is_some_and(|f| f.is_ascii_lowercase() || f == '_')
+                    && c.chars().all(|x| x.is_ascii_lowercase() || x.is_ascii_digit() || x == '_')
+                    && c.len() <= 63;
+                if !ok {
+                    self.err(
+                        "records.postgres.listen_channel",
+                        format!("{c:?} is not a plain lowercase SQL identifier"),
+                    );
+                }
+            }
+            let poll_interval = self.duration("records.postgres.poll_interval", pg.poll_interval, d.poll_interval);
+            if poll_interval.is_zero() {
+                self.err("records.postgres.poll_interval", "must be more than zero".into());
+            }
+            PostgresRecords {
+                url_env: pg.url_env.unwrap_or(d.url_env),
+                url_file: pg.url_file.map(Into::into),
+                ca_file: pg.ca_file.map(Into::into),
+                poll_interval,
+                resync_interval: self.duration("records.postgres.resync_interval", pg.resync_interval, d.resync_interval),
+                stale_after: self.duration("records.postgres.stale_after", pg.stale_after, d.stale_after),
+                statement_timeout: self.duration(
+                    "records.postgres.statement_timeout",
+                    pg.statement_timeout,
+                    d.statement_timeout,
+                ),
+                overlap: self.duration("records.postgres.overlap", pg.overlap, d.overlap),
+                listen_channel: channel,
+                queries,
+            }
+        });
+        let mut ingest = Vec::new();
+        if let Some(i) = spec.ingest {
+            let kinds = i
+                .kinds
+                .unwrap_or_else(|| vec!["execution".into(), "sandbox".into()]);
+            for (n, k) in kinds.iter().enumerate() {
+                match RecordKind::parse(k) {
+                    Some(kind) => ingest.push(kind),
+                    None => self.err(
+                        &format!("records.ingest.kinds[{n}]"),
+                        format!("{k:?} is not a record kind (session, execution or sandbox)"),
+                    ),
+                }
+            }
+        }
+        Records { postgres, ingest }
     }
 
     fn pods(&mut self, spec: PodsSpec) -> Option<PodMatch> {

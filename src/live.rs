@@ -18,7 +18,7 @@ use std::time::Duration;
 use prometheus_client::registry::Registry;
 use tokio::sync::{broadcast, mpsc, watch};
 use tokio::task::JoinSet;
-use tracing::info;
+use tracing::{info, warn};
 
 use crate::engine::{Change, Engine};
 use crate::finding::Transition;
@@ -26,7 +26,9 @@ use crate::profile::Profiles;
 use crate::sinks::http::{self, Snapshot};
 use crate::sinks::log;
 use crate::sinks::metrics::{FindingMetrics, HealthMetrics};
+use crate::sources::ingest::{self, Ingest};
 use crate::sources::kube::{self as kube_source, Context};
+use crate::sources::postgres::{Context as RecordsContext, Postgres};
 use crate::time::Ts;
 
 pub struct Settings {
@@ -36,6 +38,26 @@ pub struct Settings {
     pub stale_after: Duration,
     /// How often the engine's clock advances when nothing happens.
     pub tick: Duration,
+    /// A file holding the records database URL, for every profile with `records.postgres`
+    /// (instead of their `url_file` / `url_env`).
+    pub database_url_file: Option<std::path::PathBuf>,
+    /// The bearer token of the ingest API (required when a profile takes ingested records).
+    pub ingest_token: Option<String>,
+    pub ingest_max_body: usize,
+}
+
+impl Settings {
+    pub fn new(profiles: Arc<Profiles>, listen: SocketAddr) -> Settings {
+        Settings {
+            profiles,
+            listen,
+            stale_after: Duration::from_secs(30),
+            tick: Duration::from_secs(1),
+            database_url_file: None,
+            ingest_token: None,
+            ingest_max_body: 1 << 20,
+        }
+    }
 }
 
 /// A running daemon.
@@ -65,11 +87,51 @@ impl Daemon {
         let (stop, stop_rx) = watch::channel(false);
         let mut tasks = JoinSet::new();
 
+        // Records sources first: a broken URL file or a missing ingest token stops the start.
+        let mut databases = Vec::new();
+        for (id, p) in profiles.iter() {
+            let Some(pg) = &p.records.postgres else {
+                continue;
+            };
+            match Postgres::new(
+                id,
+                &p.name,
+                pg.clone(),
+                settings.database_url_file.as_deref(),
+            )? {
+                Some(db) => databases.push(db),
+                None => warn!(
+                    profile = %p.name,
+                    "no database URL (set {} or --database-url-file): running without this profile's database records; only the rules that need none run",
+                    pg.url_env
+                ),
+            }
+        }
+        let ingest_kinds = ingest::kinds(&profiles);
+        let ingest = match (&settings.ingest_token, ingest_kinds.is_empty()) {
+            (_, true) => None,
+            (Some(token), false) => Some(Ingest {
+                profiles: profiles.clone(),
+                changes: changes_tx.clone(),
+                token: Arc::from(token.trim()),
+                max_body: settings.ingest_max_body,
+                counters: Arc::new(health.clone()),
+            }),
+            (None, false) => anyhow::bail!(
+                "a profile takes records from the ingest API (records.ingest), but no token is configured: give --ingest-token-file"
+            ),
+        };
+
         let listener = tokio::net::TcpListener::bind(settings.listen)
             .await
             .map_err(|e| anyhow::anyhow!("listening on {}: {e}", settings.listen))?;
         let addr = listener.local_addr()?;
-        let app = http::router(snapshot_rx.clone(), Arc::new(registry));
+        let mut app = http::router(snapshot_rx.clone(), Arc::new(registry));
+        if let Some(ingest) = &ingest {
+            changes_tx.send((Ts::now(), ingest.status())).await?;
+            app = app.merge(ingest.clone().router());
+            info!("accepting records at POST /api/v1/records");
+        }
         let mut http_stop = stop_rx.clone();
         tasks.spawn(async move {
             let shutdown = async move {
@@ -100,6 +162,22 @@ impl Daemon {
             stale_after: settings.stale_after,
             counters: Arc::new(health),
         };
+        let records = RecordsContext {
+            profiles: profiles.clone(),
+            changes: cx.changes.clone(),
+            counters: cx.counters.clone(),
+        };
+        for db in databases {
+            info!(source = %db.name, database = %db.target(), "polling records");
+            let mut stop = stop_rx.clone();
+            let records = records.clone();
+            tasks.spawn(async move {
+                tokio::select! {
+                    _ = db.run(records) => {}
+                    _ = stop.wait_for(|s| *s) => {}
+                }
+            });
+        }
         for w in kube_source::watches(&profiles) {
             info!(source = %w.name, selector = w.label_selector.as_deref().unwrap_or(""), "watching");
             let mut stop = stop_rx.clone();

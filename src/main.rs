@@ -54,6 +54,17 @@ enum Command {
         /// rest on it then hold) and starts over with a full list.
         #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = duration)]
         stale_after: std::time::Duration,
+        /// A file holding the records database URL (a mounted Secret), for every profile with
+        /// `records.postgres`; otherwise the URL comes from SANDWATCH_DATABASE_URL.
+        #[arg(long, value_name = "FILE", env = "SANDWATCH_DATABASE_URL_FILE")]
+        database_url_file: Option<PathBuf>,
+        /// A file holding the bearer token of POST /api/v1/records (needed when a profile
+        /// takes records from the ingest API).
+        #[arg(long, value_name = "FILE", env = "SANDWATCH_INGEST_TOKEN_FILE")]
+        ingest_token_file: Option<PathBuf>,
+        /// Largest ingest request body, in bytes.
+        #[arg(long, value_name = "BYTES", default_value_t = 1 << 20)]
+        ingest_max_body: usize,
     },
     /// Run the engine over recorded pod watch events and records, in virtual time, and print
     /// every finding transition.
@@ -194,17 +205,34 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             kubeconfig,
             context,
             stale_after,
+            database_url_file,
+            ingest_token_file,
+            ingest_max_body,
         } => {
             let profiles = Arc::new(profiles.load()?);
+            let ingest_token = match ingest_token_file {
+                Some(path) => {
+                    let token = std::fs::read_to_string(&path)
+                        .with_context(|| format!("reading the ingest token {}", path.display()))?;
+                    anyhow::ensure!(
+                        !token.trim().is_empty(),
+                        "the ingest token file {} is empty",
+                        path.display()
+                    );
+                    Some(token)
+                }
+                None => None,
+            };
             let _ = rustls::crypto::ring::default_provider().install_default();
             let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
             runtime.block_on(async {
                 let client = kube_client(kubeconfig, context).await?;
                 let settings = sandwatch::live::Settings {
-                    profiles,
-                    listen,
                     stale_after,
-                    tick: std::time::Duration::from_secs(1),
+                    database_url_file,
+                    ingest_token,
+                    ingest_max_body,
+                    ..sandwatch::live::Settings::new(profiles, listen)
                 };
                 let daemon = sandwatch::live::Daemon::start(settings, client).await?;
                 shutdown_signal().await;

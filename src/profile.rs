@@ -10,6 +10,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use kube::core::{Selector, SelectorExt};
+
+use crate::record::RecordKind;
 use std::collections::BTreeMap;
 
 /// Index of a profile in [`Profiles`]; small, so the per-pod projection stays small.
@@ -32,6 +34,55 @@ pub struct Profile {
     pub sandboxes: SandboxStates,
     pub custom_resources: Vec<CustomResource>,
     pub grace: Grace,
+    pub records: Records,
+}
+
+/// Where a profile's records come from (besides custom resources).
+#[derive(Clone, Debug, Default)]
+pub struct Records {
+    pub postgres: Option<PostgresRecords>,
+    /// The record kinds the ingest API accepts for this profile.
+    pub ingest: Vec<RecordKind>,
+}
+
+/// Polling the platform's PostgreSQL, read-only.
+#[derive(Clone, Debug)]
+pub struct PostgresRecords {
+    /// The environment variable holding the connection URL (when no file is given).
+    pub url_env: String,
+    /// A file holding the connection URL (a mounted Secret).
+    pub url_file: Option<std::path::PathBuf>,
+    /// PEM file of CA certificates for `sslmode=require` (default: the public web roots).
+    pub ca_file: Option<std::path::PathBuf>,
+    pub poll_interval: Duration,
+    /// Full reloads, to learn about deleted rows.
+    pub resync_interval: Duration,
+    /// The source is stale once its last successful poll is older than this.
+    pub stale_after: Duration,
+    pub statement_timeout: Duration,
+    /// Incremental polls re-read rows this far behind the cursor (commit delays, ties).
+    pub overlap: Duration,
+    /// Poll at once when this channel is notified.
+    pub listen_channel: Option<String>,
+    /// One query per record kind, its columns aliased to the record fields.
+    pub queries: Vec<(RecordKind, String)>,
+}
+
+impl Default for PostgresRecords {
+    fn default() -> Self {
+        PostgresRecords {
+            url_env: "SANDWATCH_DATABASE_URL".into(),
+            url_file: None,
+            ca_file: None,
+            poll_interval: Duration::from_secs(5),
+            resync_interval: Duration::from_secs(300),
+            stale_after: Duration::from_secs(30),
+            statement_timeout: Duration::from_secs(10),
+            overlap: Duration::from_secs(30),
+            listen_channel: None,
+            queries: Vec::new(),
+        }
+    }
 }
 
 #[derive(Debug)]

@@ -1084,9 +1084,10 @@ impl World {
             .collect()
     }
 
-    /// After a source's full list: removes what it no longer lists within its scope (pods,
-    /// session records read from custom resources, or resume targets of a profile, in one
-    /// namespace or all), because those vanished while nobody was watching.
+    /// After a source's full list: removes what it no longer lists within its scope (the
+    /// pods, records of one kind, or resume targets of a profile, in one namespace or all),
+    /// because those vanished while nobody was watching. Records without a namespace are
+    /// listed as ("", id).
     pub fn retain_listed(
         &mut self,
         feed: Feed,
@@ -1109,15 +1110,19 @@ impl World {
                     self.delete_pod(&ns, &name, None, touched);
                 }
             }
-            Feed::Sessions => {
+            Feed::Sessions | Feed::Executions | Feed::Sandboxes => {
+                let kind = match feed {
+                    Feed::Sessions => RecordKind::Session,
+                    Feed::Executions => RecordKind::Execution,
+                    _ => RecordKind::Sandbox,
+                };
                 let gone: Vec<RecordKey> = self
                     .records
                     .keys()
-                    .filter(|k| k.kind == RecordKind::Session && k.profile == profile)
+                    .filter(|k| k.kind == kind && k.profile == profile)
                     .filter(|k| {
-                        k.namespace
-                            .as_ref()
-                            .is_some_and(|ns| in_scope(ns) && missing(ns, &k.id))
+                        let ns = k.namespace.as_deref().unwrap_or("");
+                        in_scope(ns) && missing(ns, &k.id)
                     })
                     .cloned()
                     .collect();
@@ -1139,7 +1144,6 @@ impl World {
                     self.set_resume_target(profile, &ns, &name, false, touched);
                 }
             }
-            Feed::Executions | Feed::Sandboxes => {}
         }
     }
 

@@ -4,112 +4,14 @@
 mod common;
 mod support;
 
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
 use common::{C, PodB, pod};
-use sandwatch::finding::{Event, Transition};
-use sandwatch::live::{Daemon, Settings};
+use sandwatch::finding::Event;
 use support::apiserver::TestApiServer;
-
-/// Every transition the daemon emits, collected in the background.
-#[derive(Clone, Default)]
-struct Log(Arc<Mutex<Vec<Arc<Transition>>>>);
-
-impl Log {
-    fn follow(daemon: &Daemon) -> Log {
-        let log = Log::default();
-        let mut rx = daemon.transitions();
-        let sink = log.0.clone();
-        tokio::spawn(async move {
-            while let Ok(t) = rx.recv().await {
-                sink.lock().unwrap().push(t);
-            }
-        });
-        log
-    }
-
-    /// "event kind pod" lines, in order.
-    fn lines(&self) -> Vec<String> {
-        self.0
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|t| t.event != Event::Updated)
-            .map(|t| {
-                let f = &t.finding.finding;
-                format!(
-                    "{:?} {} {}",
-                    t.event,
-                    f.kind,
-                    f.pod.as_deref().or(f.session.as_deref()).unwrap_or("-")
-                )
-                .to_lowercase()
-            })
-            .collect()
-    }
-}
-
-async fn start(
-    server: &TestApiServer,
-    profiles: sandwatch::profile::Profiles,
-    stale_after: Duration,
-) -> Daemon {
-    let settings = Settings {
-        profiles: Arc::new(profiles),
-        listen: "127.0.0.1:0".parse().unwrap(),
-        stale_after,
-        tick: Duration::from_millis(100),
-    };
-    Daemon::start(settings, server.client())
-        .await
-        .expect("daemon starts")
-}
-
-async fn get(daemon: &Daemon, path: &str) -> (u16, Value) {
-    let r = reqwest::get(format!("http://{}{path}", daemon.addr))
-        .await
-        .expect("HTTP to the daemon");
-    let status = r.status().as_u16();
-    (status, r.json().await.unwrap_or(Value::Null))
-}
-
-/// Waits for a condition, checking every 20 ms, failing with `what` after `limit`.
-async fn wait_for<F, Fut>(limit: Duration, what: &str, mut cond: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = Instant::now() + limit;
-    loop {
-        if cond().await {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {limit:?} waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-async fn wait_ready(daemon: &Daemon, ready: bool) {
-    wait_for(
-        Duration::from_secs(15),
-        if ready { "ready" } else { "not ready" },
-        || async { get(daemon, "/readyz").await.0 == if ready { 200 } else { 503 } },
-    )
-    .await;
-}
-
-async fn findings(daemon: &Daemon) -> Vec<Value> {
-    get(daemon, "/api/v1/findings").await.1["findings"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default()
-}
+use support::daemon::*;
 
 fn sandbox(name: &str) -> PodB {
     pod("agents", name)

@@ -285,7 +285,7 @@ pub struct SourceReasonLabels {
 }
 
 /// sandwatch's own health: its sources, and the input they had to reject.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct HealthMetrics {
     synced: Family<SourceLabels, Gauge>,
     last_success: Family<SourceLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
@@ -293,6 +293,25 @@ pub struct HealthMetrics {
     watch_restarts: Family<SourceLabels, Counter>,
     watch_errors: Family<SourceLabels, Counter>,
     rejected: Family<SourceReasonLabels, Counter>,
+    polls: Family<PollLabels, Counter>,
+    poll_rows: Family<PollLabels, Counter>,
+    poll_duration: HistogramFamily<SourceLabels>,
+}
+
+impl Default for HealthMetrics {
+    fn default() -> Self {
+        HealthMetrics {
+            synced: Family::default(),
+            last_success: Family::default(),
+            watch_events: Family::default(),
+            watch_restarts: Family::default(),
+            watch_errors: Family::default(),
+            rejected: Family::default(),
+            polls: Family::default(),
+            poll_rows: Family::default(),
+            poll_duration: Family::new_with_constructor(poll_histogram),
+        }
+    }
 }
 
 impl HealthMetrics {
@@ -323,6 +342,21 @@ impl HealthMetrics {
             self.watch_errors.clone(),
         );
         registry.register(
+            "sandwatch_record_polls",
+            "Polls of a records database by mode (full, incremental) and outcome; errors are retried with backoff and logged",
+            self.polls.clone(),
+        );
+        registry.register(
+            "sandwatch_record_poll_rows",
+            "Rows read by successful polls of a records database, by mode",
+            self.poll_rows.clone(),
+        );
+        registry.register(
+            "sandwatch_record_poll_duration_seconds",
+            "Time a successful poll of a records database took; growing values point at a slow database or a missing index on updated_at",
+            self.poll_duration.clone(),
+        );
+        registry.register(
             "sandwatch_rejected_inputs",
             "Input that could not be used (bad JSON, unknown record kind or state, objects without metadata), by source and reason; it was logged and skipped",
             self.rejected.clone(),
@@ -345,7 +379,7 @@ impl HealthMetrics {
     }
 }
 
-impl crate::sources::kube::SourceCounters for HealthMetrics {
+impl crate::sources::SourceCounters for HealthMetrics {
     fn watch_event(&self, source: &str) {
         self.success(source);
         self.watch_events
@@ -379,6 +413,37 @@ impl crate::sources::kube::SourceCounters for HealthMetrics {
             })
             .inc();
     }
+
+    fn poll(&self, source: &str, full: bool, seconds: f64, rows: u64, ok: bool) {
+        let l = PollLabels {
+            source: source.to_string(),
+            mode: if full { "full" } else { "incremental" }.to_string(),
+            outcome: if ok { "success" } else { "error" }.to_string(),
+        };
+        self.polls.get_or_create(&l).inc();
+        if ok {
+            self.success(source);
+            self.poll_rows.get_or_create(&l).inc_by(rows);
+            self.poll_duration
+                .get_or_create(&SourceLabels {
+                    source: source.to_string(),
+                })
+                .observe(seconds);
+        }
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PollLabels {
+    pub source: String,
+    pub mode: String,
+    pub outcome: String,
+}
+
+fn poll_histogram() -> Histogram {
+    Histogram::new([
+        0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+    ])
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]

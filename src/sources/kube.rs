@@ -28,7 +28,7 @@ use tracing::{debug, info, warn};
 use crate::engine::Change;
 use crate::kubernetes::Object;
 use crate::profile::{ProfileId, Profiles, ResourceRole};
-use crate::sources::{WatchType, object_change};
+use crate::sources::{SourceCounters, WatchType, object_change};
 use crate::time::Ts;
 use crate::world::{Feed, SourceStatus};
 
@@ -105,14 +105,6 @@ pub struct Context {
     /// How long errors may last before the source is reported unsynced and relisted.
     pub stale_after: Duration,
     pub counters: Arc<dyn SourceCounters>,
-}
-
-/// Self-health counters a source reports (kept by the metrics sink).
-pub trait SourceCounters: Send + Sync {
-    fn watch_event(&self, source: &str);
-    fn watch_restart(&self, source: &str);
-    fn watch_error(&self, source: &str);
-    fn rejected(&self, source: &str, reason: &str);
 }
 
 impl Watch {

@@ -4,8 +4,21 @@
 //! API) and nothing of rules. What they share lives here: turning one Kubernetes watch event
 //! into a change, whatever the object is (a pod, or a custom resource a profile names).
 
+pub mod ingest;
 pub mod kube;
+pub mod postgres;
 pub mod replay;
+
+/// Self-health counters sources report (the metrics sink keeps them).
+pub trait SourceCounters: Send + Sync {
+    /// A watch event or list item arrived: the source is talking to its backend.
+    fn watch_event(&self, source: &str);
+    fn watch_restart(&self, source: &str);
+    fn watch_error(&self, source: &str);
+    fn rejected(&self, source: &str, reason: &str);
+    /// A poll of a records database finished (`full`: a complete load).
+    fn poll(&self, source: &str, full: bool, seconds: f64, rows: u64, ok: bool);
+}
 
 use crate::engine::Change;
 use crate::kubernetes::Object;

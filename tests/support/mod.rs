@@ -1,3 +1,5 @@
 #![allow(dead_code)]
 
 pub mod apiserver;
+pub mod daemon;
+pub mod postgres;

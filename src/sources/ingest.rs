@@ -1,0 +1,219 @@
+//! The ingest API: records pushed over HTTP, for sandboxes outside Kubernetes.
+//!
+//! `POST /api/v1/records` takes a JSON array of normalized records, or NDJSON (one per line),
+//! with `Authorization: Bearer <token>` (the token is read from a file). Each record is
+//! validated on its own: a bad one is rejected with its index and reason while the good ones
+//! are applied. The response says how many were accepted:
+//!
+//! ```json
+//! {"accepted": 2, "rejected": [{"index": 1, "reason": "unknown_state", "error": "record.state: ..."}]}
+//! ```
+//!
+//! Bodies are size-limited (413 beyond the limit). A profile takes from here only the record
+//! kinds its `records.ingest.kinds` names. Pushed records need no list to be trusted, so this
+//! source is synced from the start.
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Json, Response};
+use axum::routing::post;
+use serde::Serialize;
+use tokio::sync::mpsc;
+
+use crate::engine::Change;
+use crate::profile::Profiles;
+use crate::record::{InputError, RecordChange, RecordDoc, RecordKind};
+use crate::sources::SourceCounters;
+use crate::time::Ts;
+use crate::world::{Feed, SourceStatus};
+
+pub const SOURCE: &str = "ingest";
+
+#[derive(Clone)]
+pub struct Ingest {
+    pub profiles: Arc<Profiles>,
+    pub changes: mpsc::Sender<(Ts, Change)>,
+    pub token: Arc<str>,
+    pub max_body: usize,
+    pub counters: Arc<dyn SourceCounters>,
+}
+
+/// The record kinds some profile takes from the ingest API.
+pub fn kinds(profiles: &Profiles) -> Vec<RecordKind> {
+    let mut kinds: Vec<RecordKind> = profiles
+        .iter()
+        .flat_map(|(_, p)| p.records.ingest.iter().copied())
+        .collect();
+    kinds.sort();
+    kinds.dedup();
+    kinds
+}
+
+impl Ingest {
+    /// The source's status: always synced (nothing to list).
+    pub fn status(&self) -> Change {
+        Change::Source(SourceStatus {
+            name: SOURCE.into(),
+            feeds: kinds(&self.profiles)
+                .into_iter()
+                .map(Feed::of_record)
+                .collect(),
+            synced: true,
+            fresh: true,
+        })
+    }
+
+    pub fn router(self) -> Router {
+        let limit = self.max_body;
+        Router::new()
+            .route("/api/v1/records", post(ingest))
+            .layer(DefaultBodyLimit::max(limit))
+            .with_state(self)
+    }
+}
+
+#[derive(Serialize)]
+struct Rejected {
+    index: usize,
+    reason: &'static str,
+    error: String,
+}
+
+#[derive(Serialize)]
+struct Outcome {
+    accepted: usize,
+    rejected: Vec<Rejected>,
+}
+
+/// Compares without revealing, through timing, how much of the token matched.
+fn same(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn unauthorized(msg: &str) -> Response {
+    (
+        StatusCode::UNAUTHORIZED,
+        [(header::WWW_AUTHENTICATE, "Bearer")],
+        format!("{msg}\n"),
+    )
+        .into_response()
+}
+
+async fn ingest(State(ingest): State<Ingest>, headers: HeaderMap, body: Bytes) -> Response {
+    let Some(auth) = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+    else {
+        return unauthorized("missing Authorization: Bearer <token>");
+    };
+    let token = auth.strip_prefix("Bearer ").unwrap_or_default().trim();
+    if !same(token.as_bytes(), ingest.token.as_bytes()) {
+        return unauthorized("invalid bearer token");
+    }
+    let docs: Vec<Result<RecordDoc, InputError>> = match parse(&body) {
+        Ok(d) => d,
+        Err(e) => {
+            ingest.counters.rejected(SOURCE, e.reason);
+            return (StatusCode::BAD_REQUEST, format!("{}\n", e.message)).into_response();
+        }
+    };
+    let mut outcome = Outcome {
+        accepted: 0,
+        rejected: Vec::new(),
+    };
+    for (index, doc) in docs.into_iter().enumerate() {
+        match doc.and_then(|d| admit(&ingest.profiles, d)) {
+            Ok(change) => {
+                if ingest
+                    .changes
+                    .send((Ts::now(), Change::Record(change)))
+                    .await
+                    .is_err()
+                {
+                    return (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n").into_response();
+                }
+                outcome.accepted += 1;
+            }
+            Err(e) => {
+                ingest.counters.rejected(SOURCE, e.reason);
+                outcome.rejected.push(Rejected {
+                    index,
+                    reason: e.reason,
+                    error: e.message,
+                });
+            }
+        }
+    }
+    ingest.counters.watch_event(SOURCE);
+    Json(outcome).into_response()
+}
+
+/// A JSON array, or NDJSON. A value that is not a record is rejected by its index; a body
+/// that is neither form is an error.
+fn parse(body: &[u8]) -> Result<Vec<Result<RecordDoc, InputError>>, InputError> {
+    let text = std::str::from_utf8(body)
+        .map_err(|_| InputError::new("invalid_json", "the body is not UTF-8"))?;
+    let one = |v: serde_json::Value| {
+        serde_json::from_value::<RecordDoc>(v)
+            .map_err(|e| InputError::new("invalid_value", format!("record: {e}")))
+    };
+    if text.trim_start().starts_with('[') {
+        let values: Vec<serde_json::Value> = serde_json::from_str(text).map_err(|e| {
+            InputError::new("invalid_json", format!("the body is not a JSON array: {e}"))
+        })?;
+        return Ok(values.into_iter().map(one).collect());
+    }
+    Ok(text
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l)
+                .map_err(|e| InputError::new("invalid_json", format!("not valid JSON: {e}")))
+                .and_then(one)
+        })
+        .collect())
+}
+
+/// Checks the record's profile takes its kind from the ingest API, then validates it.
+fn admit(profiles: &Profiles, doc: RecordDoc) -> Result<RecordChange, InputError> {
+    let kind = doc.kind.as_deref().and_then(RecordKind::parse);
+    let profile = profiles.for_record(doc.profile.as_deref());
+    if let (Some(kind), Some(profile)) = (kind, profile) {
+        let p = profiles.get(profile);
+        if !p.records.ingest.contains(&kind) {
+            return Err(InputError::new(
+                "not_ingested",
+                format!(
+                    "record.kind: profile {:?} does not take {} records from the ingest API (records.ingest.kinds)",
+                    p.name,
+                    kind.as_str()
+                ),
+            ));
+        }
+    }
+    doc.validate(profiles)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn arrays_and_ndjson_parse_value_by_value() {
+        let a = parse(br#"[{"kind":"sandbox","id":"a","state":"running"}, 5]"#).unwrap();
+        assert!(a[0].is_ok());
+        assert!(a[1].as_ref().unwrap_err().message.starts_with("record:"));
+        let n = parse(b"{\"kind\":\"sandbox\",\"id\":\"a\",\"state\":\"running\"}\n\nnot json\n")
+            .unwrap();
+        assert_eq!(n.len(), 2);
+        assert_eq!(n[1].as_ref().unwrap_err().reason, "invalid_json");
+        assert!(parse(b"[{").is_err());
+        assert!(
+            same(b"secret", b"secret") && !same(b"secret", b"secreT") && !same(b"s", b"secret")
+        );
+    }
+}

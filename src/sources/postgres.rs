@@ -1,0 +1,521 @@
+//! The PostgreSQL source: the platform's session, execution and sandbox rows.
+//!
+//! A profile's `records.postgres` names one query per record kind, its columns aliased to the
+//! record fields (`id, state`, and optionally `namespace, pod, session, sandbox, attempt,
+//! updated_at, deadline`). This source wraps each query so that it can run it two ways:
+//! - a full load, `SELECT ... FROM (<query>) q`, at start, after an outage, and every
+//!   `resync_interval`: it ends with the set of ids listed, so rows deleted in the meantime are
+//!   removed from the World;
+//! - an incremental poll every `poll_interval` (or at once on `LISTEN` notification),
+//!   `... WHERE q.updated_at >= cursor - overlap`, where the cursor is the newest `updated_at`
+//!   seen: the overlap re-reads rows whose transaction committed late or that share a
+//!   timestamp. The cursor comes from the database's own clock, so sandwatch's clock never
+//!   matters. Queries without `updated_at` are fully loaded on every poll.
+//!
+//! The connection is read-only (`default_transaction_read_only`) with a statement timeout;
+//! its URL comes from a file or an environment variable and is never logged. The source is
+//! synced after its first full load, and fresh while its last successful poll is younger than
+//! `stale_after`; once stale, it must complete a full load to be trusted again. Rows it cannot
+//! understand (no id, an unknown state) are logged once with their id and column, counted, and
+//! skipped.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::{StreamExt, TryStreamExt};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_postgres::types::ToSql;
+use tokio_postgres::{AsyncMessage, Client, Statement};
+use tracing::{debug, info, warn};
+
+use crate::engine::Change;
+use crate::profile::{PostgresRecords, ProfileId, Profiles};
+use crate::record::{RecordChange, RecordDoc, RecordKind};
+use crate::sources::SourceCounters;
+use crate::time::Ts;
+use crate::world::{Feed, SourceStatus};
+
+/// The record fields, in the order the wrapped query returns them.
+const FIELDS: [(&str, &str); 9] = [
+    ("id", "text"),
+    ("state", "text"),
+    ("namespace", "text"),
+    ("pod", "text"),
+    ("session", "text"),
+    ("sandbox", "text"),
+    ("attempt", "bigint"),
+    ("updated_at", "ms"),
+    ("deadline", "ms"),
+];
+
+/// One profile's records database.
+pub struct Postgres {
+    pub name: String,
+    pub profile: ProfileId,
+    pub settings: PostgresRecords,
+    /// The connection URL (secret: never logged).
+    url: String,
+}
+
+impl std::fmt::Debug for Postgres {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Postgres")
+            .field("name", &self.name)
+            .field("profile", &self.profile)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What a records source needs from the rest of the daemon.
+#[derive(Clone)]
+pub struct Context {
+    pub profiles: Arc<Profiles>,
+    pub changes: mpsc::Sender<(Ts, Change)>,
+    pub counters: Arc<dyn SourceCounters>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum UrlError {
+    #[error("reading the database URL from {path}: {source}")]
+    File {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("the database URL in {0} is empty")]
+    Empty(String),
+    #[error(
+        "the database URL in {0} cannot be parsed (check its form: postgres://user@host:5432/db?sslmode=require)"
+    )]
+    Invalid(String),
+}
+
+impl Postgres {
+    /// The source for a profile: its URL from `url_file` (or `override_file`, from the command
+    /// line), else from the `url_env` variable. `Ok(None)` when neither gives one.
+    pub fn new(
+        profile: ProfileId,
+        profile_name: &str,
+        settings: PostgresRecords,
+        override_file: Option<&std::path::Path>,
+    ) -> Result<Option<Postgres>, UrlError> {
+        let file = override_file
+            .map(|p| p.to_path_buf())
+            .or(settings.url_file.clone());
+        let (url, origin) = match &file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|source| UrlError::File {
+                    path: path.display().to_string(),
+                    source,
+                })?;
+                (text.trim().to_string(), path.display().to_string())
+            }
+            None => match std::env::var(&settings.url_env) {
+                Ok(v) => (v.trim().to_string(), format!("${}", settings.url_env)),
+                Err(_) => return Ok(None),
+            },
+        };
+        if url.is_empty() {
+            return Err(UrlError::Empty(origin));
+        }
+        if url.parse::<tokio_postgres::Config>().is_err() {
+            return Err(UrlError::Invalid(origin));
+        }
+        Ok(Some(Postgres {
+            name: format!("postgres/{profile_name}"),
+            profile,
+            settings,
+            url,
+        }))
+    }
+
+    pub fn feeds(&self) -> Vec<Feed> {
+        self.settings
+            .queries
+            .iter()
+            .map(|(k, _)| Feed::of_record(*k))
+            .collect()
+    }
+
+    /// Where it connects, for logs: host, port and database, never the credentials.
+    pub fn target(&self) -> String {
+        let Ok(c) = self.url.parse::<tokio_postgres::Config>() else {
+            return "?".into();
+        };
+        let host = match c.get_hosts().first() {
+            Some(tokio_postgres::config::Host::Tcp(h)) => h.clone(),
+            #[cfg(unix)]
+            Some(tokio_postgres::config::Host::Unix(p)) => p.display().to_string(),
+            None => "localhost".into(),
+        };
+        let port = c.get_ports().first().copied().unwrap_or(5432);
+        format!("{host}:{port}/{}", c.get_dbname().unwrap_or("-"))
+    }
+
+    fn status(&self, synced: bool, fresh: bool) -> Change {
+        Change::Source(SourceStatus {
+            name: self.name.clone(),
+            feeds: self.feeds(),
+            synced,
+            fresh,
+        })
+    }
+
+    /// Polls until the engine goes away.
+    pub async fn run(self, cx: Context) {
+        let send = |c: Change| {
+            let tx = cx.changes.clone();
+            async move { tx.send((Ts::now(), c)).await.is_ok() }
+        };
+        if !send(self.status(false, false)).await {
+            return;
+        }
+        let mut state = PollState::default();
+        let mut backoff = Duration::from_millis(500);
+        loop {
+            match self.session(&cx, &mut state, &send).await {
+                Ok(()) => return,
+                Err(e) => {
+                    warn!(source = %self.name, database = %self.target(), error = %e, "database poll failed; reconnecting in {backoff:?}");
+                }
+            }
+            // Reconnect with backoff; report the source stale once its last success is too old.
+            let until = Instant::now() + jitter(backoff);
+            while Instant::now() < until {
+                if state.trusted
+                    && state
+                        .last_success
+                        .is_none_or(|t| t.elapsed() >= self.settings.stale_after)
+                {
+                    warn!(source = %self.name, "no successful poll for {:?}: reporting the source stale; it will reload everything when the database answers", self.settings.stale_after);
+                    state.trusted = false;
+                    state.need_full = true;
+                    if !send(self.status(false, false)).await {
+                        return;
+                    }
+                }
+                tokio::time::sleep((until - Instant::now()).min(Duration::from_millis(100))).await;
+            }
+            backoff = (backoff * 2).min(Duration::from_secs(30));
+        }
+    }
+
+    /// One connection's life: prepare the queries, then poll until an error.
+    async fn session<F, Fut>(
+        &self,
+        cx: &Context,
+        state: &mut PollState,
+        send: &F,
+    ) -> Result<(), PollError>
+    where
+        F: Fn(Change) -> Fut,
+        Fut: std::future::Future<Output = bool>,
+    {
+        let (client, mut notified) = self.connect().await?;
+        let mut prepared = Vec::new();
+        for (kind, query) in &self.settings.queries {
+            prepared.push(Prepared::new(&client, *kind, query, &self.name).await?);
+        }
+        info!(source = %self.name, database = %self.target(), "connected (read-only)");
+        loop {
+            let full = state.need_full
+                || state
+                    .last_full
+                    .is_none_or(|t| t.elapsed() >= self.settings.resync_interval);
+            let started = Instant::now();
+            let mut rows_total = 0;
+            for p in &prepared {
+                let outcome = self.poll(&client, p, full, state, cx).await;
+                match outcome {
+                    Ok(Some((rows, listed))) => {
+                        rows_total += rows;
+                        if let Some(listed) = listed {
+                            let done = Change::Listed {
+                                feed: Feed::of_record(p.kind),
+                                profile: self.profile,
+                                namespace: None,
+                                listed,
+                            };
+                            if !send(done).await {
+                                return Ok(());
+                            }
+                        }
+                    }
+                    Ok(None) => return Ok(()),
+                    Err(e) => {
+                        cx.counters.poll(&self.name, full, 0.0, 0, false);
+                        return Err(e.into());
+                    }
+                }
+            }
+            let took = started.elapsed();
+            cx.counters
+                .poll(&self.name, full, took.as_secs_f64(), rows_total, true);
+            debug!(source = %self.name, full, rows = rows_total, ?took, "polled");
+            state.last_success = Some(Instant::now());
+            if full {
+                state.last_full = Some(Instant::now());
+                state.need_full = false;
+                if !state.trusted {
+                    info!(source = %self.name, rows = rows_total, ?took, "loaded; synced");
+                }
+            }
+            if !state.trusted && !state.need_full {
+                state.trusted = true;
+                if !send(self.status(true, true)).await {
+                    return Ok(());
+                }
+            }
+            // Wait for the next poll, or a notification.
+            tokio::select! {
+                _ = tokio::time::sleep(self.settings.poll_interval) => {}
+                n = notified.recv() => if n.is_none() {
+                    return Err(PollError::Closed);
+                },
+            }
+        }
+    }
+
+    async fn connect(&self) -> Result<(Client, mpsc::Receiver<()>), tokio_postgres::Error> {
+        let tls = tls_connector(self.settings.ca_file.as_deref());
+        let (client, mut connection) = tokio_postgres::connect(&self.url, tls).await?;
+        let (tx, rx) = mpsc::channel(16);
+        let name = self.name.clone();
+        tokio::spawn(async move {
+            let mut messages = futures::stream::poll_fn(move |c| connection.poll_message(c));
+            while let Some(m) = messages.next().await {
+                match m {
+                    Ok(AsyncMessage::Notification(_)) => {
+                        let _ = tx.try_send(());
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        debug!(source = %name, error = %e, "database connection closed");
+                        break;
+                    }
+                }
+            }
+        });
+        let ms = self.settings.statement_timeout.as_millis();
+        let mut setup = format!(
+            "SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY; SET statement_timeout = {ms}; SET application_name = 'sandwatch';"
+        );
+        if let Some(channel) = &self.settings.listen_channel {
+            setup.push_str(&format!(" LISTEN {channel};"));
+        }
+        client.batch_execute(&setup).await?;
+        Ok((client, rx))
+    }
+
+    /// Runs one query (full or incremental) and sends its rows. `Ok(None)`: the engine is gone.
+    async fn poll(
+        &self,
+        client: &Client,
+        p: &Prepared,
+        full: bool,
+        state: &mut PollState,
+        cx: &Context,
+    ) -> Result<Option<(u64, Option<HashSet<(String, String)>>)>, tokio_postgres::Error> {
+        let cursor = state.cursors.get(&p.kind).copied().flatten();
+        let (stmt, since) = match (&p.incremental, cursor, full) {
+            (Some(stmt), Some(c), false) => {
+                let overlap = i64::try_from(self.settings.overlap.as_millis()).unwrap_or(i64::MAX);
+                (stmt, Some(c.saturating_sub(overlap)))
+            }
+            _ => (&p.full, None),
+        };
+        let complete = since.is_none();
+        let params: Vec<&(dyn ToSql + Sync)> = match &since {
+            Some(s) => vec![s],
+            None => vec![],
+        };
+        let rows = client.query_raw(stmt, params).await?;
+        futures::pin_mut!(rows);
+        let mut listed = complete.then(HashSet::new);
+        let mut count = 0u64;
+        let mut newest = cursor;
+        while let Some(row) = rows.try_next().await? {
+            count += 1;
+            let doc = RecordDoc {
+                kind: Some(p.kind.as_str().to_string()),
+                id: row.get(0),
+                state: row.get(1),
+                profile: Some(cx.profiles.get(self.profile).name.to_string()),
+                namespace: row.get(2),
+                pod: row.get(3),
+                session: row.get(4),
+                sandbox: row.get(5),
+                attempt: None,
+                updated_at: row.get::<_, Option<i64>>(7).map(Ts),
+                deadline: row.get::<_, Option<i64>>(8).map(Ts),
+                deleted: false,
+            };
+            if let Some(ms) = row.get::<_, Option<i64>>(7) {
+                newest = Some(newest.map_or(ms, |n: i64| n.max(ms)));
+            }
+            let attempt: Option<i64> = row.get(6);
+            let id = doc.id.clone().unwrap_or_default();
+            let result = match attempt {
+                Some(a) if a < 0 => Err(crate::record::InputError::new(
+                    "invalid_value",
+                    format!("record.attempt: {a} is negative"),
+                )),
+                a => RecordDoc {
+                    attempt: a.map(|a| a as u64),
+                    ..doc
+                }
+                .validate(&cx.profiles),
+            };
+            match result {
+                Ok(change) => {
+                    if let (Some(l), RecordChange::Upsert(r)) = (listed.as_mut(), &change) {
+                        l.insert((r.namespace.clone().unwrap_or_default(), r.id.clone()));
+                    }
+                    state.rejected.remove(&(p.kind, id));
+                    if cx
+                        .changes
+                        .send((Ts::now(), Change::Record(change)))
+                        .await
+                        .is_err()
+                    {
+                        return Ok(None);
+                    }
+                }
+                Err(e) => {
+                    let column = e.message.replace("record.", "column ");
+                    // Log a bad row once (until it changes), count it every time it is read.
+                    cx.counters.rejected(&self.name, e.reason);
+                    if state.rejected.insert((p.kind, id.clone())) {
+                        warn!(
+                            source = %self.name, query = p.kind.as_str(), reason = e.reason,
+                            "skipped a {} row (id {}): {column}",
+                            p.kind.as_str(),
+                            if id.is_empty() { "NULL".to_string() } else { format!("{id:?}") },
+                        );
+                    }
+                }
+            }
+        }
+        if newest.is_some() {
+            state.cursors.insert(p.kind, newest);
+        }
+        Ok(Some((count, listed)))
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+enum PollError {
+    #[error(transparent)]
+    Db(#[from] tokio_postgres::Error),
+    #[error("the database closed the connection")]
+    Closed,
+}
+
+#[derive(Default)]
+struct PollState {
+    /// Newest `updated_at` (ms) seen per kind.
+    cursors: HashMap<RecordKind, Option<i64>>,
+    last_success: Option<Instant>,
+    last_full: Option<Instant>,
+    need_full: bool,
+    /// Synced and fresh, as last reported.
+    trusted: bool,
+    /// Bad rows already logged.
+    rejected: HashSet<(RecordKind, String)>,
+}
+
+/// A query wrapped for full loads and, when it has `updated_at`, incremental polls.
+struct Prepared {
+    kind: RecordKind,
+    full: Statement,
+    incremental: Option<Statement>,
+}
+
+impl Prepared {
+    async fn new(
+        client: &Client,
+        kind: RecordKind,
+        query: &str,
+        source: &str,
+    ) -> Result<Prepared, tokio_postgres::Error> {
+        let described = client.prepare(query).await?;
+        let columns: HashSet<&str> = described.columns().iter().map(|c| c.name()).collect();
+        for required in ["id", "state"] {
+            if !columns.contains(required) {
+                warn!(
+                    source,
+                    query = kind.as_str(),
+                    "the {} query has no `{required}` column: alias one (e.g. `thread_key AS id`); every row will be rejected",
+                    kind.as_str()
+                );
+            }
+        }
+        let select: Vec<String> = FIELDS
+            .iter()
+            .map(|(name, ty)| match (*ty, columns.contains(name)) {
+                ("ms", true) => format!("(EXTRACT(EPOCH FROM q.{name}) * 1000)::bigint"),
+                ("ms", false) => "NULL::bigint".to_string(),
+                (ty, true) => format!("q.{name}::{ty}"),
+                (ty, false) => format!("NULL::{ty}"),
+            })
+            .collect();
+        let base = format!("SELECT {} FROM ({query}) AS q", select.join(", "));
+        let full = client.prepare(&base).await?;
+        let incremental = if columns.contains("updated_at") {
+            let q =
+                format!("{base} WHERE q.updated_at >= to_timestamp(($1::bigint)::float8 / 1000.0)");
+            Some(client.prepare(&q).await?)
+        } else {
+            info!(
+                source,
+                query = kind.as_str(),
+                "the {} query has no updated_at column: every poll reloads it in full",
+                kind.as_str()
+            );
+            None
+        };
+        Ok(Prepared {
+            kind,
+            full,
+            incremental,
+        })
+    }
+}
+
+fn jitter(d: Duration) -> Duration {
+    // ±20 %, from the clock's sub-second noise: enough to spread reconnecting replicas.
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|t| t.subsec_nanos())
+        .unwrap_or(0);
+    let f = 0.8 + 0.4 * (f64::from(nanos % 1000) / 1000.0);
+    d.mul_f64(f)
+}
+
+/// TLS for `sslmode=prefer|require`: the public web roots, plus a CA bundle when configured.
+fn tls_connector(ca_file: Option<&std::path::Path>) -> tokio_postgres_rustls::MakeRustlsConnect {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    if let Some(path) = ca_file {
+        use rustls::pki_types::{CertificateDer, pem::PemObject};
+        match CertificateDer::pem_file_iter(path) {
+            Ok(certs) => {
+                for cert in certs.flatten() {
+                    if let Err(e) = roots.add(cert) {
+                        warn!(file = %path.display(), error = %e, "skipped a CA certificate");
+                    }
+                }
+            }
+            Err(e) => warn!(file = %path.display(), error = %e, "cannot read the CA file"),
+        }
+    }
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("ring supports the default TLS versions")
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    tokio_postgres_rustls::MakeRustlsConnect::new(config)
+}

@@ -1,0 +1,441 @@
+//! Records from a real PostgreSQL (started from the installed server binaries) joined with
+//! pods from the test API server, and records pushed through the ingest API.
+
+mod common;
+mod support;
+
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use common::{C, PodB, pod};
+use sandwatch::finding::Event;
+use support::apiserver::TestApiServer;
+use support::daemon::*;
+use support::postgres::{SCHEMA, TestPostgres};
+
+/// centaur's sandbox API with the preset's own queries; only the timings are shortened.
+const SANDBOX_API_FAST: &str = r#"
+profiles:
+  - preset: sandbox-api
+    grace:
+      absence: 0s
+    records:
+      postgres:
+        poll_interval: 300ms
+        stale_after: 1s
+        resync_interval: 1h
+"#;
+
+fn sandbox_pod(thread: &str) -> PodB {
+    let name = format!("centaur-sandbox-{thread}");
+    pod("centaur", &name)
+        .label("centaur.ai/managed", "true")
+        .label("centaur.ai/sandbox-id", &name)
+        .annotation("centaur.ai/thread-key", thread)
+        .container("sandbox", C::Running(1))
+        .container("tool-server", C::Running(1))
+}
+
+fn stored(p: &PodB) -> Value {
+    let mut v = p.json();
+    let m = v["metadata"].as_object_mut().unwrap();
+    m.remove("uid");
+    m.remove("resourceVersion");
+    v
+}
+
+async fn setup() -> (TestPostgres, tokio_postgres::Client, TestApiServer) {
+    let db = tokio::task::spawn_blocking(TestPostgres::start)
+        .await
+        .unwrap();
+    let client = db.client().await;
+    client.batch_execute(SCHEMA).await.unwrap();
+    (db, client, TestApiServer::start().await)
+}
+
+async fn daemon(server: &TestApiServer, db: &TestPostgres, yaml: &str) -> sandwatch::live::Daemon {
+    let url_file = db.url_file("sandwatch_ro");
+    start_with(server, sandwatch::config::load_str(yaml).unwrap(), |s| {
+        s.database_url_file = Some(url_file);
+        s.stale_after = Duration::from_secs(1);
+    })
+    .await
+}
+
+async fn metrics(d: &sandwatch::live::Daemon) -> String {
+    reqwest::get(format!("http://{}/metrics", d.addr))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_update_is_picked_up_within_one_poll_interval() {
+    let (db, sql, server) = setup().await;
+    let p = sandbox_pod("t-2");
+    server.create(stored(&p));
+    // t-1 is still being created: no pod yet, nothing to report.
+    sql.batch_execute(&format!(
+        "INSERT INTO sandbox_sessions (thread_key, sandbox_id, state) VALUES
+           ('t-1', 'centaur-sandbox-t-1', 'creating'), ('t-2', '{}', 'idle')",
+        p.name
+    ))
+    .await
+    .unwrap();
+    let d = daemon(&server, &db, SANDBOX_API_FAST).await;
+    let mut rx = d.transitions();
+    wait_ready(&d, true).await;
+    let (_, ready) = get(&d, "/readyz").await;
+    assert_eq!(ready["records"], 2, "{ready}");
+
+    // The row changes to suspended, with no pod to resume from: seen at the next poll.
+    let written = Instant::now();
+    sql.execute(
+        "UPDATE sandbox_sessions SET state = 'suspended', updated_at = now() WHERE thread_key = 't-1'",
+        &[],
+    )
+    .await
+    .unwrap();
+    let t = loop {
+        let t = tokio::time::timeout(Duration::from_secs(2), rx.recv())
+            .await
+            .expect("a finding")
+            .unwrap();
+        if t.event == Event::Opened {
+            break t;
+        }
+    };
+    let took = written.elapsed();
+    assert_eq!(
+        t.finding.finding.kind.as_str(),
+        "orphaned_suspended_session"
+    );
+    assert_eq!(t.finding.finding.session.as_deref(), Some("t-1"));
+    assert!(
+        took < Duration::from_millis(300 + 250),
+        "seen {took:?} after the commit; the poll interval is 300 ms"
+    );
+    eprintln!("the update was seen {took:?} after its commit");
+    let m = metrics(&d).await;
+    assert!(m.contains("sandwatch_record_polls_total{source=\"postgres/sandbox-api\",mode=\"incremental\",outcome=\"success\"}"), "{m}");
+    d.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_restart_opens_no_absence_finding_and_loses_no_update() {
+    let (db, sql, server) = setup().await;
+    for t in ["t-1", "t-2", "t-3"] {
+        let p = sandbox_pod(t);
+        server.create(stored(&p));
+        sql.execute(
+            "INSERT INTO sandbox_sessions (thread_key, sandbox_id, state) VALUES ($1, $2, 'running')",
+            &[&t, &p.name],
+        )
+        .await
+        .unwrap();
+    }
+    // The absence grace must outlast the records' staleness bound (1 s here; 30 s and 2 min
+    // by default): until the source is known stale, its rows are taken as they were.
+    let yaml = SANDBOX_API_FAST.replace("absence: 0s", "absence: 2s");
+    let d = daemon(&server, &db, &yaml).await;
+    let log = Log::follow(&d);
+    wait_ready(&d, true).await;
+
+    // Just before the database goes down, t-1 is suspended: the daemon may not have seen it.
+    sql.execute("UPDATE sandbox_sessions SET state = 'suspended', updated_at = now() WHERE thread_key = 't-1'", &[])
+        .await
+        .unwrap();
+    drop(sql);
+    let db = std::sync::Arc::new(db);
+    let stopping = db.clone();
+    tokio::task::spawn_blocking(move || stopping.stop())
+        .await
+        .unwrap();
+    // Meanwhile, pods go: t-1's (paused) and t-2's (deleted by a node drain).
+    server.delete("", "v1", "pods", "centaur", "centaur-sandbox-t-1");
+    server.delete("", "v1", "pods", "centaur", "centaur-sandbox-t-2");
+    wait_ready(&d, false).await;
+    let (_, body) = get(&d, "/readyz").await;
+    assert_eq!(body["not_ready"], json!(["postgres/sandbox-api"]), "{body}");
+    // Well past the stale bound and the absence grace: nothing opens, because the records it
+    // would rest on are not trusted.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(log.lines().is_empty(), "{:?}", log.lines());
+
+    let starting = db.clone();
+    tokio::task::spawn_blocking(move || starting.start_again())
+        .await
+        .unwrap();
+    wait_ready(&d, true).await;
+    // The update made just before the restart is not lost: t-1 is an orphan, not an active
+    // session without its agent.
+    wait_for(
+        Duration::from_secs(5),
+        "the findings after recovery",
+        || async {
+            let mut l = log.lines();
+            l.sort();
+            l == [
+                "opened orphaned_suspended_session centaur-sandbox-t-1",
+                "opened session_active_without_agent centaur-sandbox-t-2",
+            ]
+        },
+    )
+    .await;
+    let m = metrics(&d).await;
+    assert!(
+        m.contains("sandwatch_source_synced{source=\"postgres/sandbox-api\"} 1"),
+        "{m}"
+    );
+    d.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rows_it_cannot_understand_are_reported_counted_and_skipped() {
+    let (db, sql, server) = setup().await;
+    sql.batch_execute(
+        "INSERT INTO sandbox_sessions (thread_key, sandbox_id, state) VALUES
+           ('good-1', 'p-1', 'idle'), ('weird', 'p-2', 'hibernating'), (NULL, 'p-3', 'idle'), ('good-2', 'p-4', 'stopped');
+         INSERT INTO agent_execution_requests (execution_id, thread_key, status, stream_break_count) VALUES
+           ('exe-1', 'good-1', 'queued', 0);",
+    )
+    .await
+    .unwrap();
+    let d = daemon(&server, &db, SANDBOX_API_FAST).await;
+    wait_ready(&d, true).await;
+    let (_, ready) = get(&d, "/readyz").await;
+    assert_eq!(ready["records"], 3, "good-1, good-2 and exe-1: {ready}");
+    let m = metrics(&d).await;
+    assert!(m.contains("sandwatch_rejected_inputs_total{source=\"postgres/sandbox-api\",reason=\"unknown_state\"}"), "{m}");
+    assert!(m.contains("sandwatch_rejected_inputs_total{source=\"postgres/sandbox-api\",reason=\"missing_field\"}"), "{m}");
+    // The daemon carries on: later rows are read.
+    sql.execute("INSERT INTO sandbox_sessions (thread_key, sandbox_id, state) VALUES ('good-3', 'p-5', 'idle')", &[])
+        .await
+        .unwrap();
+    wait_for(Duration::from_secs(5), "the next good row", || async {
+        get(&d, "/readyz").await.1["records"] == 4
+    })
+    .await;
+    d.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn incident_02_every_orphaned_suspended_session_and_nothing_else() {
+    let (db, sql, server) = setup().await;
+    const ORPHANS: usize = 2206;
+    const LIVE: usize = 40;
+    // 2,206 suspended rows whose pods the bare-pod backend deleted long ago...
+    sql.execute(
+        "INSERT INTO sandbox_sessions (thread_key, sandbox_id, state, updated_at)
+         SELECT 'slack:C0:' || g, 'centaur-sandbox-gone-' || g, 'suspended', now() - interval '3 days'
+         FROM generate_series(1, $1::int) AS g",
+        &[&(ORPHANS as i32)],
+    )
+    .await
+    .unwrap();
+    // ...next to live sessions with their pods, stopped rows without pods, and one execution.
+    for i in 0..LIVE {
+        let t = format!("live-{i}");
+        let p = sandbox_pod(&t);
+        server.create(stored(&p));
+        let state = if i % 2 == 0 { "running" } else { "idle" };
+        sql.execute(
+            "INSERT INTO sandbox_sessions (thread_key, sandbox_id, state) VALUES ($1, $2, $3)",
+            &[&t, &p.name, &state],
+        )
+        .await
+        .unwrap();
+    }
+    sql.batch_execute(
+        "INSERT INTO sandbox_sessions (thread_key, sandbox_id, state) VALUES ('done-1', 'gone-pod-1', 'stopped'), ('done-2', 'gone-pod-2', 'gone');
+         INSERT INTO agent_execution_requests (execution_id, thread_key, status) VALUES ('exe-live', 'live-0', 'running');",
+    )
+    .await
+    .unwrap();
+    let started = Instant::now();
+    let d = daemon(&server, &db, SANDBOX_API_FAST).await;
+    wait_ready(&d, true).await;
+    wait_for(Duration::from_secs(30), "2,206 findings", || async {
+        get(&d, "/api/v1/findings").await.1["count"] == ORPHANS
+    })
+    .await;
+    eprintln!(
+        "{ORPHANS} orphaned sessions found {:?} after start",
+        started.elapsed()
+    );
+    let (_, body) = get(&d, "/api/v1/findings").await;
+    let findings = body["findings"].as_array().unwrap();
+    assert!(
+        findings
+            .iter()
+            .all(|f| f["kind"] == "orphaned_suspended_session" && f["reason"] == "PodGone")
+    );
+    let (_, only) = get(
+        &d,
+        "/api/v1/findings?kind=orphaned_suspended_session&profile=sandbox-api",
+    )
+    .await;
+    assert_eq!(only["count"], ORPHANS);
+    let m = metrics(&d).await;
+    assert!(
+        m.contains(&format!(
+            "sandwatch_orphaned_suspended_sessions{{profile=\"sandbox-api\"}} {ORPHANS}"
+        )),
+        "{m}"
+    );
+    // Nothing else, even after a few more polls.
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert_eq!(get(&d, "/api/v1/findings").await.1["count"], ORPHANS);
+    assert!(
+        m.contains("sandwatch_findings_opened_total{kind=\"orphaned_suspended_session\"} 2206"),
+        "{m}"
+    );
+    for kind in [
+        "agent_terminated_pod_running",
+        "execution_on_dead_agent",
+        "session_active_without_agent",
+        "leaked_sandbox_pod",
+    ] {
+        assert!(
+            m.contains(&format!(
+                "sandwatch_findings_opened_total{{kind=\"{kind}\"}} 0"
+            )),
+            "{kind}: {m}"
+        );
+    }
+    d.shutdown().await;
+}
+
+// ------------------------------------------------------------------------------------------
+// The ingest API (incident 04: a Modal sandbox, outside Kubernetes)
+
+const TOKEN: &str = "s3cret-ingest-token";
+
+async fn ingest_daemon(server: &TestApiServer) -> sandwatch::live::Daemon {
+    start_with(
+        server,
+        sandwatch::config::preset("offload-modal").unwrap(),
+        |s| {
+            s.ingest_token = Some(TOKEN.into());
+            s.ingest_max_body = 4096;
+        },
+    )
+    .await
+}
+
+async fn post(d: &sandwatch::live::Daemon, token: &str, body: String) -> (u16, Value) {
+    let r = reqwest::Client::new()
+        .post(format!("http://{}/api/v1/records", d.addr))
+        .bearer_auth(token)
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    let status = r.status().as_u16();
+    let text = r.text().await.unwrap();
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or(Value::String(text)),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn incident_04_retries_against_a_dead_modal_sandbox_through_the_ingest_api() {
+    let server = TestApiServer::start().await;
+    let d = ingest_daemon(&server).await;
+    let log = Log::follow(&d);
+    wait_ready(&d, true).await;
+    let sb = "sb-01JT0K4Q8C3R9V6M2H7W5N1XZE";
+    let (code, body) = post(
+        &d,
+        TOKEN,
+        json!([
+            {"kind": "sandbox", "id": sb, "state": "running"},
+            {"kind": "execution", "id": "run-7", "sandbox": sb, "state": "running", "attempt": 0},
+            {"kind": "execution", "id": "run-8", "sandbox": sb, "state": "exploded"},
+            {"kind": "session", "id": "s-1", "state": "running"}
+        ])
+        .to_string(),
+    )
+    .await;
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(body["accepted"], 2, "{body}");
+    assert_eq!(body["rejected"][0]["index"], 2);
+    assert_eq!(body["rejected"][0]["reason"], "unknown_state");
+    assert_eq!(body["rejected"][1]["index"], 3);
+    assert_eq!(body["rejected"][1]["reason"], "not_ingested");
+
+    // The sandbox dies before its results are written; offload retries the download three
+    // times (NDJSON this time).
+    let ndjson = [
+        json!({"kind": "sandbox", "id": sb, "state": "failure"}),
+        json!({"kind": "execution", "id": "run-7", "sandbox": sb, "state": "downloading", "attempt": 1}),
+        json!({"kind": "execution", "id": "run-7", "sandbox": sb, "state": "downloading", "attempt": 2}),
+        json!({"kind": "execution", "id": "run-7", "sandbox": sb, "state": "downloading", "attempt": 3}),
+    ]
+    .iter()
+    .map(Value::to_string)
+    .collect::<Vec<_>>()
+    .join("\n");
+    let (code, body) = post(&d, TOKEN, ndjson).await;
+    assert_eq!((code, body["accepted"].clone()), (200, json!(4)), "{body}");
+    wait_for(
+        Duration::from_secs(5),
+        "the finding with 3 retries",
+        || async {
+            let (_, f) = get(&d, "/api/v1/findings?kind=execution_on_dead_agent").await;
+            f["count"] == 1 && f["findings"][0]["retries_after_death"] == 3
+        },
+    )
+    .await;
+    let (_, f) = get(&d, "/api/v1/findings").await;
+    assert_eq!(f["findings"][0]["execution"], "run-7");
+    assert_eq!(f["findings"][0]["sandbox"], sb);
+    assert_eq!(f["findings"][0]["reason"], "SandboxDead");
+    let m = metrics(&d).await;
+    assert!(
+        m.contains("sandwatch_retries_against_dead_agent_total{profile=\"offload-modal\"} 3"),
+        "{m}"
+    );
+
+    // [DOWNLOAD FAILED]: the execution ends, the finding resolves.
+    let (code, _) = post(&d, TOKEN, json!([{"kind": "execution", "id": "run-7", "sandbox": sb, "state": "failed", "attempt": 3}]).to_string()).await;
+    assert_eq!(code, 200);
+    wait_for(Duration::from_secs(5), "resolution", || async {
+        log.lines()
+            == [
+                "opened execution_on_dead_agent run-7",
+                "resolved execution_on_dead_agent run-7",
+            ]
+    })
+    .await;
+    d.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_ingest_api_needs_its_token_and_limits_bodies() {
+    let server = TestApiServer::start().await;
+    let d = ingest_daemon(&server).await;
+    let record = json!([{"kind": "sandbox", "id": "sb-1", "state": "running"}]).to_string();
+    let (code, _) = post(&d, "wrong", record.clone()).await;
+    assert_eq!(code, 401);
+    let r = reqwest::Client::new()
+        .post(format!("http://{}/api/v1/records", d.addr))
+        .body(record.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 401);
+    assert_eq!(r.headers()["www-authenticate"], "Bearer");
+    let (code, _) = post(&d, TOKEN, "x".repeat(5000)).await;
+    assert_eq!(code, 413, "bodies over the limit are refused");
+    let (code, body) = post(&d, TOKEN, "[{\"kind\":".into()).await;
+    assert_eq!(code, 400, "{body}");
+    let (code, body) = post(&d, TOKEN, record).await;
+    assert_eq!((code, body["accepted"].clone()), (200, json!(1)));
+    d.shutdown().await;
+}
