@@ -181,7 +181,12 @@ impl RecordDoc {
             return Err(InputError::new(
                 "unknown_state",
                 format!(
-                    "record.state: {state:?} is not a {kind_text} state of profile {:?} ({states}) on {kind_text} {id:?}",
+                    "record.state: {state:?} is not {} {kind_text} state of profile {:?} ({states}) on {kind_text} {id:?}",
+                    if kind == RecordKind::Execution {
+                        "an"
+                    } else {
+                        "a"
+                    },
                     p.name
                 ),
             ));

@@ -7,10 +7,12 @@
 //!   `resync_interval`: it ends with the set of ids listed, so rows deleted in the meantime are
 //!   removed from the World;
 //! - an incremental poll every `poll_interval` (or at once on `LISTEN` notification),
-//!   `... WHERE q.updated_at >= cursor - overlap`, where the cursor is the newest `updated_at`
-//!   seen: the overlap re-reads rows whose transaction committed late or that share a
-//!   timestamp. The cursor comes from the database's own clock, so sandwatch's clock never
-//!   matters. Queries without `updated_at` are fully loaded on every poll.
+//!   `... WHERE q.updated_at >= cursor`, where the cursor is the database's own clock at the
+//!   start of the previous poll, minus `overlap`: the overlap re-reads rows whose transaction
+//!   started before that poll but committed after it, rows that share a timestamp, and rows
+//!   stamped by writers whose clocks run a little behind. sandwatch's own clock never matters.
+//!   A re-poll reads what changed in the last `poll_interval + overlap`, however large the
+//!   table. Queries without `updated_at` are fully loaded on every poll.
 //!
 //! The connection is read-only (`default_transaction_read_only`) with a statement timeout;
 //! its URL comes from a file or an environment variable and is never logged. The source is
@@ -19,7 +21,7 @@
 //! understand (no id, an unknown state) are logged once with their id and column, counted, and
 //! skipped.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -225,8 +227,20 @@ impl Postgres {
                     .is_none_or(|t| t.elapsed() >= self.settings.resync_interval);
             let started = Instant::now();
             let mut rows_total = 0;
+            let db_now: i64 = client
+                .query_one(
+                    "SELECT (EXTRACT(EPOCH FROM statement_timestamp()) * 1000)::bigint",
+                    &[],
+                )
+                .await?
+                .get(0);
+            let overlap = i64::try_from(self.settings.overlap.as_millis()).unwrap_or(i64::MAX);
+            let since = match (full, state.last_poll_started) {
+                (false, Some(prev)) => Some(prev.saturating_sub(overlap)),
+                _ => None,
+            };
             for p in &prepared {
-                let outcome = self.poll(&client, p, full, state, cx).await;
+                let outcome = self.poll(&client, p, since, state, cx).await;
                 match outcome {
                     Ok(Some((rows, listed))) => {
                         rows_total += rows;
@@ -254,6 +268,7 @@ impl Postgres {
                 .poll(&self.name, full, took.as_secs_f64(), rows_total, true);
             debug!(source = %self.name, full, rows = rows_total, ?took, "polled");
             state.last_success = Some(Instant::now());
+            state.last_poll_started = Some(db_now);
             if full {
                 state.last_full = Some(Instant::now());
                 state.need_full = false;
@@ -313,16 +328,12 @@ impl Postgres {
         &self,
         client: &Client,
         p: &Prepared,
-        full: bool,
+        since: Option<i64>,
         state: &mut PollState,
         cx: &Context,
     ) -> Result<Option<(u64, Option<HashSet<(String, String)>>)>, tokio_postgres::Error> {
-        let cursor = state.cursors.get(&p.kind).copied().flatten();
-        let (stmt, since) = match (&p.incremental, cursor, full) {
-            (Some(stmt), Some(c), false) => {
-                let overlap = i64::try_from(self.settings.overlap.as_millis()).unwrap_or(i64::MAX);
-                (stmt, Some(c.saturating_sub(overlap)))
-            }
+        let (stmt, since) = match (&p.incremental, since) {
+            (Some(stmt), Some(since)) => (stmt, Some(since)),
             _ => (&p.full, None),
         };
         let complete = since.is_none();
@@ -334,7 +345,6 @@ impl Postgres {
         futures::pin_mut!(rows);
         let mut listed = complete.then(HashSet::new);
         let mut count = 0u64;
-        let mut newest = cursor;
         while let Some(row) = rows.try_next().await? {
             count += 1;
             let doc = RecordDoc {
@@ -351,9 +361,6 @@ impl Postgres {
                 deadline: row.get::<_, Option<i64>>(8).map(Ts),
                 deleted: false,
             };
-            if let Some(ms) = row.get::<_, Option<i64>>(7) {
-                newest = Some(newest.map_or(ms, |n: i64| n.max(ms)));
-            }
             let attempt: Option<i64> = row.get(6);
             let id = doc.id.clone().unwrap_or_default();
             let result = match attempt {
@@ -397,9 +404,6 @@ impl Postgres {
                 }
             }
         }
-        if newest.is_some() {
-            state.cursors.insert(p.kind, newest);
-        }
         Ok(Some((count, listed)))
     }
 }
@@ -414,8 +418,8 @@ enum PollError {
 
 #[derive(Default)]
 struct PollState {
-    /// Newest `updated_at` (ms) seen per kind.
-    cursors: HashMap<RecordKind, Option<i64>>,
+    /// The database's clock (ms) when the last successful poll started.
+    last_poll_started: Option<i64>,
     last_success: Option<Instant>,
     last_full: Option<Instant>,
     need_full: bool,
