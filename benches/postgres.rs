@@ -8,6 +8,7 @@
 //! re-poll follows the changes, not the table.
 
 #[path = "../tests/support/postgres.rs"]
+#[allow(dead_code)]
 mod postgres;
 
 use std::sync::{Arc, Mutex};
