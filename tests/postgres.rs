@@ -439,3 +439,31 @@ async fn the_ingest_api_needs_its_token_and_limits_bodies() {
     assert_eq!((code, body["accepted"].clone()), (200, json!(1)));
     d.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_notification_on_the_listen_channel_polls_at_once() {
+    let (db, sql, server) = setup().await;
+    server.create(stored(&sandbox_pod("other"))); // the pod source is live
+    sql.batch_execute("INSERT INTO sandbox_sessions (thread_key, sandbox_id, state) VALUES ('t-1', 'centaur-sandbox-t-1', 'creating')")
+        .await
+        .unwrap();
+    // Polls are an hour apart: only the notification can bring the change in time.
+    let yaml = SANDBOX_API_FAST.replace(
+        "poll_interval: 300ms",
+        "poll_interval: 1h\n        listen_channel: sandbox_sessions_changed",
+    );
+    let d = daemon(&server, &db, &yaml).await;
+    let log = Log::follow(&d);
+    wait_ready(&d, true).await;
+    sql.batch_execute(
+        "UPDATE sandbox_sessions SET state = 'suspended', updated_at = now() WHERE thread_key = 't-1';
+         NOTIFY sandbox_sessions_changed;",
+    )
+    .await
+    .unwrap();
+    wait_for(Duration::from_secs(3), "the notified change", || async {
+        log.lines() == ["opened orphaned_suspended_session centaur-sandbox-t-1"]
+    })
+    .await;
+    d.shutdown().await;
+}
