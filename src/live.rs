@@ -128,6 +128,7 @@ impl Daemon {
         let addr = listener.local_addr()?;
         let mut app = http::router(snapshot_rx.clone(), Arc::new(registry));
         if let Some(ingest) = &ingest {
+            health.register_source(ingest::SOURCE, false);
             changes_tx.send((Ts::now(), ingest.status())).await?;
             app = app.merge(ingest.clone().router());
             info!("accepting records at POST /api/v1/records");
@@ -160,7 +161,7 @@ impl Daemon {
             profiles: profiles.clone(),
             changes: changes_tx,
             stale_after: settings.stale_after,
-            counters: Arc::new(health),
+            counters: Arc::new(health.clone()),
         };
         let records = RecordsContext {
             profiles: profiles.clone(),
@@ -169,6 +170,7 @@ impl Daemon {
         };
         for db in databases {
             info!(source = %db.name, database = %db.target(), "polling records");
+            health.register_source(&db.name, true);
             let mut stop = stop_rx.clone();
             let records = records.clone();
             tasks.spawn(async move {
@@ -180,6 +182,7 @@ impl Daemon {
         }
         for w in kube_source::watches(&profiles) {
             info!(source = %w.name, selector = w.label_selector.as_deref().unwrap_or(""), "watching");
+            health.register_source(&w.name, false);
             let mut stop = stop_rx.clone();
             let cx = cx.clone();
             tasks.spawn(async move {

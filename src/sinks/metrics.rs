@@ -363,6 +363,30 @@ impl HealthMetrics {
         );
     }
 
+    /// Creates a source's series at zero, so that dashboards and alerts see zeros from the
+    /// start rather than absent series.
+    pub fn register_source(&self, name: &str, polls: bool) {
+        let l = SourceLabels {
+            source: name.to_string(),
+        };
+        self.synced.get_or_create(&l).set(0);
+        if polls {
+            for mode in ["full", "incremental"] {
+                for outcome in ["success", "error"] {
+                    let _ = self.polls.get_or_create_owned(&PollLabels {
+                        source: name.to_string(),
+                        mode: mode.to_string(),
+                        outcome: outcome.to_string(),
+                    });
+                }
+            }
+        } else {
+            let _ = self.watch_events.get_or_create_owned(&l);
+            let _ = self.watch_restarts.get_or_create_owned(&l);
+            let _ = self.watch_errors.get_or_create_owned(&l);
+        }
+    }
+
     pub fn source_status(&self, name: &str, synced: bool) {
         let l = SourceLabels {
             source: name.to_string(),
@@ -451,10 +475,17 @@ struct BuildLabels {
     version: String,
 }
 
-/// `sandwatch_build_info{version} 1`.
+/// `sandwatch_build_info{version} 1`: a gauge, as exporters conventionally expose it (older
+/// tools do not parse the OpenMetrics `info` type).
 pub fn register_build_info(registry: &mut Registry) {
-    let info = prometheus_client::metrics::info::Info::new(BuildLabels {
+    let info: Family<BuildLabels, Gauge> = Family::default();
+    info.get_or_create(&BuildLabels {
         version: env!("CARGO_PKG_VERSION").to_string(),
-    });
-    registry.register("sandwatch_build", "The running sandwatch version", info);
+    })
+    .set(1);
+    registry.register(
+        "sandwatch_build_info",
+        "The running sandwatch version (always 1)",
+        info,
+    );
 }
