@@ -459,9 +459,7 @@ fn metric_names(expr: &str) -> Vec<String> {
     let mut i = 0;
     while i < bytes.len() {
         let word_start = i == 0 || !(bytes[i - 1].is_ascii_alphanumeric() || bytes[i - 1] == b'_');
-        if word_start && expr[i..].starts_with("sandwatch_")
-            || word_start && expr[i..].starts_with("up{")
-        {
+        if word_start && (expr[i..].starts_with("sandwatch_") || expr[i..].starts_with("up{")) {
             let end = expr[i..]
                 .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
                 .map_or(expr.len(), |k| i + k);
