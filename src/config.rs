@@ -20,6 +20,8 @@ use crate::profile::{
     Records, ResourceRole, ResumeFrom, SandboxStates, SessionStates,
 };
 use crate::record::RecordKind;
+use crate::remediation::action::{ActionName, HeaderValue, KubeAction, Target};
+use crate::remediation::{ActionSpecResolved, ProfileRemediation, Remediation};
 
 /// The built-in presets: name, one-line description, YAML.
 pub const PRESETS: &[(&str, &str, &str)] = &[
@@ -83,6 +85,96 @@ impl fmt::Display for ConfigErrors {
 pub struct ConfigFile {
     #[serde(default)]
     pub profiles: Vec<ProfileSpec>,
+    pub remediation: Option<RemediationSpec>,
+}
+
+/// Global remediation settings.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RemediationSpec {
+    pub mode: Option<String>,
+    pub max_per_minute: Option<u32>,
+    pub timeout: Option<String>,
+    pub retry_initial: Option<String>,
+    pub retry_max: Option<String>,
+    pub circuit_failures: Option<u32>,
+    pub circuit_open_for: Option<String>,
+    pub resend_after: Option<String>,
+}
+
+/// A profile's remediation actions.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProfileRemediationSpec {
+    pub base_url: Option<String>,
+    pub actions: Option<ActionsSpec>,
+}
+
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ActionsSpec {
+    pub finalize_execution: Option<ActionSpec>,
+    pub respawn_session: Option<ActionSpec>,
+    pub mark_session_gone: Option<ActionSpec>,
+    pub finalize_session: Option<ActionSpec>,
+    pub reap_pod: Option<ActionSpec>,
+}
+
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ActionSpec {
+    pub enabled: Option<bool>,
+    pub grace: Option<String>,
+    pub per_minute: Option<u32>,
+    pub webhook: Option<WebhookSpec>,
+    pub http: Option<HttpSpec>,
+    pub kubernetes: Option<KubeActionSpec>,
+}
+
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookSpec {
+    pub url: Option<String>,
+    pub secret_file: Option<String>,
+    pub ca_file: Option<String>,
+}
+
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpSpec {
+    pub method: Option<String>,
+    pub url: Option<String>,
+    pub body: Option<String>,
+    pub headers: Option<std::collections::BTreeMap<String, HeaderSpec>>,
+    pub ca_file: Option<String>,
+}
+
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HeaderSpec {
+    pub value: Option<String>,
+    pub file: Option<String>,
+}
+
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KubeActionSpec {
+    pub delete_pod: Option<bool>,
+    pub annotate_session: Option<AnnotateSpec>,
+}
+
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AnnotateSpec {
+    pub key: Option<String>,
+    pub value: Option<String>,
+}
+
+/// A whole config: the profiles and the remediation settings.
+#[derive(Debug)]
+pub struct Config {
+    pub profiles: Profiles,
+    pub remediation: Remediation,
 }
 
 #[derive(Debug, Default, Clone, Deserialize)]
@@ -97,6 +189,7 @@ pub struct ProfileSpec {
     pub custom_resources: Option<Vec<CustomResourceSpec>>,
     pub grace: Option<GraceSpec>,
     pub records: Option<RecordsSpec>,
+    pub remediation: Option<ProfileRemediationSpec>,
 }
 
 #[derive(Debug, Default, Clone, Deserialize)]
@@ -198,6 +291,11 @@ pub struct GraceSpec {
 
 /// Parses and validates a config file's text. `source` names it in error messages.
 pub fn load_str(text: &str) -> Result<Profiles, ConfigErrors> {
+    load(text).map(|c| c.profiles)
+}
+
+/// Parses and validates a whole config file.
+pub fn load(text: &str) -> Result<Config, ConfigErrors> {
     let file = parse_yaml::<ConfigFile>(text, "")?;
     if file.profiles.is_empty() {
         return Err(ConfigErrors(vec![ConfigError {
@@ -205,7 +303,57 @@ pub fn load_str(text: &str) -> Result<Profiles, ConfigErrors> {
             message: "no profiles defined; add at least one (e.g. `- preset: generic`)".into(),
         }]));
     }
-    resolve(file.profiles, "profiles")
+    let mut errors = Vec::new();
+    let remediation = remediation(file.remediation.unwrap_or_default(), &mut errors);
+    match resolve(file.profiles, "profiles") {
+        Ok(profiles) if errors.is_empty() => Ok(Config {
+            profiles,
+            remediation,
+        }),
+        Ok(_) => Err(ConfigErrors(errors)),
+        Err(mut e) => {
+            e.0.extend(errors);
+            Err(e)
+        }
+    }
+}
+
+fn remediation(spec: RemediationSpec, errors: &mut Vec<ConfigError>) -> Remediation {
+    let mut v = Validator {
+        at: "remediation".into(),
+        errors,
+    };
+    let d = Remediation::default();
+    let live = match spec.mode.as_deref() {
+        None | Some("dry_run") => false,
+        Some("live") => true,
+        Some(other) => {
+            v.err("mode", format!("{other:?} is not one of: dry_run, live"));
+            false
+        }
+    };
+    let max_per_minute = spec.max_per_minute.unwrap_or(d.max_per_minute);
+    if max_per_minute == 0 {
+        v.err("max_per_minute", "must be more than zero".into());
+    }
+    let circuit_failures = spec.circuit_failures.unwrap_or(d.circuit_failures);
+    if circuit_failures == 0 {
+        v.err("circuit_failures", "must be more than zero".into());
+    }
+    Remediation {
+        live,
+        max_per_minute,
+        timeout: v.duration("timeout", spec.timeout, d.timeout),
+        retry_initial: v.duration("retry_initial", spec.retry_initial, d.retry_initial),
+        retry_max: v.duration("retry_max", spec.retry_max, d.retry_max),
+        circuit_failures,
+        circuit_open_for: v.duration(
+            "circuit_open_for",
+            spec.circuit_open_for,
+            d.circuit_open_for,
+        ),
+        resend_after: v.duration("resend_after", spec.resend_after, d.resend_after),
+    }
 }
 
 /// The profiles of one preset, by name.
@@ -380,6 +528,40 @@ fn overlay(base: ProfileSpec, over: ProfileSpec) -> ProfileSpec {
             }),
             ingest: pick(o.ingest, b.ingest),
         }),
+        remediation: section(base.remediation, over.remediation, |b, o| {
+            ProfileRemediationSpec {
+                base_url: pick(o.base_url, b.base_url),
+                actions: section(b.actions, o.actions, |b, o| {
+                    let merge = |b: Option<ActionSpec>, o: Option<ActionSpec>| {
+                        section(b, o, |b, o| {
+                            // A target given in the override replaces the preset's, whatever its type.
+                            let own =
+                                o.webhook.is_some() || o.http.is_some() || o.kubernetes.is_some();
+                            let (webhook, http, kubernetes) = if own {
+                                (o.webhook, o.http, o.kubernetes)
+                            } else {
+                                (b.webhook, b.http, b.kubernetes)
+                            };
+                            ActionSpec {
+                                enabled: pick(o.enabled, b.enabled),
+                                grace: pick(o.grace, b.grace),
+                                per_minute: pick(o.per_minute, b.per_minute),
+                                webhook,
+                                http,
+                                kubernetes,
+                            }
+                        })
+                    };
+                    ActionsSpec {
+                        finalize_execution: merge(b.finalize_execution, o.finalize_execution),
+                        respawn_session: merge(b.respawn_session, o.respawn_session),
+                        mark_session_gone: merge(b.mark_session_gone, o.mark_session_gone),
+                        finalize_session: merge(b.finalize_session, o.finalize_session),
+                        reap_pod: merge(b.reap_pod, o.reap_pod),
+                    }
+                }),
+            }
+        }),
     }
 }
 
@@ -421,6 +603,7 @@ impl Validator<'_> {
         let sandboxes = self.sandboxes(spec.sandboxes.unwrap_or_default());
         let grace = self.grace(spec.grace.unwrap_or_default());
         let records = self.records(spec.records.unwrap_or_default());
+        let (base_url, actions) = self.actions(spec.remediation.unwrap_or_default());
         if custom_resources
             .iter()
             .any(|c| c.role == ResourceRole::Session)
@@ -443,7 +626,154 @@ impl Validator<'_> {
             custom_resources,
             grace,
             records,
+            remediation: ProfileRemediation { base_url, actions },
         })
+    }
+
+    fn actions(
+        &mut self,
+        spec: ProfileRemediationSpec,
+    ) -> (Option<String>, Vec<ActionSpecResolved>) {
+        let base_url = spec.base_url.filter(|b| !b.trim().is_empty());
+        if let Some(b) = &base_url
+            && !(b.starts_with("http://") || b.starts_with("https://"))
+        {
+            self.err(
+                "remediation.base_url",
+                format!("{b:?} is not an http:// or https:// URL"),
+            );
+        }
+        let a = spec.actions.unwrap_or_default();
+        let mut out = Vec::new();
+        for (name, action) in [
+            (ActionName::FinalizeExecution, a.finalize_execution),
+            (ActionName::RespawnSession, a.respawn_session),
+            (ActionName::MarkSessionGone, a.mark_session_gone),
+            (ActionName::FinalizeSession, a.finalize_session),
+            (ActionName::ReapPod, a.reap_pod),
+        ] {
+            let Some(action) = action else { continue };
+            if action.enabled == Some(false) {
+                continue;
+            }
+            let at = format!("remediation.actions.{}", name.as_str());
+            let targets = [
+                action.webhook.is_some(),
+                action.http.is_some(),
+                action.kubernetes.is_some(),
+            ];
+            if targets.iter().filter(|t| **t).count() != 1 {
+                self.err(&at, "give exactly one of: webhook, http, kubernetes".into());
+                continue;
+            }
+            let target = if let Some(w) = action.webhook {
+                let url = w.url.unwrap_or_default();
+                if !(url.starts_with("http://") || url.starts_with("https://")) {
+                    self.err(
+                        &format!("{at}.webhook.url"),
+                        format!("{url:?} is not an http:// or https:// URL"),
+                    );
+                }
+                let Some(secret_file) = w.secret_file.filter(|f| !f.is_empty()) else {
+                    self.err(
+                        &format!("{at}.webhook.secret_file"),
+                        "missing: webhooks are signed with a secret read from a file".into(),
+                    );
+                    continue;
+                };
+                Target::Webhook {
+                    url,
+                    secret_file: secret_file.into(),
+                    ca_file: w.ca_file.map(Into::into),
+                }
+            } else if let Some(h) = action.http {
+                let method = h.method.unwrap_or_else(|| "POST".into()).to_uppercase();
+                if !["GET", "POST", "PUT", "PATCH", "DELETE"].contains(&method.as_str()) {
+                    self.err(
+                        &format!("{at}.http.method"),
+                        format!("{method:?} is not one of GET, POST, PUT, PATCH, DELETE"),
+                    );
+                }
+                let url = h.url.unwrap_or_default();
+                if !(url.starts_with("http://")
+                    || url.starts_with("https://")
+                    || url.starts_with("{base_url}"))
+                {
+                    self.err(
+                        &format!("{at}.http.url"),
+                        format!("{url:?} must start with http://, https:// or {{base_url}}"),
+                    );
+                }
+                if url.starts_with("{base_url}") && base_url.is_none() {
+                    self.err(
+                        &format!("{at}.http.url"),
+                        "uses {base_url} but remediation.base_url is not set".into(),
+                    );
+                }
+                let mut headers = Vec::new();
+                for (name, value) in h.headers.unwrap_or_default() {
+                    match (value.value, value.file) {
+                        (Some(v), None) => headers.push((name, HeaderValue::Literal(v))),
+                        (None, Some(f)) => headers.push((name, HeaderValue::File(f.into()))),
+                        _ => self.err(
+                            &format!("{at}.http.headers.{name}"),
+                            "give either `value:` or `file:`".into(),
+                        ),
+                    }
+                }
+                Target::Http {
+                    method,
+                    url,
+                    body: h.body,
+                    headers,
+                    ca_file: h.ca_file.map(Into::into),
+                }
+            } else {
+                let k = action.kubernetes.unwrap_or_default();
+                match (k.delete_pod.unwrap_or(false), k.annotate_session) {
+                    (true, None) => Target::Kubernetes(KubeAction::DeletePod),
+                    (false, Some(a)) => match (a.key, a.value) {
+                        (Some(key), Some(value)) if !key.is_empty() => {
+                            Target::Kubernetes(KubeAction::AnnotateSession { key, value })
+                        }
+                        _ => {
+                            self.err(
+                                &format!("{at}.kubernetes.annotate_session"),
+                                "give key and value".into(),
+                            );
+                            continue;
+                        }
+                    },
+                    _ => {
+                        self.err(
+                            &format!("{at}.kubernetes"),
+                            "give exactly one of: delete_pod: true, annotate_session".into(),
+                        );
+                        continue;
+                    }
+                }
+            };
+            let grace = self.duration(&format!("{at}.grace"), action.grace, name.default_grace());
+            let per_minute = action.per_minute.unwrap_or(30);
+            if per_minute == 0 {
+                self.err(&format!("{at}.per_minute"), "must be more than zero (to turn an action off, remove it or set enabled: false)".into());
+            }
+            out.push(ActionSpecResolved {
+                name,
+                grace,
+                per_minute,
+                target,
+            });
+        }
+        if out.iter().any(|a| a.name == ActionName::RespawnSession)
+            && out.iter().any(|a| a.name == ActionName::MarkSessionGone)
+        {
+            self.err(
+                "remediation.actions",
+                "respawn_session and mark_session_gone both repair orphaned_suspended_session: choose one".into(),
+            );
+        }
+        (base_url, out)
     }
 
     fn records(&mut self, spec: RecordsSpec) -> Records {

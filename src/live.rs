@@ -23,6 +23,9 @@ use tracing::{info, warn};
 use crate::engine::{Change, Engine};
 use crate::finding::Transition;
 use crate::profile::Profiles;
+use crate::remediation::deliver::Deliverer;
+use crate::remediation::lease::Elector;
+use crate::remediation::{self, Controller, Leadership, Remediation, RemediationMetrics};
 use crate::sinks::http::{self, Snapshot};
 use crate::sinks::log;
 use crate::sinks::metrics::{FindingMetrics, HealthMetrics};
@@ -44,6 +47,9 @@ pub struct Settings {
     /// The bearer token of the ingest API (required when a profile takes ingested records).
     pub ingest_token: Option<String>,
     pub ingest_max_body: usize,
+    pub remediation: Remediation,
+    /// Compete for a Lease before remediating; `None`: this replica always may.
+    pub leader_election: Option<Elector>,
 }
 
 impl Settings {
@@ -56,6 +62,8 @@ impl Settings {
             database_url_file: None,
             ingest_token: None,
             ingest_max_body: 1 << 20,
+            remediation: Remediation::default(),
+            leader_election: None,
         }
     }
 }
@@ -73,12 +81,18 @@ pub struct Daemon {
 impl Daemon {
     /// Starts the sources, the engine task and the HTTP server.
     pub async fn start(settings: Settings, client: ::kube::Client) -> anyhow::Result<Daemon> {
+        // The process's TLS provider for the HTTP clients (no-op if already installed).
+        let _ = rustls::crypto::ring::default_provider().install_default();
         let profiles = settings.profiles.clone();
         let findings = FindingMetrics::new(&profiles);
         let health = HealthMetrics::default();
         let mut registry = Registry::default();
         findings.register(&mut registry);
         health.register(&mut registry);
+        let remediation_metrics = RemediationMetrics::new(&profiles);
+        if !remediation::actions(&profiles).is_empty() {
+            remediation_metrics.register(&mut registry);
+        }
         crate::sinks::metrics::register_build_info(&mut registry);
 
         let (changes_tx, changes_rx) = mpsc::channel::<(Ts, Change)>(4096);
@@ -156,6 +170,34 @@ impl Daemon {
         };
         tasks.spawn(engine.run(changes_rx, settings.tick, stop_rx.clone()));
 
+        let actions = remediation::actions(&profiles);
+        if !actions.is_empty() {
+            let (lead_tx, lead_rx) = watch::channel(match settings.leader_election {
+                None => Leadership::ALWAYS,
+                Some(_) => Leadership {
+                    leader: false,
+                    until: None,
+                },
+            });
+            if let Some(elector) = settings.leader_election.clone() {
+                info!(lease = %elector.name, namespace = %elector.namespace, identity = %elector.identity, "competing for the remediation lease");
+                tasks.spawn(elector.run(client.clone(), lead_tx, stop_rx.clone()));
+            } else {
+                drop(lead_tx);
+            }
+            let deliverer =
+                Deliverer::new(&actions, settings.remediation.timeout, Some(client.clone()))?;
+            let controller = Controller::new(
+                settings.remediation.clone(),
+                profiles.clone(),
+                deliverer,
+                snapshot_rx.clone(),
+                lead_rx,
+                remediation_metrics,
+            );
+            tasks.spawn(controller.run(stop_rx.clone()));
+        }
+
         let cx = Context {
             client,
             profiles: profiles.clone(),
@@ -209,6 +251,12 @@ impl Daemon {
     /// Stops everything and waits for the tasks to finish.
     pub async fn shutdown(mut self) {
         let _ = self.stop.send(true);
+        while self.tasks.join_next().await.is_some() {}
+    }
+
+    /// Stops everything at once, as a crash would: no lease release, no graceful close.
+    pub async fn abort(mut self) {
+        self.tasks.abort_all();
         while self.tasks.join_next().await.is_some() {}
     }
 }

@@ -65,6 +65,24 @@ enum Command {
         /// Largest ingest request body, in bytes.
         #[arg(long, value_name = "BYTES", default_value_t = 1 << 20)]
         ingest_max_body: usize,
+        /// Remediate only while holding a Lease (several replicas: one remediates). Turn off
+        /// only for a single replica without Lease RBAC.
+        #[arg(long, default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
+        leader_election: bool,
+        /// The Lease's name.
+        #[arg(long, value_name = "NAME", default_value = "sandwatch-remediation")]
+        lease_name: String,
+        /// The Lease's namespace (in a pod: its own namespace).
+        #[arg(
+            long,
+            value_name = "NAMESPACE",
+            env = "POD_NAMESPACE",
+            default_value = "default"
+        )]
+        lease_namespace: String,
+        /// This replica's identity in the Lease (in a pod: its name).
+        #[arg(long, value_name = "ID", env = "POD_NAME")]
+        identity: Option<String>,
     },
     /// Run the engine over recorded pod watch events and records, in virtual time, and print
     /// every finding transition.
@@ -113,14 +131,23 @@ struct ProfileArgs {
 impl ProfileArgs {
     /// The profiles to run with: the config file, the preset, or `generic`.
     fn load(&self) -> anyhow::Result<Profiles> {
+        Ok(self.load_config()?.profiles)
+    }
+
+    /// The whole config: a config file, or a preset with default settings.
+    fn load_config(&self) -> anyhow::Result<config::Config> {
         if let Some(path) = &self.config {
             let text = std::fs::read_to_string(path)
                 .with_context(|| format!("reading config {}", path.display()))?;
-            return config::load_str(&text)
+            return config::load(&text)
                 .map_err(|e| anyhow::anyhow!("invalid config {}:\n{e}", path.display()));
         }
         let name = self.preset.as_deref().unwrap_or("generic");
-        config::preset(name).map_err(|e| anyhow::anyhow!("{e}"))
+        let profiles = config::preset(name).map_err(|e| anyhow::anyhow!("{e}"))?;
+        Ok(config::Config {
+            profiles,
+            remediation: Default::default(),
+        })
     }
 }
 
@@ -208,8 +235,24 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             database_url_file,
             ingest_token_file,
             ingest_max_body,
+            leader_election,
+            lease_name,
+            lease_namespace,
+            identity,
         } => {
-            let profiles = Arc::new(profiles.load()?);
+            let config = profiles.load_config()?;
+            let profiles = Arc::new(config.profiles);
+            let identity = identity.unwrap_or_else(|| {
+                let host = std::fs::read_to_string("/etc/hostname").unwrap_or_default();
+                format!("{}-{}", host.trim(), std::process::id())
+            });
+            let leader_election = leader_election.then(|| {
+                sandwatch::remediation::lease::Elector::new(
+                    &lease_name,
+                    &lease_namespace,
+                    &identity,
+                )
+            });
             let ingest_token = match ingest_token_file {
                 Some(path) => {
                     let token = std::fs::read_to_string(&path)
@@ -232,6 +275,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     database_url_file,
                     ingest_token,
                     ingest_max_body,
+                    remediation: config.remediation,
+                    leader_election,
                     ..sandwatch::live::Settings::new(profiles, listen)
                 };
                 let daemon = sandwatch::live::Daemon::start(settings, client).await?;

@@ -35,6 +35,7 @@ pub struct Profile {
     pub custom_resources: Vec<CustomResource>,
     pub grace: Grace,
     pub records: Records,
+    pub remediation: crate::remediation::ProfileRemediation,
 }
 
 /// Where a profile's records come from (besides custom resources).

@@ -388,6 +388,7 @@ async fn agentic_sessions_are_session_records_joined_with_their_runner_pods() {
 
 #[tokio::test]
 async fn the_binary_connects_through_a_kubeconfig_context_and_stops_on_sigterm() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let server = TestApiServer::start().await;
     server.create(stored(
         &sandbox("s-1").set("agent", C::Terminated(137, "OOMKilled", 10)),

@@ -51,7 +51,7 @@ fn the_alert_rules_pass_promtool_checks_and_unit_tests() {
     let text = run(Command::new(&promtool)
         .args(["check", "rules"])
         .arg(root().join("alerts/sandwatch.rules.yml")));
-    assert!(text.contains("SUCCESS: 10 rules found"), "{text}");
+    assert!(text.contains("SUCCESS: 13 rules found"), "{text}");
     let text = run(Command::new(&promtool)
         .current_dir(root().join("alerts"))
         .args(["test", "rules", "sandwatch.rules.test.yml"]));
@@ -258,6 +258,14 @@ profiles:
     records:
       postgres:
         poll_interval: 300ms
+    remediation:
+      base_url: http://127.0.0.1:9
+      actions:
+        mark_session_gone:
+          enabled: true
+          grace: 0s
+remediation:
+  mode: dry_run
 "#;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -390,6 +398,11 @@ async fn a_real_prometheus_scrapes_sandwatch_evaluates_every_expression_and_fire
         ),
         ("min(sandwatch_source_synced)", 1.0),
         ("sum(sandwatch_build_info)", 1.0),
+        (
+            "sum(sandwatch_remediations_total{action=\"mark_session_gone\",outcome=\"dry_run\"})",
+            1.0,
+        ),
+        ("sum(sandwatch_leader)", 1.0),
     ] {
         assert_eq!(prom.value(expr).await, want, "{expr}");
     }
@@ -416,7 +429,7 @@ async fn a_real_prometheus_scrapes_sandwatch_evaluates_every_expression_and_fire
         }
         checked += 1;
     }
-    assert_eq!(checked, 10);
+    assert_eq!(checked, 13);
     for (panel, expr) in panel_queries(&dashboard()) {
         assert!(
             prom.has_data(&expr).await,

@@ -499,27 +499,5 @@ fn jitter(d: Duration) -> Duration {
 
 /// TLS for `sslmode=prefer|require`: the public web roots, plus a CA bundle when configured.
 fn tls_connector(ca_file: Option<&std::path::Path>) -> tokio_postgres_rustls::MakeRustlsConnect {
-    let mut roots = rustls::RootCertStore::empty();
-    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
-    if let Some(path) = ca_file {
-        use rustls::pki_types::{CertificateDer, pem::PemObject};
-        match CertificateDer::pem_file_iter(path) {
-            Ok(certs) => {
-                for cert in certs.flatten() {
-                    if let Err(e) = roots.add(cert) {
-                        warn!(file = %path.display(), error = %e, "skipped a CA certificate");
-                    }
-                }
-            }
-            Err(e) => warn!(file = %path.display(), error = %e, "cannot read the CA file"),
-        }
-    }
-    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .expect("ring supports the default TLS versions")
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    tokio_postgres_rustls::MakeRustlsConnect::new(config)
+    tokio_postgres_rustls::MakeRustlsConnect::new(crate::tls::client_config(ca_file))
 }

@@ -3,3 +3,4 @@
 pub mod apiserver;
 pub mod daemon;
 pub mod postgres;
+pub mod receiver;

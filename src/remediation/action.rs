@@ -1,0 +1,350 @@
+//! Remediation actions: what to call for which finding, and how the call is built.
+//!
+//! An action is one of three targets: a **signed webhook** to an adapter the platform team
+//! writes (a JSON body signed per the Standard Webhooks convention), a **templated HTTP call**
+//! straight to the platform's own endpoint (method, URL and body templated from the finding,
+//! header values read from files), or a **Kubernetes** change (delete the finding's pod, or
+//! annotate its session resource), which needs its own, separate RBAC.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use base64::Engine as _;
+use hmac::{Hmac, KeyInit, Mac};
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+
+use crate::finding::{FindingKind, OpenFinding};
+use crate::profile::ProfileId;
+
+/// The actions, by the finding kind they repair. Their names are part of the interface.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ActionName {
+    /// execution_on_dead_agent: mark the execution failed, so its user gets an answer.
+    FinalizeExecution,
+    /// orphaned_suspended_session: spawn a fresh sandbox for the session.
+    RespawnSession,
+    /// orphaned_suspended_session: mark the session gone, so the next message respawns it.
+    MarkSessionGone,
+    /// session_active_without_agent: end (or restart) the session.
+    FinalizeSession,
+    /// leaked_sandbox_pod: delete the pod.
+    ReapPod,
+}
+
+impl ActionName {
+    pub const ALL: [ActionName; 5] = [
+        ActionName::FinalizeExecution,
+        ActionName::RespawnSession,
+        ActionName::MarkSessionGone,
+        ActionName::FinalizeSession,
+        ActionName::ReapPod,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ActionName::FinalizeExecution => "finalize_execution",
+            ActionName::RespawnSession => "respawn_session",
+            ActionName::MarkSessionGone => "mark_session_gone",
+            ActionName::FinalizeSession => "finalize_session",
+            ActionName::ReapPod => "reap_pod",
+        }
+    }
+
+    pub fn repairs(self) -> FindingKind {
+        match self {
+            ActionName::FinalizeExecution => FindingKind::ExecutionOnDeadAgent,
+            ActionName::RespawnSession | ActionName::MarkSessionGone => {
+                FindingKind::OrphanedSuspendedSession
+            }
+            ActionName::FinalizeSession => FindingKind::SessionActiveWithoutAgent,
+            ActionName::ReapPod => FindingKind::LeakedSandboxPod,
+        }
+    }
+
+    /// How long a finding must stay open before this action may act on it, by default.
+    pub fn default_grace(self) -> Duration {
+        match self {
+            ActionName::FinalizeExecution => Duration::from_secs(120),
+            ActionName::RespawnSession | ActionName::MarkSessionGone => Duration::from_secs(300),
+            ActionName::FinalizeSession => Duration::from_secs(300),
+            ActionName::ReapPod => Duration::from_secs(1800),
+        }
+    }
+}
+
+/// A header value, or a secret read from a file at each call (so rotations apply).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum HeaderValue {
+    Literal(String),
+    File(PathBuf),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum KubeAction {
+    /// Delete the finding's pod (graceful; the platform's operator may recreate it).
+    DeletePod,
+    /// Set an annotation on the session's custom resource (e.g. ambient's desired-phase).
+    AnnotateSession { key: String, value: String },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Target {
+    Webhook {
+        url: String,
+        secret_file: PathBuf,
+        ca_file: Option<PathBuf>,
+    },
+    Http {
+        method: String,
+        url: String,
+        body: Option<String>,
+        headers: Vec<(String, HeaderValue)>,
+        ca_file: Option<PathBuf>,
+    },
+    Kubernetes(KubeAction),
+}
+
+/// One configured action of one profile.
+#[derive(Clone, Debug)]
+pub struct Action {
+    pub name: ActionName,
+    pub profile: ProfileId,
+    /// The finding must have been open this long.
+    pub grace: Duration,
+    /// At most this many calls a minute for this action.
+    pub per_minute: u32,
+    pub target: Target,
+}
+
+/// The same incident always yields the same key: it is derived from what identifies the
+/// finding (kind, profile, pod and its uid, session, execution, sandbox, reason), never from
+/// when sandwatch happened to see it, so a restart or a second replica repeats it exactly.
+pub fn idempotency_key(action: ActionName, f: &OpenFinding) -> String {
+    let d = &f.finding;
+    let mut h = Sha256::new();
+    for part in [
+        Some(action.as_str()),
+        Some(d.kind.as_str()),
+        Some(&*d.profile),
+        d.namespace.as_deref(),
+        d.pod.as_deref(),
+        d.pod_uid.as_deref(),
+        d.session.as_deref(),
+        d.execution.as_deref(),
+        d.sandbox.as_deref(),
+        Some(&*d.reason),
+    ] {
+        h.update(part.unwrap_or("").as_bytes());
+        h.update([0u8]);
+    }
+    let digest = h.finalize();
+    format!("sw_{}", hex(&digest[..16]))
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The webhook body: the action, the finding with its evidence, and the idempotency key.
+#[derive(Serialize)]
+pub struct Payload<'a> {
+    pub action: ActionName,
+    pub idempotency_key: &'a str,
+    pub dry_run: bool,
+    pub finding: crate::sinks::http::FindingView<'a>,
+}
+
+/// Signs a webhook per Standard Webhooks: `v1,` + base64(HMAC-SHA256(key, "id.timestamp.body")).
+/// A `whsec_` secret is base64 after its prefix; any other secret is used as its bytes.
+pub fn sign(secret: &str, msg_id: &str, timestamp: i64, body: &[u8]) -> Result<String, String> {
+    let secret = secret.trim();
+    let key = match secret.strip_prefix("whsec_") {
+        Some(b64) => base64::engine::general_purpose::STANDARD
+            .decode(b64)
+            .map_err(|e| format!("the webhook secret is not valid base64 after whsec_: {e}"))?,
+        None => secret.as_bytes().to_vec(),
+    };
+    let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(&key)
+        .map_err(|e| format!("unusable webhook secret: {e}"))?;
+    mac.update(msg_id.as_bytes());
+    mac.update(b".");
+    mac.update(timestamp.to_string().as_bytes());
+    mac.update(b".");
+    mac.update(body);
+    let sig = base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes());
+    Ok(format!("v1,{sig}"))
+}
+
+/// Fills `{execution}`, `{session}`, `{namespace}`, `{pod}`, `{sandbox}`, `{profile}`,
+/// `{kind}`, `{idempotency_key}` and `{base_url}`; `escape` encodes each value for where it
+/// lands (a URL or a JSON string). A placeholder the finding has no value for is an error.
+pub fn render(
+    template: &str,
+    f: &OpenFinding,
+    key: &str,
+    base_url: Option<&str>,
+    escape: fn(&str) -> String,
+) -> Result<String, String> {
+    let d = &f.finding;
+    let mut out = String::with_capacity(template.len());
+    let mut rest = template;
+    while let Some(start) = rest.find('{') {
+        out.push_str(&rest[..start]);
+        let Some(len) = rest[start..].find('}') else {
+            out.push_str(&rest[start..]);
+            return Ok(out);
+        };
+        let name = &rest[start + 1..start + len];
+        let value = match name {
+            "execution" => d.execution.as_deref(),
+            "session" => d.session.as_deref(),
+            "namespace" => d.namespace.as_deref(),
+            "pod" => d.pod.as_deref(),
+            "sandbox" => d.sandbox.as_deref(),
+            "profile" => Some(&*d.profile),
+            "kind" => Some(d.kind.as_str()),
+            "idempotency_key" => Some(key),
+            "base_url" => {
+                // The base URL is part of the template's shape, not data: not escaped.
+                let Some(b) = base_url else {
+                    return Err(
+                        "{base_url} is used but the profile sets no remediation.base_url".into(),
+                    );
+                };
+                out.push_str(b.trim_end_matches('/'));
+                rest = &rest[start + len + 1..];
+                continue;
+            }
+            _ => {
+                // Not a placeholder (e.g. JSON braces): keep it as written.
+                out.push('{');
+                rest = &rest[start + 1..];
+                continue;
+            }
+        };
+        let Some(value) = value else {
+            return Err(format!(
+                "the finding has no {name} for the {{{name}}} placeholder"
+            ));
+        };
+        out.push_str(&escape(value));
+        rest = &rest[start + len + 1..];
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+/// Percent-encodes a value for a URL path segment or query value.
+pub fn url_escape(v: &str) -> String {
+    let mut out = String::new();
+    for b in v.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// Escapes a value for inside a JSON string.
+pub fn json_escape(v: &str) -> String {
+    let quoted = serde_json::to_string(v).unwrap_or_default();
+    quoted[1..quoted.len().saturating_sub(1)].to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::finding::Finding;
+    use crate::time::Ts;
+
+    fn finding() -> OpenFinding {
+        OpenFinding {
+            id: 7,
+            finding: Finding {
+                kind: FindingKind::ExecutionOnDeadAgent,
+                profile: "sandbox-api".into(),
+                namespace: Some("centaur".into()),
+                pod: Some("sandbox-1".into()),
+                session: Some("slack:C0/1 x".into()),
+                execution: Some("exe_1".into()),
+                sandbox: None,
+                reason: "OOMKilled".into(),
+                container: Some("sandbox".into()),
+                exit_code: Some(137),
+                state: Some("retry_wait".into()),
+                pod_uid: Some("u-1".into()),
+            },
+            opened_at: Ts(1000),
+            evidence_at: Ts(900),
+            retries_after_death: 3,
+        }
+    }
+
+    #[test]
+    fn keys_are_stable_across_sightings_and_differ_between_incidents() {
+        let a = finding();
+        let mut b = finding();
+        b.id = 99;
+        b.opened_at = Ts(5_000_000);
+        b.retries_after_death = 40;
+        b.finding.state = Some("running".into());
+        assert_eq!(
+            idempotency_key(ActionName::FinalizeExecution, &a),
+            idempotency_key(ActionName::FinalizeExecution, &b)
+        );
+        b.finding.pod_uid = Some("u-2".into());
+        assert_ne!(
+            idempotency_key(ActionName::FinalizeExecution, &a),
+            idempotency_key(ActionName::FinalizeExecution, &b)
+        );
+        assert!(idempotency_key(ActionName::FinalizeExecution, &a).starts_with("sw_"));
+    }
+
+    #[test]
+    fn templates_escape_for_where_values_land() {
+        let f = finding();
+        let url = render(
+            "{base_url}/agent/status?key={session}",
+            &f,
+            "k",
+            Some("https://api.example/"),
+            url_escape,
+        )
+        .unwrap();
+        assert_eq!(
+            url,
+            "https://api.example/agent/status?key=slack%3AC0%2F1%20x"
+        );
+        let body = render(
+            r#"{"thread_key": "{session}", "why": "{kind}"}"#,
+            &f,
+            "k",
+            None,
+            json_escape,
+        )
+        .unwrap();
+        assert_eq!(
+            body,
+            r#"{"thread_key": "slack:C0/1 x", "why": "execution_on_dead_agent"}"#
+        );
+        let e = render("/x/{sandbox}", &f, "k", None, url_escape).unwrap_err();
+        assert!(e.contains("no sandbox"), "{e}");
+    }
+
+    #[test]
+    fn signatures_follow_standard_webhooks() {
+        // The example from the Standard Webhooks specification.
+        let sig = sign(
+            "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+            "msg_p5jXN8AQM9LWM0D4loKWxJek",
+            1614265330,
+            br#"{"test": 2432232314}"#,
+        )
+        .unwrap();
+        assert_eq!(sig, "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE=");
+    }
+}

@@ -1,0 +1,585 @@
+//! Remediation: calling the platform to repair what sandwatch found. A sink at the end of the
+//! live flow, safe to leave on in production.
+//!
+//! ```text
+//!  engine ──snapshot (open findings, source health)──▶ remediation ──▶ webhooks / platform API / Kubernetes
+//!  lease  ──leadership─────────────────────────────────▲
+//! ```
+//!
+//! It is level-triggered: every round it looks at the findings open *now* and acts on those
+//! that still need it. Nothing is queued: after a restart, or on another replica, the findings
+//! are derived again from the sources and the same calls are made with the same idempotency
+//! keys. Its safety rules:
+//! - dry-run until the config says `mode: live` (it logs and counts what it would do), and each
+//!   action off unless configured;
+//! - only on findings still open after the action's grace period, only while every source the
+//!   finding rests on is synced and fresh, and only on the holder of the Lease; each of these is
+//!   checked again just before each call;
+//! - a token bucket per action and a global cap per minute, so a backlog of 2,206 orphaned
+//!   sessions drains at the configured rate, not as a storm;
+//! - 2xx is done; 4xx (but 408 and 429) is a refusal, logged and not retried; 408, 429, 5xx
+//!   and transport errors are retried with exponential backoff and jitter up to a cap, honouring
+//!   Retry-After; a circuit breaker stops calling a receiver that keeps failing;
+//! - a finding still open long after a successful call is called again on a slow backoff and
+//!   counted as `ineffective`.
+
+pub mod action;
+pub mod deliver;
+pub mod lease;
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+use tokio::sync::watch;
+use tokio::time::Instant;
+use tracing::{Instrument, info, info_span, warn};
+
+use crate::finding::{FindingKind, OpenFinding};
+use crate::profile::Profiles;
+use crate::sinks::http::Snapshot;
+use crate::time::Ts;
+use crate::world::{Feed, SourceStatus};
+use action::{Action, ActionName, Target, idempotency_key};
+use deliver::{Deliverer, Outcome};
+pub use lease::Leadership;
+
+/// Global remediation settings.
+#[derive(Clone, Debug)]
+pub struct Remediation {
+    /// Calls are made only in live mode; otherwise they are logged and counted.
+    pub live: bool,
+    /// At most this many calls a minute, all actions together.
+    pub max_per_minute: u32,
+    /// Per call.
+    pub timeout: Duration,
+    pub retry_initial: Duration,
+    pub retry_max: Duration,
+    /// Consecutive failures that open an action's circuit...
+    pub circuit_failures: u32,
+    /// ...for this long.
+    pub circuit_open_for: Duration,
+    /// A finding still open this long after a successful call is called again.
+    pub resend_after: Duration,
+}
+
+impl Default for Remediation {
+    fn default() -> Self {
+        Remediation {
+            live: false,
+            max_per_minute: 120,
+            timeout: Duration::from_secs(5),
+            retry_initial: Duration::from_secs(1),
+            retry_max: Duration::from_secs(300),
+            circuit_failures: 5,
+            circuit_open_for: Duration::from_secs(60),
+            resend_after: Duration::from_secs(600),
+        }
+    }
+}
+
+/// A profile's configured actions.
+#[derive(Clone, Debug, Default)]
+pub struct ProfileRemediation {
+    /// Substituted for `{base_url}` in HTTP templates.
+    pub base_url: Option<String>,
+    pub actions: Vec<ActionSpecResolved>,
+}
+
+#[derive(Clone, Debug)]
+pub struct ActionSpecResolved {
+    pub name: ActionName,
+    pub grace: Duration,
+    pub per_minute: u32,
+    pub target: Target,
+}
+
+/// Every configured action, across profiles.
+pub fn actions(profiles: &Profiles) -> Vec<Action> {
+    profiles
+        .iter()
+        .flat_map(|(id, p)| {
+            p.remediation.actions.iter().map(move |a| Action {
+                name: a.name,
+                profile: id,
+                grace: a.grace,
+                per_minute: a.per_minute,
+                target: a.target.clone(),
+            })
+        })
+        .collect()
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ActionLabels {
+    action: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabels {
+    action: String,
+    outcome: String,
+}
+
+/// The remediation series.
+#[derive(Clone)]
+pub struct RemediationMetrics {
+    calls: Family<OutcomeLabels, Counter>,
+    duration: Family<ActionLabels, Histogram, fn() -> Histogram>,
+    circuit_open: Family<ActionLabels, Gauge>,
+    backlog: Family<ActionLabels, Gauge>,
+    leader: Gauge,
+}
+
+fn duration_histogram() -> Histogram {
+    Histogram::new([0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0])
+}
+
+const OUTCOMES: [&str; 7] = [
+    "success",
+    "refused",
+    "error",
+    "dry_run",
+    "ineffective",
+    "invalid",
+    "circuit_open",
+];
+
+impl RemediationMetrics {
+    pub fn new(profiles: &Profiles) -> RemediationMetrics {
+        let m = RemediationMetrics {
+            calls: Family::default(),
+            duration: Family::new_with_constructor(duration_histogram),
+            circuit_open: Family::default(),
+            backlog: Family::default(),
+            leader: Gauge::default(),
+        };
+        let mut names: Vec<ActionName> = actions(profiles).iter().map(|a| a.name).collect();
+        names.sort();
+        names.dedup();
+        for name in names {
+            let action = ActionLabels {
+                action: name.as_str().to_string(),
+            };
+            m.circuit_open.get_or_create(&action).set(0);
+            m.backlog.get_or_create(&action).set(0);
+            let _ = m.duration.get_or_create_owned(&action);
+            for outcome in OUTCOMES {
+                let _ = m.calls.get_or_create_owned(&OutcomeLabels {
+                    action: name.as_str().to_string(),
+                    outcome: outcome.to_string(),
+                });
+            }
+        }
+        m
+    }
+
+    pub fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "sandwatch_remediations",
+            "Remediation calls by action and outcome: success, refused (4xx, not retried), error (retried with backoff), dry_run (logged only), ineffective (the finding outlived a successful call), invalid (the call could not be built), circuit_open (the receiver kept failing)",
+            self.calls.clone(),
+        );
+        registry.register(
+            "sandwatch_remediation_duration_seconds",
+            "How long remediation calls took, by action",
+            self.duration.clone(),
+        );
+        registry.register(
+            "sandwatch_remediation_circuit_open",
+            "1 while an action's receiver keeps failing and sandwatch has stopped calling it; check the receiver and the logs",
+            self.circuit_open.clone(),
+        );
+        registry.register(
+            "sandwatch_remediation_backlog",
+            "Findings due for remediation that wait for their turn under the rate limits, by action",
+            self.backlog.clone(),
+        );
+        registry.register(
+            "sandwatch_leader",
+            "1 on the replica that holds the remediation Lease (or when leader election is off)",
+            self.leader.clone(),
+        );
+    }
+
+    fn count(&self, action: ActionName, outcome: &str) {
+        self.calls
+            .get_or_create(&OutcomeLabels {
+                action: action.as_str().to_string(),
+                outcome: outcome.to_string(),
+            })
+            .inc();
+    }
+}
+
+#[derive(Default)]
+struct KeyState {
+    failures: u32,
+    next_at: Option<Instant>,
+    delivered_at: Option<Instant>,
+    resends: u32,
+    /// Refused by the receiver, or dry-run logged: nothing more to do for this incident.
+    done: bool,
+}
+
+struct Bucket {
+    tokens: f64,
+    per_sec: f64,
+    capacity: f64,
+    last: Instant,
+}
+
+impl Bucket {
+    /// At most `per_minute` a minute, with a burst of one second's worth (at least one).
+    fn new(per_minute: u32) -> Bucket {
+        let per_sec = f64::from(per_minute) / 60.0;
+        let capacity = per_sec.max(1.0);
+        Bucket {
+            tokens: capacity,
+            per_sec,
+            capacity,
+            last: Instant::now(),
+        }
+    }
+
+    fn refill(&mut self, now: Instant) {
+        let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
+        self.tokens = (self.tokens + elapsed * self.per_sec).min(self.capacity);
+        self.last = now;
+    }
+
+    fn ready(&mut self, now: Instant) -> bool {
+        self.refill(now);
+        self.tokens >= 1.0
+    }
+
+    fn take(&mut self) {
+        self.tokens -= 1.0;
+    }
+}
+
+#[derive(Default)]
+struct Circuit {
+    failures: u32,
+    open_until: Option<Instant>,
+}
+
+/// Whether every source a finding of this kind rests on is synced and fresh.
+fn trusted(sources: &[SourceStatus], kind: FindingKind) -> bool {
+    let Some(rule) = crate::rules::ALL.iter().find(|r| r.kind() == kind) else {
+        return false;
+    };
+    let needs = rule.needs();
+    let ok = |feed: Feed, required: bool| {
+        let mut providers = sources
+            .iter()
+            .filter(|s| s.feeds.contains(&feed))
+            .peekable();
+        if providers.peek().is_none() {
+            return !required;
+        }
+        providers.all(|s| s.synced && s.fresh)
+    };
+    needs.required.iter().all(|f| ok(*f, true)) && needs.optional.iter().all(|f| ok(*f, false))
+}
+
+/// The remediation task.
+pub struct Controller {
+    settings: Remediation,
+    profiles: Arc<Profiles>,
+    list: Vec<Action>,
+    by_kind: HashMap<(Arc<str>, FindingKind), usize>,
+    deliverer: Deliverer,
+    snapshot: watch::Receiver<Arc<Snapshot>>,
+    leadership: watch::Receiver<Leadership>,
+    metrics: RemediationMetrics,
+    state: HashMap<String, KeyState>,
+    buckets: Vec<Bucket>,
+    circuits: Vec<Circuit>,
+    global: Bucket,
+}
+
+impl Controller {
+    pub fn new(
+        settings: Remediation,
+        profiles: Arc<Profiles>,
+        deliverer: Deliverer,
+        snapshot: watch::Receiver<Arc<Snapshot>>,
+        leadership: watch::Receiver<Leadership>,
+        metrics: RemediationMetrics,
+    ) -> Controller {
+        let list = actions(&profiles);
+        let buckets = list.iter().map(|a| Bucket::new(a.per_minute)).collect();
+        let circuits = list.iter().map(|_| Circuit::default()).collect();
+        let by_kind = list
+            .iter()
+            .enumerate()
+            .map(|(i, a)| ((profiles.get(a.profile).name.clone(), a.name.repairs()), i))
+            .collect();
+        Controller {
+            global: Bucket::new(settings.max_per_minute),
+            settings,
+            profiles,
+            list,
+            by_kind,
+            deliverer,
+            snapshot,
+            leadership,
+            metrics,
+            state: HashMap::new(),
+            buckets,
+            circuits,
+        }
+    }
+
+    /// Runs rounds until `stop`.
+    pub async fn run(mut self, mut stop: watch::Receiver<bool>) {
+        if self.list.is_empty() {
+            return;
+        }
+        info!(
+            mode = if self.settings.live {
+                "live"
+            } else {
+                "dry_run"
+            },
+            actions = self.list.len(),
+            "remediation on"
+        );
+        let mut tick = tokio::time::interval(Duration::from_millis(100));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = stop.wait_for(|s| *s) => return,
+            }
+            self.round().await;
+        }
+    }
+
+    /// Whether this replica may act now, with room for one call before its lease could lapse.
+    fn acting(&self) -> bool {
+        let lead = *self.leadership.borrow();
+        lead.acting(Instant::now(), self.settings.timeout)
+    }
+
+    async fn round(&mut self) {
+        let acting = self.acting();
+        self.metrics
+            .leader
+            .set(i64::from(self.leadership.borrow().leader));
+        let snap = self.snapshot.borrow().clone();
+        // Findings that resolved need nothing more: forget them.
+        let mut open_keys = HashSet::new();
+        let mut due: Vec<(String, OpenFinding, usize)> = Vec::new();
+        let mut findings: Vec<&OpenFinding> = snap.findings.iter().collect();
+        findings.sort_by_key(|f| (f.opened_at, f.id));
+        let now = Instant::now();
+        let wall = Ts::now();
+        for f in findings {
+            let Some(&index) = self
+                .by_kind
+                .get(&(f.finding.profile.clone(), f.finding.kind))
+            else {
+                continue;
+            };
+            let action = &self.list[index];
+            let key = idempotency_key(action.name, f);
+            open_keys.insert(key.clone());
+            if wall < f.opened_at.saturating_add(action.grace)
+                || !trusted(&snap.sources, f.finding.kind)
+            {
+                continue;
+            }
+            let st = self.state.entry(key.clone()).or_default();
+            if st.done || st.next_at.is_some_and(|t| now < t) {
+                continue;
+            }
+            due.push((key, f.clone(), index));
+        }
+        self.state.retain(|k, _| open_keys.contains(k));
+        let mut backlog: HashMap<ActionName, i64> = HashMap::new();
+        for a in &self.list {
+            backlog.insert(a.name, 0);
+        }
+        if !acting {
+            for (_, _, index) in &due {
+                *backlog.entry(self.action(*index).name).or_default() += 1;
+            }
+            self.set_backlog(&backlog);
+            return;
+        }
+        for (key, f, index) in due {
+            let name = self.action(index).name;
+            let now = Instant::now();
+            if self.circuit_open(index, now) {
+                *backlog.entry(name).or_default() += 1;
+                continue;
+            }
+            if !self.global.ready(now) || !self.buckets[index].ready(now) {
+                *backlog.entry(name).or_default() += 1;
+                continue;
+            }
+            // Just before the call: still open, still trusted, still the leader.
+            if !self.still_needed(&f) || !self.acting() {
+                continue;
+            }
+            self.global.take();
+            self.buckets[index].take();
+            self.act(key, f, index).await;
+        }
+        self.set_backlog(&backlog);
+    }
+
+    fn set_backlog(&self, backlog: &HashMap<ActionName, i64>) {
+        for (name, n) in backlog {
+            self.metrics
+                .backlog
+                .get_or_create(&ActionLabels {
+                    action: name.as_str().to_string(),
+                })
+                .set(*n);
+        }
+    }
+
+    fn action(&self, index: usize) -> &Action {
+        &self.list[index]
+    }
+
+    fn still_needed(&self, f: &OpenFinding) -> bool {
+        let snap = self.snapshot.borrow();
+        snap.findings.iter().any(|g| g.id == f.id) && trusted(&snap.sources, f.finding.kind)
+    }
+
+    fn circuit_open(&mut self, index: usize, now: Instant) -> bool {
+        let c = &mut self.circuits[index];
+        match c.open_until {
+            Some(until) if now < until => true,
+            // Half-open: one trial call is let through; its outcome closes or reopens it.
+            _ => false,
+        }
+    }
+
+    async fn act(&mut self, key: String, f: OpenFinding, index: usize) {
+        let action = self.action(index).clone();
+        let name = action.name;
+        let d = &f.finding;
+        let resend = self
+            .state
+            .get(&key)
+            .is_some_and(|s| s.delivered_at.is_some());
+        if resend {
+            self.metrics.count(name, "ineffective");
+            warn!(
+                action = name.as_str(), key = %key, kind = %d.kind, session = d.session.as_deref(),
+                execution = d.execution.as_deref(), pod = d.pod.as_deref(),
+                "the finding is still open {:?} after a successful remediation: calling again (remediation_ineffective)",
+                self.settings.resend_after
+            );
+        }
+        let span = info_span!(
+            "remediation",
+            action = name.as_str(), key = %key, finding.kind = %d.kind, finding.id = f.id,
+            namespace = d.namespace.as_deref(), pod = d.pod.as_deref(), session = d.session.as_deref(),
+            execution = d.execution.as_deref(), sandbox = d.sandbox.as_deref(),
+        );
+        let profile = self.profiles.get(action.profile);
+        let started = Instant::now();
+        let outcome = self
+            .deliverer
+            .deliver(&action, profile, &f, &key, self.settings.live)
+            .instrument(span)
+            .await;
+        let took = started.elapsed();
+        let now = Instant::now();
+        let settings = self.settings.clone();
+        let st = self.state.entry(key.clone()).or_default();
+        let c = &mut self.circuits[index];
+        let label = ActionLabels {
+            action: name.as_str().to_string(),
+        };
+        match outcome {
+            Outcome::DryRun(what) => {
+                self.metrics.count(name, "dry_run");
+                info!(action = name.as_str(), key = %key, kind = %d.kind, session = d.session.as_deref(), execution = d.execution.as_deref(), pod = d.pod.as_deref(), "dry run: would {what}");
+                st.done = true;
+            }
+            Outcome::Success(status) => {
+                self.metrics.count(name, "success");
+                self.metrics
+                    .duration
+                    .get_or_create(&label)
+                    .observe(took.as_secs_f64());
+                info!(action = name.as_str(), key = %key, kind = %d.kind, session = d.session.as_deref(), execution = d.execution.as_deref(), pod = d.pod.as_deref(), status, "remediated");
+                st.failures = 0;
+                st.delivered_at = Some(now);
+                let factor = 2u32.saturating_pow(st.resends.min(6));
+                st.resends += 1;
+                st.next_at = Some(now + settings.resend_after * factor);
+                c.failures = 0;
+                c.open_until = None;
+            }
+            Outcome::Refused(status, body) => {
+                self.metrics.count(name, "refused");
+                self.metrics
+                    .duration
+                    .get_or_create(&label)
+                    .observe(took.as_secs_f64());
+                warn!(action = name.as_str(), key = %key, kind = %d.kind, session = d.session.as_deref(), execution = d.execution.as_deref(), status, response = %body, "the receiver refused the remediation; not retrying");
+                st.done = true;
+                c.failures = 0;
+                c.open_until = None;
+            }
+            Outcome::Retry(error, retry_after) => {
+                self.metrics.count(name, "error");
+                st.failures += 1;
+                let backoff = jittered(
+                    settings
+                        .retry_initial
+                        .saturating_mul(2u32.saturating_pow(st.failures.saturating_sub(1).min(20)))
+                        .min(settings.retry_max),
+                );
+                let wait =
+                    retry_after.map_or(backoff, |r| r.max(backoff).min(settings.retry_max.max(r)));
+                st.next_at = Some(now + wait);
+                c.failures += 1;
+                warn!(action = name.as_str(), key = %key, error = %error, attempt = st.failures, "remediation failed; retrying in {wait:?}");
+                if c.failures >= settings.circuit_failures && c.open_until.is_none_or(|u| u <= now)
+                {
+                    c.open_until = Some(now + settings.circuit_open_for);
+                    self.metrics.count(name, "circuit_open");
+                    self.metrics.circuit_open.get_or_create(&label).set(1);
+                    warn!(
+                        action = name.as_str(),
+                        failures = c.failures,
+                        "the receiver keeps failing: circuit open, no calls for {:?}",
+                        settings.circuit_open_for
+                    );
+                }
+            }
+            Outcome::Invalid(error) => {
+                self.metrics.count(name, "invalid");
+                warn!(action = name.as_str(), key = %key, error = %error, "cannot build the remediation call; retrying later");
+                st.next_at = Some(now + settings.retry_max);
+            }
+        }
+        if c.open_until.is_none() {
+            self.metrics.circuit_open.get_or_create(&label).set(0);
+        }
+    }
+}
+
+/// ±20 % around `d`, from the clock's sub-second noise, so that retries spread out.
+fn jittered(d: Duration) -> Duration {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|t| t.subsec_nanos())
+        .unwrap_or(0);
+    d.mul_f64(0.8 + 0.4 * f64::from(nanos % 1000) / 1000.0)
+}
