@@ -738,3 +738,40 @@ remediation:
     assert!(lease["spec"]["leaseTransitions"].as_i64().unwrap() >= 1);
     b.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_finding_that_outlives_a_successful_call_is_called_again_and_counted_ineffective() {
+    let server = TestApiServer::start().await;
+    let receiver = Receiver::start().await;
+    let yaml = config("mark_session_gone", &http_target(&receiver.url), "")
+        .replace("resend_after: 1h", "resend_after: 700ms");
+    let d = daemon_with(&server, &yaml).await;
+    wait_ready(&d, true).await;
+    ingest(&d, &[orphan("s-1")]).await;
+    // The receiver answers 200 but never fixes anything.
+    wait_for(Duration::from_secs(5), "a second call", || async {
+        receiver.count() == 2
+    })
+    .await;
+    let got = receiver.received();
+    assert!(
+        got[1].at - got[0].at >= Duration::from_millis(650),
+        "re-sent only after resend_after"
+    );
+    assert_eq!(
+        got[0].header("idempotency-key"),
+        got[1].header("idempotency-key")
+    );
+    assert_eq!(
+        metric(
+            &d,
+            "sandwatch_remediations_total{action=\"mark_session_gone\",outcome=\"ineffective\"}"
+        )
+        .await,
+        1.0
+    );
+    // The backoff doubles: no third call right away.
+    tokio::time::sleep(Duration::from_millis(900)).await;
+    assert_eq!(receiver.count(), 2, "the next re-send waits twice as long");
+    d.shutdown().await;
+}
