@@ -26,6 +26,7 @@ pub mod replay;
 pub mod rules;
 pub mod sinks;
 pub mod sources;
+pub mod telemetry;
 pub mod time;
 pub mod tls;
 pub mod world;

@@ -32,6 +32,7 @@ use crate::sinks::metrics::{FindingMetrics, HealthMetrics};
 use crate::sources::ingest::{self, Ingest};
 use crate::sources::kube::{self as kube_source, Context};
 use crate::sources::postgres::{Context as RecordsContext, Postgres};
+use crate::telemetry::FindingSpans;
 use crate::time::Ts;
 
 pub struct Settings {
@@ -161,8 +162,10 @@ impl Daemon {
         });
         info!(%addr, "serving /healthz, /readyz, /api/v1/findings and /metrics");
 
+        let spans = FindingSpans::default();
         let engine = EngineTask {
             engine: Engine::new(profiles.clone()),
+            spans: spans.clone(),
             findings: findings.sink(),
             health: health.clone(),
             snapshot: snapshot_tx,
@@ -194,6 +197,7 @@ impl Daemon {
                 snapshot_rx.clone(),
                 lead_rx,
                 remediation_metrics,
+                spans.clone(),
             );
             tasks.spawn(controller.run(stop_rx.clone()));
         }
@@ -263,6 +267,7 @@ impl Daemon {
 
 struct EngineTask {
     engine: Engine,
+    spans: FindingSpans,
     findings: crate::sinks::metrics::FindingSink,
     health: HealthMetrics,
     snapshot: watch::Sender<Arc<Snapshot>>,
@@ -297,6 +302,7 @@ impl EngineTask {
             }
             for t in &out {
                 self.findings.transition(t);
+                self.spans.transition(t);
                 log::transition(t);
                 let _ = self.transitions.send(Arc::new(t.clone()));
             }

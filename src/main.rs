@@ -1,7 +1,7 @@
 //! The `sandwatch` command line: parses arguments and wires the pieces of the library.
 
 use std::fs::File;
-use std::io::{self, IsTerminal};
+use std::io;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -13,6 +13,7 @@ use sandwatch::config::{self, PRESETS};
 use sandwatch::profile::Profiles;
 use sandwatch::replay::{self, Input};
 use sandwatch::sinks::report::Format;
+use sandwatch::telemetry::{LogFormat, Telemetry, Traces};
 
 /// Joins agent-sandbox pods with the platform's session and execution records, and reports
 /// where they drift apart: agents dead behind live sidecars, executions retried against dead
@@ -21,6 +22,10 @@ use sandwatch::sinks::report::Format;
 #[derive(Parser)]
 #[command(name = "sandwatch", version, about, long_about = None)]
 struct Cli {
+    /// Log format: `text` for people, `json` for one object per line. Traces are exported over
+    /// OTLP when OTEL_EXPORTER_OTLP_ENDPOINT (or ..._TRACES_ENDPOINT) is set. RUST_LOG filters.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true, env = "SANDWATCH_LOG_FORMAT")]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
 }
@@ -207,21 +212,26 @@ async fn shutdown_signal() {
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_writer(io::stderr)
-        .with_ansi(io::stderr().is_terminal())
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .init();
-    match run(Cli::parse()) {
+    let cli = Cli::parse();
+    // One TLS provider for every client (kube, the database, remediation, the trace exporter).
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let telemetry = match Telemetry::init(cli.log_format, Traces::from_env()) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("sandwatch: setting up logs and traces: {e:#}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let code = match run(cli) {
         Ok(code) => code,
         Err(e) => {
+            tracing::error!("{e:#}");
             eprintln!("sandwatch: {e:#}");
             ExitCode::FAILURE
         }
-    }
+    };
+    telemetry.shutdown();
+    code
 }
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
@@ -266,7 +276,6 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 }
                 None => None,
             };
-            let _ = rustls::crypto::ring::default_provider().install_default();
             let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
             runtime.block_on(async {
                 let client = kube_client(kubeconfig, context).await?;

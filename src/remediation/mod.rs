@@ -303,6 +303,7 @@ pub struct Controller {
     buckets: Vec<Bucket>,
     circuits: Vec<Circuit>,
     global: Bucket,
+    spans: crate::telemetry::FindingSpans,
 }
 
 impl Controller {
@@ -313,6 +314,7 @@ impl Controller {
         snapshot: watch::Receiver<Arc<Snapshot>>,
         leadership: watch::Receiver<Leadership>,
         metrics: RemediationMetrics,
+        spans: crate::telemetry::FindingSpans,
     ) -> Controller {
         let list = actions(&profiles);
         let buckets = list.iter().map(|a| Bucket::new(a.per_minute)).collect();
@@ -335,6 +337,7 @@ impl Controller {
             state: HashMap::new(),
             buckets,
             circuits,
+            spans,
         }
     }
 
@@ -483,19 +486,33 @@ impl Controller {
                 self.settings.resend_after
             );
         }
+        // A child of the finding's span, when traces are on.
+        let parent = self.spans.get(f.id);
         let span = info_span!(
+            parent: parent.as_ref().and_then(|s| s.id()),
             "remediation",
             action = name.as_str(), key = %key, finding.kind = %d.kind, finding.id = f.id,
             namespace = d.namespace.as_deref(), pod = d.pod.as_deref(), session = d.session.as_deref(),
             execution = d.execution.as_deref(), sandbox = d.sandbox.as_deref(),
+            outcome = tracing::field::Empty,
         );
         let profile = self.profiles.get(action.profile);
         let started = Instant::now();
         let outcome = self
             .deliverer
             .deliver(&action, profile, &f, &key, self.settings.live)
-            .instrument(span)
+            .instrument(span.clone())
             .await;
+        span.record(
+            "outcome",
+            match &outcome {
+                Outcome::DryRun(_) => "dry_run",
+                Outcome::Success(_) => "success",
+                Outcome::Refused(..) => "refused",
+                Outcome::Retry(..) => "error",
+                Outcome::Invalid(_) => "invalid",
+            },
+        );
         let took = started.elapsed();
         let now = Instant::now();
         let settings = self.settings.clone();

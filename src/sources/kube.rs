@@ -149,6 +149,8 @@ impl Watch {
                 .default_backoff()
                 .boxed();
             let mut listed: Option<HashSet<(String, String)>> = None;
+            // A span for each initial list (or relist), closed when it completes.
+            let mut sync_span: Option<tracing::Span> = None;
             let mut synced = false;
             let mut failing_since: Option<Instant> = None;
             let mut check = tokio::time::interval(check_every);
@@ -183,6 +185,14 @@ impl Watch {
                     Event::Init => {
                         debug!(source = %self.name, "listing");
                         listed = Some(HashSet::new());
+                        sync_span = Some(tracing::info_span!(
+                            parent: None,
+                            "source.sync",
+                            source = %self.name,
+                            source.kind = "kubernetes",
+                            relist = synced,
+                            objects = tracing::field::Empty,
+                        ));
                         if synced {
                             synced = false;
                             info!(source = %self.name, "relisting (the watch expired); findings that rest on this source hold until the list is complete");
@@ -194,6 +204,9 @@ impl Watch {
                     }
                     Event::InitDone => {
                         let listed = listed.take().unwrap_or_default();
+                        if let Some(span) = sync_span.take() {
+                            span.record("objects", listed.len());
+                        }
                         info!(source = %self.name, objects = listed.len(), "synced");
                         let done = Change::Listed {
                             feed: self.feed,

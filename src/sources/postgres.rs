@@ -227,6 +227,15 @@ impl Postgres {
                     .is_none_or(|t| t.elapsed() >= self.settings.resync_interval);
             let started = Instant::now();
             let mut rows_total = 0;
+            let sync_span = full.then(|| {
+                tracing::info_span!(
+                    parent: None,
+                    "source.sync",
+                    source = %self.name,
+                    source.kind = "postgres",
+                    rows = tracing::field::Empty,
+                )
+            });
             let db_now: i64 = client
                 .query_one(
                     "SELECT (EXTRACT(EPOCH FROM statement_timestamp()) * 1000)::bigint",
@@ -264,6 +273,9 @@ impl Postgres {
                 }
             }
             let took = started.elapsed();
+            if let Some(span) = sync_span {
+                span.record("rows", rows_total);
+            }
             cx.counters
                 .poll(&self.name, full, took.as_secs_f64(), rows_total, true);
             debug!(source = %self.name, full, rows = rows_total, ?took, "polled");

@@ -415,6 +415,8 @@ fn decode_entry(entry: Entry) -> Result<Decoded, InputError> {
 /// Turns a serde error into an input error naming the path (re-parsing the value once to
 /// find it; the common path pays nothing for this).
 fn explain(bytes: &[u8], e: serde_json::Error) -> InputError {
+    // Positions relative to this value (the error may come from a stream that began earlier).
+    let e = serde_json::from_slice::<Entry>(bytes).err().unwrap_or(e);
     if e.is_syntax() || e.is_eof() {
         return InputError::new(
             "invalid_json",
