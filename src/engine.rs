@@ -25,6 +25,7 @@ use crate::kubernetes::Object;
 use crate::profile::{ProfileId, Profiles};
 use crate::record::{RecordChange, RecordKind};
 use crate::rules::{self, Rule, SubjectKind, SubjectView};
+use crate::shard::Shard;
 use crate::time::Ts;
 use crate::world::{Feed, HashMap, SourceStatus, Subject, Trust, World};
 
@@ -110,8 +111,13 @@ fn bump(last: &mut Option<u64>, new: Option<u64>) -> u64 {
 
 impl Engine {
     pub fn new(profiles: Arc<Profiles>) -> Engine {
+        Engine::sharded(profiles, Shard::ALL)
+    }
+
+    /// An engine that keeps and judges only what `shard` owns.
+    pub fn sharded(profiles: Arc<Profiles>, shard: Shard) -> Engine {
         Engine {
-            world: World::new(profiles),
+            world: World::sharded(profiles, shard),
             rules: rules::ALL,
             now: Ts(i64::MIN),
             open: HashMap::default(),

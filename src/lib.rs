@@ -24,6 +24,7 @@ pub mod record;
 pub mod remediation;
 pub mod replay;
 pub mod rules;
+pub mod shard;
 pub mod sinks;
 pub mod sources;
 pub mod telemetry;

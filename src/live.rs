@@ -26,6 +26,7 @@ use crate::profile::Profiles;
 use crate::remediation::deliver::Deliverer;
 use crate::remediation::lease::Elector;
 use crate::remediation::{self, Controller, Leadership, Remediation, RemediationMetrics};
+use crate::shard::Shard;
 use crate::sinks::http::{self, Snapshot};
 use crate::sinks::log;
 use crate::sinks::metrics::{FindingMetrics, HealthMetrics};
@@ -51,6 +52,8 @@ pub struct Settings {
     pub remediation: Remediation,
     /// Compete for a Lease before remediating; `None`: this replica always may.
     pub leader_election: Option<Elector>,
+    /// Which part of the pods and records this replica keeps.
+    pub shard: Shard,
 }
 
 impl Settings {
@@ -65,6 +68,7 @@ impl Settings {
             ingest_max_body: 1 << 20,
             remediation: Remediation::default(),
             leader_election: None,
+            shard: Shard::ALL,
         }
     }
 }
@@ -95,6 +99,7 @@ impl Daemon {
             remediation_metrics.register(&mut registry);
         }
         crate::sinks::metrics::register_build_info(&mut registry);
+        crate::sinks::metrics::register_shard(&mut registry, settings.shard);
 
         let (changes_tx, changes_rx) = mpsc::channel::<(Ts, Change)>(4096);
         let (snapshot_tx, snapshot_rx) = watch::channel(Arc::new(Snapshot::default()));
@@ -164,7 +169,7 @@ impl Daemon {
 
         let spans = FindingSpans::default();
         let engine = EngineTask {
-            engine: Engine::new(profiles.clone()),
+            engine: Engine::sharded(profiles.clone(), settings.shard),
             spans: spans.clone(),
             findings: findings.sink(),
             health: health.clone(),

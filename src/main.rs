@@ -12,6 +12,7 @@ use clap::{Args, Parser, Subcommand};
 use sandwatch::config::{self, PRESETS};
 use sandwatch::profile::Profiles;
 use sandwatch::replay::{self, Input};
+use sandwatch::shard::Shard;
 use sandwatch::sinks::report::Format;
 use sandwatch::telemetry::{LogFormat, Telemetry, Traces};
 
@@ -38,57 +39,7 @@ enum Command {
     ///
     /// Connects in-cluster with the pod's service account, or from a kubeconfig
     /// ($KUBECONFIG or ~/.kube/config, or --kubeconfig) like kubectl does.
-    Run {
-        #[command(flatten)]
-        profiles: ProfileArgs,
-        /// Address of the HTTP endpoints.
-        #[arg(
-            long,
-            value_name = "ADDR",
-            default_value = "0.0.0.0:8080",
-            env = "SANDWATCH_LISTEN"
-        )]
-        listen: std::net::SocketAddr,
-        /// Kubeconfig file to use instead of the in-cluster service account / default kubeconfig.
-        #[arg(long, value_name = "FILE")]
-        kubeconfig: Option<PathBuf>,
-        /// Kubeconfig context to use (default: the current context).
-        #[arg(long, value_name = "NAME")]
-        context: Option<String>,
-        /// How long a source may keep failing before it is reported unsynced (findings that
-        /// rest on it then hold) and starts over with a full list.
-        #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = duration)]
-        stale_after: std::time::Duration,
-        /// A file holding the records database URL (a mounted Secret), for every profile with
-        /// `records.postgres`; otherwise the URL comes from SANDWATCH_DATABASE_URL.
-        #[arg(long, value_name = "FILE", env = "SANDWATCH_DATABASE_URL_FILE")]
-        database_url_file: Option<PathBuf>,
-        /// A file holding the bearer token of POST /api/v1/records (needed when a profile
-        /// takes records from the ingest API).
-        #[arg(long, value_name = "FILE", env = "SANDWATCH_INGEST_TOKEN_FILE")]
-        ingest_token_file: Option<PathBuf>,
-        /// Largest ingest request body, in bytes.
-        #[arg(long, value_name = "BYTES", default_value_t = 1 << 20)]
-        ingest_max_body: usize,
-        /// Remediate only while holding a Lease (several replicas: one remediates). Turn off
-        /// only for a single replica without Lease RBAC.
-        #[arg(long, default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
-        leader_election: bool,
-        /// The Lease's name.
-        #[arg(long, value_name = "NAME", default_value = "sandwatch-remediation")]
-        lease_name: String,
-        /// The Lease's namespace (in a pod: its own namespace).
-        #[arg(
-            long,
-            value_name = "NAMESPACE",
-            env = "POD_NAMESPACE",
-            default_value = "default"
-        )]
-        lease_namespace: String,
-        /// This replica's identity in the Lease (in a pod: its name).
-        #[arg(long, value_name = "ID", env = "POD_NAME")]
-        identity: Option<String>,
-    },
+    Run(Box<RunArgs>),
     /// Run the engine over recorded pod watch events and records, in virtual time, and print
     /// every finding transition.
     ///
@@ -120,6 +71,67 @@ enum Command {
         /// A preset name to print.
         name: Option<String>,
     },
+}
+
+#[derive(Args)]
+struct RunArgs {
+    #[command(flatten)]
+    profiles: ProfileArgs,
+    /// Address of the HTTP endpoints.
+    #[arg(
+        long,
+        value_name = "ADDR",
+        default_value = "0.0.0.0:8080",
+        env = "SANDWATCH_LISTEN"
+    )]
+    listen: std::net::SocketAddr,
+    /// Kubeconfig file to use instead of the in-cluster service account / default kubeconfig.
+    #[arg(long, value_name = "FILE")]
+    kubeconfig: Option<PathBuf>,
+    /// Kubeconfig context to use (default: the current context).
+    #[arg(long, value_name = "NAME")]
+    context: Option<String>,
+    /// How long a source may keep failing before it is reported unsynced (findings that
+    /// rest on it then hold) and starts over with a full list.
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = duration)]
+    stale_after: std::time::Duration,
+    /// A file holding the records database URL (a mounted Secret), for every profile with
+    /// `records.postgres`; otherwise the URL comes from SANDWATCH_DATABASE_URL.
+    #[arg(long, value_name = "FILE", env = "SANDWATCH_DATABASE_URL_FILE")]
+    database_url_file: Option<PathBuf>,
+    /// A file holding the bearer token of POST /api/v1/records (needed when a profile
+    /// takes records from the ingest API).
+    #[arg(long, value_name = "FILE", env = "SANDWATCH_INGEST_TOKEN_FILE")]
+    ingest_token_file: Option<PathBuf>,
+    /// Largest ingest request body, in bytes.
+    #[arg(long, value_name = "BYTES", default_value_t = 1 << 20)]
+    ingest_max_body: usize,
+    /// Remediate only while holding a Lease (several replicas: one remediates). Turn off
+    /// only for a single replica without Lease RBAC.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
+    leader_election: bool,
+    /// The Lease's name.
+    #[arg(long, value_name = "NAME", default_value = "sandwatch-remediation")]
+    lease_name: String,
+    /// The Lease's namespace (in a pod: its own namespace).
+    #[arg(
+        long,
+        value_name = "NAMESPACE",
+        env = "POD_NAMESPACE",
+        default_value = "default"
+    )]
+    lease_namespace: String,
+    /// This replica's identity in the Lease (in a pod: its name).
+    #[arg(long, value_name = "ID", env = "POD_NAME")]
+    identity: Option<String>,
+    /// Split the pods and records into this many shards (one replica, or replica set, per
+    /// shard), as kube-state-metrics does; 1 keeps everything.
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    total_shards: u32,
+    /// The shard this replica keeps: a number from 0, or `auto` for the StatefulSet ordinal
+    /// at the end of $POD_NAME.
+    #[arg(long, value_name = "I|auto", default_value = "0")]
+    shard: String,
 }
 
 #[derive(Args)]
@@ -236,20 +248,39 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
-        Command::Run {
-            profiles,
-            listen,
-            kubeconfig,
-            context,
-            stale_after,
-            database_url_file,
-            ingest_token_file,
-            ingest_max_body,
-            leader_election,
-            lease_name,
-            lease_namespace,
-            identity,
-        } => {
+        Command::Run(args) => {
+            let RunArgs {
+                profiles,
+                listen,
+                kubeconfig,
+                context,
+                stale_after,
+                database_url_file,
+                ingest_token_file,
+                ingest_max_body,
+                leader_election,
+                lease_name,
+                lease_namespace,
+                identity,
+                total_shards,
+                shard,
+            } = *args;
+            let index = match shard.as_str() {
+                "auto" => {
+                    let pod = std::env::var("POD_NAME").context("--shard auto needs $POD_NAME")?;
+                    Shard::ordinal(&pod).map_err(|e| anyhow::anyhow!("--shard auto: {e}"))?
+                }
+                n => n
+                    .parse()
+                    .map_err(|_| anyhow::anyhow!("--shard {n:?} is neither a number nor `auto`"))?,
+            };
+            let shard = Shard::new(index, total_shards).map_err(|e| anyhow::anyhow!(e))?;
+            // Each shard remediates its own findings: one Lease per shard.
+            let lease_name = if shard.total > 1 {
+                format!("{lease_name}-{}", shard.index)
+            } else {
+                lease_name
+            };
             let config = profiles.load_config()?;
             let profiles = Arc::new(config.profiles);
             let identity = identity.unwrap_or_else(|| {
@@ -286,6 +317,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     ingest_max_body,
                     remediation: config.remediation,
                     leader_election,
+                    shard,
                     ..sandwatch::live::Settings::new(profiles, listen)
                 };
                 let daemon = sandwatch::live::Daemon::start(settings, client).await?;

@@ -19,6 +19,7 @@ use crate::profile::{
     ExecutionClass, ProfileId, Profiles, ResourceRole, SandboxClass, SessionClass,
 };
 use crate::record::{Record, RecordKind};
+use crate::shard::Shard;
 use crate::time::Ts;
 
 /// A shared, immutable string.
@@ -382,11 +383,18 @@ pub struct World {
     resume_targets: HashMap<(ProfileId, Sym), Vec<Sym>>,
     sources: Vec<SourceStatus>,
     pod_count: usize,
+    shard: Shard,
 }
 
 impl World {
     pub fn new(profiles: Arc<Profiles>) -> World {
+        World::sharded(profiles, Shard::ALL)
+    }
+
+    /// A World that keeps only what `shard` owns (see `shard.rs`).
+    pub fn sharded(profiles: Arc<Profiles>, shard: Shard) -> World {
         World {
+            shard,
             profiles,
             strings: Default::default(),
             pods: Vec::new(),
@@ -507,6 +515,18 @@ impl World {
             self.delete_pod(namespace, name, None, touched);
             return;
         };
+        if self.shard.total > 1 {
+            let meta = &obj.metadata;
+            let session = self.profiles.get(profile).pods.as_ref().and_then(|m| {
+                m.session_key
+                    .as_ref()
+                    .and_then(|k| k.read(meta.labels.as_ref(), meta.annotations.as_ref()))
+            });
+            if !self.shard.owns(session.unwrap_or(name)) {
+                self.delete_pod(namespace, name, None, touched);
+                return;
+            }
+        }
         let pod = self.project(obj, profile, at);
         if let Some(idx) = self.pod_index(namespace, name) {
             let old = self.pods[idx as usize].take().expect("indexed pod exists");
@@ -789,6 +809,19 @@ impl World {
     }
 
     pub fn upsert_record(&mut self, rec: Record, at: Ts, touched: &mut Vec<Subject>) {
+        let shard_key = match rec.kind {
+            RecordKind::Execution => rec
+                .session
+                .as_deref()
+                .or(rec.sandbox.as_deref())
+                .unwrap_or(&rec.id),
+            RecordKind::Session | RecordKind::Sandbox => &rec.id,
+        };
+        if !self.shard.owns(shard_key) {
+            let key = self.record_key(rec.kind, rec.profile, rec.namespace.as_deref(), &rec.id);
+            self.delete_record(&key, touched);
+            return;
+        }
         let key = self.record_key(rec.kind, rec.profile, rec.namespace.as_deref(), &rec.id);
         let profiles = self.profiles.clone();
         let p = profiles.get(rec.profile);

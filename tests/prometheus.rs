@@ -51,7 +51,7 @@ fn the_alert_rules_pass_promtool_checks_and_unit_tests() {
     let text = run(Command::new(&promtool)
         .args(["check", "rules"])
         .arg(root().join("alerts/sandwatch.rules.yml")));
-    assert!(text.contains("SUCCESS: 13 rules found"), "{text}");
+    assert!(text.contains("SUCCESS: 15 rules found"), "{text}");
     let text = run(Command::new(&promtool)
         .current_dir(root().join("alerts"))
         .args(["test", "rules", "sandwatch.rules.test.yml"]));
@@ -429,7 +429,7 @@ async fn a_real_prometheus_scrapes_sandwatch_evaluates_every_expression_and_fire
         }
         checked += 1;
     }
-    assert_eq!(checked, 13);
+    assert_eq!(checked, 15);
     for (panel, expr) in panel_queries(&dashboard()) {
         assert!(
             prom.has_data(&expr).await,

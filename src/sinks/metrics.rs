@@ -489,3 +489,22 @@ pub fn register_build_info(registry: &mut Registry) {
         info,
     );
 }
+
+/// `sandwatch_shard_ordinal` and `sandwatch_total_shards`, so that a mismatch between replicas
+/// or a missing shard can be alerted on.
+pub fn register_shard(registry: &mut Registry, shard: crate::shard::Shard) {
+    let ordinal: Gauge = Gauge::default();
+    ordinal.set(i64::from(shard.index));
+    let total: Gauge = Gauge::default();
+    total.set(i64::from(shard.total));
+    registry.register(
+        "sandwatch_shard_ordinal",
+        "Which shard of the pods and records this replica keeps (0 to sandwatch_total_shards - 1)",
+        ordinal,
+    );
+    registry.register(
+        "sandwatch_total_shards",
+        "How many shards the pods and records are split into; every replica must agree",
+        total,
+    );
+}
