@@ -20,16 +20,6 @@ fn sandbox(name: &str) -> PodB {
         .container("tools", C::Running(1))
 }
 
-/// The pod as the API server stores it: without the builder's uid and resourceVersion, which
-/// the server assigns.
-fn stored(p: &PodB) -> Value {
-    let mut v = p.json();
-    let m = v["metadata"].as_object_mut().unwrap();
-    m.remove("uid");
-    m.remove("resourceVersion");
-    v
-}
-
 /// Replaces a pod's status behind the daemon's back, as the kubelet would.
 fn kubelet_update(server: &TestApiServer, p: &PodB) {
     let mut current = server
@@ -47,7 +37,7 @@ fn generic() -> sandwatch::profile::Profiles {
 async fn oomkilled_agent_behind_a_live_sidecar_is_found_within_a_second_and_deletion_resolves_it() {
     let server = TestApiServer::start().await;
     let p = sandbox("s-1");
-    server.create(stored(&p));
+    server.create(p.stored());
     let daemon = start(&server, generic(), Duration::from_secs(5)).await;
     let mut rx = daemon.transitions();
     wait_ready(&daemon, true).await;
@@ -96,9 +86,9 @@ async fn a_410_relist_sees_the_deletions_of_the_gap_and_nothing_flaps() {
     let server = TestApiServer::start().await;
     let dead = |name: &str| sandbox(name).set("agent", C::Terminated(137, "OOMKilled", 10));
     for name in ["a", "b", "c"] {
-        server.create(stored(&dead(name)));
+        server.create(dead(name).stored());
     }
-    server.create(stored(&sandbox("d")));
+    server.create(sandbox("d").stored());
     let daemon = start(&server, generic(), Duration::from_secs(30)).await;
     let log = Log::follow(&daemon);
     wait_ready(&daemon, true).await;
@@ -199,7 +189,7 @@ async fn an_api_server_outage_holds_findings_and_the_daemon_recovers_by_itself()
     let server = TestApiServer::start().await;
     ambient_server_resources(&server);
     server.create(agentic_session("project-a", "s-9", "Running"));
-    server.create(stored(&runner("project-a", "s-9")));
+    server.create(runner("project-a", "s-9").stored());
     let daemon = start(
         &server,
         sandwatch::config::load_str(AMBIENT_FAST).unwrap(),
@@ -269,12 +259,12 @@ async fn an_api_server_outage_holds_findings_and_the_daemon_recovers_by_itself()
 async fn a_label_selected_watch_never_receives_or_keeps_unrelated_pods() {
     let server = TestApiServer::start().await;
     let dead = |p: PodB| p.set("agent", C::Terminated(137, "OOMKilled", 10));
-    server.create(stored(&dead(sandbox("mine"))));
+    server.create((dead(sandbox("mine"))).stored());
     let unrelated = pod("agents", "someone-else")
         .label("app", "web")
         .container("agent", C::Terminated(137, "OOMKilled", 10))
         .container("tools", C::Running(1));
-    server.create(stored(&unrelated));
+    server.create(unrelated.stored());
     let daemon = start(&server, generic(), Duration::from_secs(5)).await;
     wait_ready(&daemon, true).await;
     wait_for(Duration::from_secs(5), "one finding", || async {
@@ -282,11 +272,12 @@ async fn a_label_selected_watch_never_receives_or_keeps_unrelated_pods() {
     })
     .await;
     // An unrelated pod created later never arrives either.
-    server.create(stored(
-        &pod("agents", "later")
+    server.create(
+        (pod("agents", "later")
             .label("app", "web")
-            .container("agent", C::Running(1)),
-    ));
+            .container("agent", C::Running(1)))
+        .stored(),
+    );
     wait_for(Duration::from_secs(5), "the watch to open", || async {
         server.open_watches() == 1
     })
@@ -325,8 +316,8 @@ async fn agentic_sessions_are_session_records_joined_with_their_runner_pods() {
     server.create(agentic_session("project-a", "s-9", "Running"));
     server.create(agentic_session("project-b", "s-9", "Running")); // same name, other project
     let r = runner("project-a", "s-9");
-    server.create(stored(&r));
-    server.create(stored(&runner("project-b", "s-9")));
+    server.create(r.stored());
+    server.create(runner("project-b", "s-9").stored());
     let daemon = start(
         &server,
         sandwatch::config::preset("ambient").unwrap(),
@@ -390,9 +381,7 @@ async fn agentic_sessions_are_session_records_joined_with_their_runner_pods() {
 async fn the_binary_connects_through_a_kubeconfig_context_and_stops_on_sigterm() {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let server = TestApiServer::start().await;
-    server.create(stored(
-        &sandbox("s-1").set("agent", C::Terminated(137, "OOMKilled", 10)),
-    ));
+    server.create((sandbox("s-1").set("agent", C::Terminated(137, "OOMKilled", 10))).stored());
     let dir = std::env::temp_dir().join(format!("sandwatch-kubeconfig-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let kubeconfig = dir.join("config");
@@ -501,7 +490,7 @@ async fn native_sidecars_crash_loops_and_graceful_deletion_through_the_api() {
     // A plain sidecar keeping a dead agent's pod Running.
     let stuck = sandbox("stuck").set("agent", C::Terminated(137, "OOMKilled", 0));
     for p in [&native, &looping, &stuck] {
-        let mut v = stored(p);
+        let mut v = p.stored();
         v["spec"]["nodeName"] = json!("node-1"); // scheduled: deletion is graceful
         server.create(v);
     }

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use common::{C, PodB, pod};
+use common::centaur_pod;
 use sandwatch::finding::Event;
 use support::apiserver::TestApiServer;
 use support::daemon::*;
@@ -26,24 +26,6 @@ profiles:
         stale_after: 1s
         resync_interval: 1h
 "#;
-
-fn sandbox_pod(thread: &str) -> PodB {
-    let name = format!("centaur-sandbox-{thread}");
-    pod("centaur", &name)
-        .label("centaur.ai/managed", "true")
-        .label("centaur.ai/sandbox-id", &name)
-        .annotation("centaur.ai/thread-key", thread)
-        .container("sandbox", C::Running(1))
-        .container("tool-server", C::Running(1))
-}
-
-fn stored(p: &PodB) -> Value {
-    let mut v = p.json();
-    let m = v["metadata"].as_object_mut().unwrap();
-    m.remove("uid");
-    m.remove("resourceVersion");
-    v
-}
 
 async fn setup() -> (TestPostgres, tokio_postgres::Client, TestApiServer) {
     let db = tokio::task::spawn_blocking(TestPostgres::start)
@@ -75,8 +57,8 @@ async fn metrics(d: &sandwatch::live::Daemon) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_update_is_picked_up_within_one_poll_interval() {
     let (db, sql, server) = setup().await;
-    let p = sandbox_pod("t-2");
-    server.create(stored(&p));
+    let p = centaur_pod("t-2");
+    server.create(p.stored());
     // t-1 is still being created: no pod yet, nothing to report.
     sql.batch_execute(&format!(
         "INSERT INTO sandbox_sessions (thread_key, sandbox_id, state) VALUES
@@ -128,8 +110,8 @@ async fn an_update_is_picked_up_within_one_poll_interval() {
 async fn a_database_restart_opens_no_absence_finding_and_loses_no_update() {
     let (db, sql, server) = setup().await;
     for t in ["t-1", "t-2", "t-3"] {
-        let p = sandbox_pod(t);
-        server.create(stored(&p));
+        let p = centaur_pod(t);
+        server.create(p.stored());
         sql.execute(
             "INSERT INTO sandbox_sessions (thread_key, sandbox_id, state) VALUES ($1, $2, 'running')",
             &[&t, &p.name],
@@ -239,8 +221,8 @@ async fn incident_02_every_orphaned_suspended_session_and_nothing_else() {
     // ...next to live sessions with their pods, stopped rows without pods, and one execution.
     for i in 0..LIVE {
         let t = format!("live-{i}");
-        let p = sandbox_pod(&t);
-        server.create(stored(&p));
+        let p = centaur_pod(&t);
+        server.create(p.stored());
         let state = if i % 2 == 0 { "running" } else { "idle" };
         sql.execute(
             "INSERT INTO sandbox_sessions (thread_key, sandbox_id, state) VALUES ($1, $2, $3)",
@@ -443,7 +425,7 @@ async fn the_ingest_api_needs_its_token_and_limits_bodies() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_notification_on_the_listen_channel_polls_at_once() {
     let (db, sql, server) = setup().await;
-    server.create(stored(&sandbox_pod("other"))); // the pod source is live
+    server.create(centaur_pod("other").stored()); // the pod source is live
     sql.batch_execute("INSERT INTO sandbox_sessions (thread_key, sandbox_id, state) VALUES ('t-1', 'centaur-sandbox-t-1', 'creating')")
         .await
         .unwrap();

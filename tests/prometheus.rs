@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use common::{C, PodB, pod};
+use common::{C, centaur_pod};
 use support::apiserver::TestApiServer;
 use support::daemon::*;
 use support::postgres::{SCHEMA, TestPostgres};
@@ -231,24 +231,6 @@ fn fast_rules() -> String {
         .join("\n")
 }
 
-fn sandbox_pod(thread: &str) -> PodB {
-    let name = format!("centaur-sandbox-{thread}");
-    pod("centaur", &name)
-        .label("centaur.ai/managed", "true")
-        .label("centaur.ai/sandbox-id", &name)
-        .annotation("centaur.ai/thread-key", thread)
-        .container("sandbox", C::Running(1))
-        .container("tool-server", C::Running(1))
-}
-
-fn stored(p: &PodB) -> Value {
-    let mut v = p.json();
-    let m = v["metadata"].as_object_mut().unwrap();
-    m.remove("uid");
-    m.remove("resourceVersion");
-    v
-}
-
 const PROFILE: &str = r#"
 profiles:
   - preset: sandbox-api
@@ -277,9 +259,9 @@ async fn a_real_prometheus_scrapes_sandwatch_evaluates_every_expression_and_fire
     let sql = db.client().await;
     sql.batch_execute(SCHEMA).await.unwrap();
     let server = TestApiServer::start().await;
-    let oom = sandbox_pod("t-oom").set("sandbox", C::Terminated(137, "OOMKilled", 10));
-    server.create(stored(&oom));
-    server.create(stored(&sandbox_pod("t-leak")));
+    let oom = centaur_pod("t-oom").set("sandbox", C::Terminated(137, "OOMKilled", 10));
+    server.create(oom.stored());
+    server.create(centaur_pod("t-leak").stored());
     sql.batch_execute(&format!(
         "INSERT INTO sandbox_sessions (thread_key, sandbox_id, state) VALUES
            ('t-oom', '{}', 'running'), ('t-orphan', 'centaur-sandbox-t-orphan', 'suspended'),

@@ -7,9 +7,7 @@ mod support;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use serde_json::Value;
-
-use common::{C, PodB, pod};
+use common::{C, centaur_pod};
 use sandwatch::shard::Shard;
 use support::apiserver::TestApiServer;
 use support::daemon::*;
@@ -25,23 +23,6 @@ profiles:
       postgres:
         poll_interval: 300ms
 "#;
-
-fn sandbox_pod(thread: &str) -> PodB {
-    let name = format!("centaur-sandbox-{thread}");
-    pod("centaur", &name)
-        .label("centaur.ai/managed", "true")
-        .annotation("centaur.ai/thread-key", thread)
-        .container("sandbox", C::Running(1))
-        .container("tool-server", C::Running(1))
-}
-
-fn stored(p: &PodB) -> Value {
-    let mut v = p.json();
-    let m = v["metadata"].as_object_mut().unwrap();
-    m.remove("uid");
-    m.remove("resourceVersion");
-    v
-}
 
 /// kind|pod|session|execution of every open finding.
 async fn findings(d: &sandwatch::live::Daemon) -> Vec<String> {
@@ -79,9 +60,8 @@ async fn each_finding_is_reported_by_exactly_one_of_three_shards() {
     }
     for i in 0..30 {
         let t = format!("oom-{i}");
-        server.create(stored(
-            &sandbox_pod(&t).set("sandbox", C::Terminated(137, "OOMKilled", 5)),
-        ));
+        server
+            .create((centaur_pod(&t).set("sandbox", C::Terminated(137, "OOMKilled", 5))).stored());
         rows.push(format!("('{t}', 'centaur-sandbox-{t}', 'running')"));
         if i % 2 == 0 {
             sql.execute(
@@ -94,11 +74,11 @@ async fn each_finding_is_reported_by_exactly_one_of_three_shards() {
     }
     for i in 0..30 {
         let t = format!("ok-{i}");
-        server.create(stored(&sandbox_pod(&t)));
+        server.create(centaur_pod(&t).stored());
         rows.push(format!("('{t}', 'centaur-sandbox-{t}', 'idle')"));
     }
     for i in 0..20 {
-        server.create(stored(&sandbox_pod(&format!("leak-{i}"))));
+        server.create((centaur_pod(&format!("leak-{i}"))).stored());
     }
     sql.batch_execute(&format!(
         "INSERT INTO sandbox_sessions (thread_key, sandbox_id, state) VALUES {}",

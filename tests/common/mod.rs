@@ -159,9 +159,30 @@ impl PodB {
         })
     }
 
+    /// The pod as a client creates it: the API server assigns uid and resourceVersion.
+    pub fn stored(&self) -> Value {
+        let mut v = self.json();
+        if let Some(m) = v["metadata"].as_object_mut() {
+            m.remove("uid");
+            m.remove("resourceVersion");
+        }
+        v
+    }
+
     pub fn object(&self) -> Object {
         serde_json::from_value(self.json()).expect("builder makes valid pods")
     }
+}
+
+/// A sandbox pod of centaur's sandbox API for a thread: agent `sandbox`, sidecar `tool-server`.
+pub fn centaur_pod(thread: &str) -> PodB {
+    let name = format!("centaur-sandbox-{thread}");
+    pod("centaur", &name)
+        .label("centaur.ai/managed", "true")
+        .label("centaur.ai/sandbox-id", &name)
+        .annotation("centaur.ai/thread-key", thread)
+        .container("sandbox", C::Running(1))
+        .container("tool-server", C::Running(1))
 }
 
 /// Drives an engine the way a source would, and keeps every transition.
