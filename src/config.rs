@@ -340,10 +340,17 @@ fn remediation(spec: RemediationSpec, errors: &mut Vec<ConfigError>) -> Remediat
     if circuit_failures == 0 {
         v.err("circuit_failures", "must be more than zero".into());
     }
+    let timeout = v.duration("timeout", spec.timeout, d.timeout);
+    if timeout.is_zero() || timeout >= std::time::Duration::from_secs(10) {
+        v.err(
+            "timeout",
+            format!("{timeout:?}: must be above zero and below 10s, the remediation Lease's renew deadline (a call must finish while its replica still leads)"),
+        );
+    }
     Remediation {
         live,
         max_per_minute,
-        timeout: v.duration("timeout", spec.timeout, d.timeout),
+        timeout,
         retry_initial: v.duration("retry_initial", spec.retry_initial, d.retry_initial),
         retry_max: v.duration("retry_max", spec.retry_max, d.retry_max),
         circuit_failures,

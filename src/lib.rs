@@ -4,15 +4,17 @@
 //!
 //! ```text
 //!  sources ──Change──▶ engine (owns the World) ──Transition──▶ sinks
-//!  replay file           apply the change            replay report
-//!                        re-run rules for the        metrics
-//!                        subjects it touched
+//!  replay file           apply the change            replay report, metrics, logs,
+//!  kube watches          re-run the rules for the    HTTP (readiness, findings API)
+//!  PostgreSQL records    subjects it touched         remediation (Lease-gated)
+//!  ingest API            timers for grace periods
 //! ```
 //!
 //! Read top-down: [`sources`] turn input into [`engine::Change`]s; the [`engine`] applies
 //! them to the [`world`] and asks the [`rules`] about the subjects each change touched;
-//! [`finding`] transitions go to the [`sinks`]. [`profile`]s (from [`config`]) say how each
-//! platform looks; [`kubernetes`] and [`record`] are the shapes of the input.
+//! [`finding`] transitions go to the [`sinks`] and to [`remediation`]. [`live`] and [`replay`]
+//! wire the two commands. [`profile`]s (from [`config`]) say how each platform looks;
+//! [`kubernetes`] and [`record`] are the shapes of the input.
 
 pub mod config;
 pub mod engine;
