@@ -288,6 +288,10 @@ impl EngineTask {
     ) {
         let mut ticker = tokio::time::interval(tick);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // The snapshot is rebuilt once a burst of changes has been applied (or every 250 ms
+        // during a long one), not after each change: a relist of 100,000 pods stays linear.
+        let mut dirty = false;
+        let mut published = tokio::time::Instant::now();
         loop {
             let (at, change) = tokio::select! {
                 c = changes.recv() => match c {
@@ -311,8 +315,11 @@ impl EngineTask {
                 log::transition(t);
                 let _ = self.transitions.send(Arc::new(t.clone()));
             }
-            if !out.is_empty() || source.is_some() || self.due_for_counts(at) {
+            dirty |= !out.is_empty() || source.is_some() || self.due_for_counts(at);
+            if dirty && (changes.is_empty() || published.elapsed() >= Duration::from_millis(250)) {
                 self.publish(at);
+                dirty = false;
+                published = tokio::time::Instant::now();
             }
         }
     }
