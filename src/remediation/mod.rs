@@ -304,6 +304,8 @@ pub struct Controller {
     circuits: Vec<Circuit>,
     global: Bucket,
     spans: crate::telemetry::FindingSpans,
+    /// Idempotency keys of the open findings, by finding id (computed once each).
+    keys: HashMap<u64, String>,
 }
 
 impl Controller {
@@ -338,6 +340,7 @@ impl Controller {
             buckets,
             circuits,
             spans,
+            keys: HashMap::new(),
         }
     }
 
@@ -380,6 +383,7 @@ impl Controller {
         let snap = self.snapshot.borrow().clone();
         // Findings that resolved need nothing more: forget them.
         let mut open_keys = HashSet::new();
+        let mut open_ids = HashSet::new();
         let mut due: Vec<(String, OpenFinding, usize)> = Vec::new();
         let mut findings: Vec<&OpenFinding> = snap.findings.iter().collect();
         findings.sort_by_key(|f| (f.opened_at, f.id));
@@ -393,7 +397,12 @@ impl Controller {
                 continue;
             };
             let action = &self.list[index];
-            let key = idempotency_key(action.name, f);
+            let key = self
+                .keys
+                .entry(f.id)
+                .or_insert_with(|| idempotency_key(action.name, f))
+                .clone();
+            open_ids.insert(f.id);
             open_keys.insert(key.clone());
             if wall < f.opened_at.saturating_add(action.grace)
                 || !trusted(&snap.sources, f.finding.kind)
@@ -407,6 +416,7 @@ impl Controller {
             due.push((key, f.clone(), index));
         }
         self.state.retain(|k, _| open_keys.contains(k));
+        self.keys.retain(|id, _| open_ids.contains(id));
         let mut backlog: HashMap<ActionName, i64> = HashMap::new();
         for a in &self.list {
             backlog.insert(a.name, 0);
