@@ -260,28 +260,29 @@ impl Engine {
     fn judge(&self, rule: &dyn Rule, subject: &Subject) -> Judgement {
         let needs = rule.needs();
         let w = &self.world;
-        if needs
-            .required
-            .iter()
-            .any(|f| w.trust(*f) == Trust::Unconfigured)
-        {
-            return Judgement::Clear;
-        }
-        let view = match subject {
+        let (view, profile) = match subject {
             Subject::Pod { .. } => match w.pod_of(subject) {
-                Some(p) => SubjectView::Pod(p),
+                Some(p) => (SubjectView::Pod(p), p.profile),
                 None => return Judgement::Clear,
             },
             Subject::Record(k) => match w.record(k) {
-                Some(r) => SubjectView::Record(k, r),
+                Some(r) => (SubjectView::Record(k, r), k.profile),
                 None => return Judgement::Clear,
             },
         };
+        // Trust is per profile: one platform's sources say nothing about another's.
+        if needs
+            .required
+            .iter()
+            .any(|f| w.trust(profile, *f) == Trust::Unconfigured)
+        {
+            return Judgement::Clear;
+        }
         if needs
             .required
             .iter()
             .chain(needs.optional)
-            .any(|f| w.trust(*f) == Trust::Untrusted)
+            .any(|f| w.trust(profile, *f) == Trust::Untrusted)
         {
             return Judgement::Hold;
         }

@@ -152,40 +152,72 @@ fn null_as_default<'de, D: Deserializer<'de>, T: Deserialize<'de> + Default>(
     Ok(Option::<T>::deserialize(d)?.unwrap_or_default())
 }
 
-/// Lets kube-runtime's watcher decode pods and custom resources straight into the slim type,
-/// the resource being named at run time (as for `DynamicObject`).
-impl kube::Resource for Object {
-    type DynamicType = ApiResource;
-    type Scope = DynamicResourceScope;
+/// A custom resource, read leniently: its identity and whatever its `status` holds (only
+/// `status.phase` is used). Whatever shape a CRD gives the rest, the object decodes.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CustomObject {
+    #[serde(default)]
+    pub api_version: String,
+    #[serde(default)]
+    pub kind: String,
+    #[serde(deserialize_with = "slim_meta")]
+    pub metadata: ObjectMeta,
+    #[serde(default)]
+    pub status: Option<serde_json::Value>,
+}
 
-    fn kind(dt: &ApiResource) -> Cow<'_, str> {
-        dt.kind.as_str().into()
-    }
-
-    fn group(dt: &ApiResource) -> Cow<'_, str> {
-        dt.group.as_str().into()
-    }
-
-    fn version(dt: &ApiResource) -> Cow<'_, str> {
-        dt.version.as_str().into()
-    }
-
-    fn api_version(dt: &ApiResource) -> Cow<'_, str> {
-        dt.api_version.as_str().into()
-    }
-
-    fn plural(dt: &ApiResource) -> Cow<'_, str> {
-        dt.plural.as_str().into()
-    }
-
-    fn meta(&self) -> &ObjectMeta {
-        &self.metadata
-    }
-
-    fn meta_mut(&mut self) -> &mut ObjectMeta {
-        &mut self.metadata
+impl CustomObject {
+    pub fn phase(&self) -> Option<String> {
+        self.status
+            .as_ref()?
+            .get("phase")?
+            .as_str()
+            .map(String::from)
     }
 }
+
+/// Lets kube-runtime's watcher decode straight into the slim types, the resource being named
+/// at run time (as for `DynamicObject`).
+macro_rules! dynamic_resource {
+    ($t:ty) => {
+        impl kube::Resource for $t {
+            type DynamicType = ApiResource;
+            type Scope = DynamicResourceScope;
+
+            fn kind(dt: &ApiResource) -> Cow<'_, str> {
+                dt.kind.as_str().into()
+            }
+
+            fn group(dt: &ApiResource) -> Cow<'_, str> {
+                dt.group.as_str().into()
+            }
+
+            fn version(dt: &ApiResource) -> Cow<'_, str> {
+                dt.version.as_str().into()
+            }
+
+            fn api_version(dt: &ApiResource) -> Cow<'_, str> {
+                dt.api_version.as_str().into()
+            }
+
+            fn plural(dt: &ApiResource) -> Cow<'_, str> {
+                dt.plural.as_str().into()
+            }
+
+            fn meta(&self) -> &ObjectMeta {
+                &self.metadata
+            }
+
+            fn meta_mut(&mut self) -> &mut ObjectMeta {
+                &mut self.metadata
+            }
+        }
+    };
+}
+
+dynamic_resource!(Object);
+dynamic_resource!(CustomObject);
 
 fn ts(t: &Option<Time>) -> Option<Ts> {
     t.as_ref().map(|t| Ts(t.0.as_millisecond()))

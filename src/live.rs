@@ -149,7 +149,9 @@ impl Daemon {
         let mut app = http::router(snapshot_rx.clone(), Arc::new(registry));
         if let Some(ingest) = &ingest {
             health.register_source(ingest::SOURCE, false);
-            changes_tx.send((Ts::now(), ingest.status())).await?;
+            for status in ingest.statuses() {
+                changes_tx.send((Ts::now(), status)).await?;
+            }
             app = app.merge(ingest.clone().router());
             info!("accepting records at POST /api/v1/records");
         }

@@ -259,6 +259,8 @@ impl Feed {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SourceStatus {
     pub name: String,
+    /// The profile whose records or pods it provides; `None` for every profile.
+    pub profile: Option<ProfileId>,
     pub feeds: Vec<Feed>,
     /// The initial list or load is complete.
     pub synced: bool,
@@ -274,6 +276,23 @@ pub enum Trust {
     Trusted,
     /// Some source that provides it is unsynced or stale: findings resting on it hold.
     Untrusted,
+}
+
+/// How far `profile` can rely on `feed`, given the sources' statuses: unconfigured when no
+/// source provides it to that profile, trusted when all that do are synced and fresh.
+pub fn trust(sources: &[SourceStatus], profile: ProfileId, feed: Feed) -> Trust {
+    let mut providers = sources
+        .iter()
+        .filter(|s| s.feeds.contains(&feed) && s.profile.is_none_or(|p| p == profile))
+        .peekable();
+    if providers.peek().is_none() {
+        return Trust::Unconfigured;
+    }
+    if providers.all(|s| s.synced && s.fresh) {
+        Trust::Trusted
+    } else {
+        Trust::Untrusted
+    }
 }
 
 /// Where a record's agent is, as far as the World can tell.
@@ -444,35 +463,29 @@ impl World {
     // ----------------------------------------------------------------------------------------
     // Sources
 
-    /// Records a source's status; returns whether any feed's trust changed.
+    /// Records a source's status; returns whether any profile's trust in a feed changed.
     pub fn set_source(&mut self, status: SourceStatus) -> bool {
-        let before: Vec<Trust> = Feed::ALL.iter().map(|f| self.trust(*f)).collect();
+        let all = |w: &World| -> Vec<Trust> {
+            w.profiles
+                .iter()
+                .flat_map(|(p, _)| Feed::ALL.map(|f| w.trust(p, f)))
+                .collect()
+        };
+        let before = all(self);
         match self.sources.iter_mut().find(|s| s.name == status.name) {
             Some(s) => *s = status,
             None => self.sources.push(status),
         }
-        let after: Vec<Trust> = Feed::ALL.iter().map(|f| self.trust(*f)).collect();
-        before != after
+        before != all(self)
     }
 
     pub fn sources(&self) -> &[SourceStatus] {
         &self.sources
     }
 
-    pub fn trust(&self, feed: Feed) -> Trust {
-        let mut providers = self
-            .sources
-            .iter()
-            .filter(|s| s.feeds.contains(&feed))
-            .peekable();
-        if providers.peek().is_none() {
-            return Trust::Unconfigured;
-        }
-        if providers.all(|s| s.synced && s.fresh) {
-            Trust::Trusted
-        } else {
-            Trust::Untrusted
-        }
+    /// How far a profile can rely on a feed, from the sources that provide it to that profile.
+    pub fn trust(&self, profile: ProfileId, feed: Feed) -> Trust {
+        trust(&self.sources, profile, feed)
     }
 
     // ----------------------------------------------------------------------------------------

@@ -377,6 +377,62 @@ async fn agentic_sessions_are_session_records_joined_with_their_runner_pods() {
     daemon.shutdown().await;
 }
 
+const TWO_TEAMS: &str = r#"
+profiles:
+  - preset: ambient
+    name: team-a
+    pods: { namespaces: [project-a] }
+  - preset: ambient
+    name: team-b
+    pods: { namespaces: [project-b] }
+"#;
+
+#[tokio::test]
+async fn each_profile_owns_the_custom_resources_its_own_watch_lists() {
+    let server = TestApiServer::start().await;
+    ambient_server_resources(&server);
+    for ns in ["project-a", "project-b"] {
+        server.create(agentic_session(ns, "s-1", "Running"));
+        server.create(runner(ns, "s-1").stored());
+    }
+    let daemon = start(
+        &server,
+        sandwatch::config::load_str(TWO_TEAMS).unwrap(),
+        Duration::from_secs(5),
+    )
+    .await;
+    wait_ready(&daemon, true).await;
+    for ns in ["project-a", "project-b"] {
+        kubelet_update(
+            &server,
+            &runner(ns, "s-1").set("ambient-code-runner", C::Terminated(137, "OOMKilled", 100)),
+        );
+    }
+    wait_for(Duration::from_secs(5), "four findings", || async {
+        findings(&daemon).await.len() == 4
+    })
+    .await;
+    let mut sessions: Vec<String> = findings(&daemon)
+        .await
+        .iter()
+        .filter(|f| f["kind"] == "session_active_without_agent")
+        .map(|f| {
+            format!(
+                "{} {}",
+                f["profile"].as_str().unwrap(),
+                f["namespace"].as_str().unwrap()
+            )
+        })
+        .collect();
+    sessions.sort();
+    assert_eq!(
+        sessions,
+        ["team-a project-a", "team-b project-b"],
+        "each session joins the runner pod of its own profile"
+    );
+    daemon.shutdown().await;
+}
+
 #[tokio::test]
 async fn the_binary_connects_through_a_kubeconfig_context_and_stops_on_sigterm() {
     let _ = rustls::crypto::ring::default_provider().install_default();

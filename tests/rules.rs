@@ -6,7 +6,7 @@ use common::*;
 use serde_json::json;
 
 use sandwatch::engine::Change;
-use sandwatch::world::Feed;
+use sandwatch::world::{Feed, SourceStatus};
 
 fn agent_pod(session: &str) -> PodB {
     pod("agents", &format!("sandbox-{session}"))
@@ -456,4 +456,51 @@ fn a_recreated_pod_is_a_new_subject() {
     // A late DELETED for the first incarnation does not remove the second.
     s.at(40).delete(&first);
     assert_eq!(s.open_kinds(), ["agent_terminated_pod_running"]);
+}
+
+// ------------------------------------------------------------------ per-profile trust
+
+const TWO_PLATFORMS: &str = r#"
+profiles:
+  - preset: generic
+    name: with-records
+    pods:
+      namespaces: [agents]
+  - preset: generic
+    name: pods-only
+    pods:
+      namespaces: [other]
+"#;
+
+#[test]
+fn a_records_source_of_one_profile_does_not_vouch_for_another() {
+    use sandwatch::profile::ProfileId;
+    let mut s = Sim::bare(sandwatch::config::load_str(TWO_PLATFORMS).unwrap());
+    s.source("pods", &[Feed::Pods], true);
+    // Sessions are known for the first profile only.
+    s.apply(Change::Source(SourceStatus {
+        name: "postgres/with-records".into(),
+        profile: Some(ProfileId(0)),
+        feeds: vec![Feed::Sessions, Feed::Executions],
+        synced: true,
+        fresh: true,
+    }));
+    let theirs = pod("other", "sandbox-b")
+        .label("sandwatch.io/session", "b")
+        .container("agent", C::Running(1));
+    s.at(0).pod(&agent_pod("a")).pod(&theirs);
+    s.at(100_000);
+    assert_eq!(
+        s.engine
+            .open_findings()
+            .iter()
+            .map(|f| format!(
+                "{} {}",
+                f.finding.kind,
+                f.finding.pod.as_deref().unwrap_or("-")
+            ))
+            .collect::<Vec<_>>(),
+        ["leaked_sandbox_pod sandbox-a"],
+        "a pod of the profile without a sessions source is never judged leaked"
+    );
 }

@@ -42,10 +42,11 @@ use tokio::time::Instant;
 use tracing::{Instrument, info, info_span, warn};
 
 use crate::finding::{FindingKind, OpenFinding};
+use crate::profile::ProfileId;
 use crate::profile::Profiles;
 use crate::sinks::http::Snapshot;
 use crate::time::Ts;
-use crate::world::{Feed, SourceStatus};
+use crate::world::{Feed, SourceStatus, Trust};
 use action::{Action, ActionName, Target, idempotency_key};
 use deliver::{Deliverer, Outcome};
 pub use lease::Leadership;
@@ -270,23 +271,18 @@ struct Circuit {
     open_until: Option<Instant>,
 }
 
-/// Whether every source a finding of this kind rests on is synced and fresh.
-fn trusted(sources: &[SourceStatus], kind: FindingKind) -> bool {
+/// Whether every source a finding of this kind (of this profile) rests on is synced and fresh.
+fn trusted(sources: &[SourceStatus], profile: ProfileId, kind: FindingKind) -> bool {
     let Some(rule) = crate::rules::ALL.iter().find(|r| r.kind() == kind) else {
         return false;
     };
     let needs = rule.needs();
-    let ok = |feed: Feed, required: bool| {
-        let mut providers = sources
-            .iter()
-            .filter(|s| s.feeds.contains(&feed))
-            .peekable();
-        if providers.peek().is_none() {
-            return !required;
-        }
-        providers.all(|s| s.synced && s.fresh)
+    let ok = |feed: &Feed, required: bool| match crate::world::trust(sources, profile, *feed) {
+        Trust::Trusted => true,
+        Trust::Unconfigured => !required,
+        Trust::Untrusted => false,
     };
-    needs.required.iter().all(|f| ok(*f, true)) && needs.optional.iter().all(|f| ok(*f, false))
+    needs.required.iter().all(|f| ok(f, true)) && needs.optional.iter().all(|f| ok(f, false))
 }
 
 /// The remediation task.
@@ -405,7 +401,7 @@ impl Controller {
             open_ids.insert(f.id);
             open_keys.insert(key.clone());
             if wall < f.opened_at.saturating_add(action.grace)
-                || !trusted(&snap.sources, f.finding.kind)
+                || !trusted(&snap.sources, action.profile, f.finding.kind)
             {
                 continue;
             }
@@ -440,7 +436,7 @@ impl Controller {
                 continue;
             }
             // Just before the call: still open, still trusted, still the leader.
-            if !self.still_needed(&f) || !self.acting() {
+            if !self.still_needed(&f, index) || !self.acting() {
                 continue;
             }
             self.global.take();
@@ -465,9 +461,10 @@ impl Controller {
         &self.list[index]
     }
 
-    fn still_needed(&self, f: &OpenFinding) -> bool {
+    fn still_needed(&self, f: &OpenFinding, index: usize) -> bool {
         let snap = self.snapshot.borrow();
-        snap.findings.iter().any(|g| g.id == f.id) && trusted(&snap.sources, f.finding.kind)
+        snap.findings.iter().any(|g| g.id == f.id)
+            && trusted(&snap.sources, self.list[index].profile, f.finding.kind)
     }
 
     fn circuit_open(&mut self, index: usize, now: Instant) -> bool {

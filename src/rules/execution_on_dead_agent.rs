@@ -78,7 +78,7 @@ impl super::Rule for Rule {
         match world.pod_of_execution(key, rec) {
             PodLink::None => None,
             PodLink::Missing => {
-                if world.trust(Feed::Pods) != Trust::Trusted {
+                if world.trust(key.profile, Feed::Pods) != Trust::Trusted {
                     return None;
                 }
                 if finding.pod.is_none() {

@@ -42,7 +42,7 @@ impl super::Rule for Rule {
         let profile = world.profiles().get(key.profile);
         let reason = match profile.sessions.resume_from() {
             ResumeFrom::Pod => {
-                if world.trust(Feed::Pods) != Trust::Trusted {
+                if world.trust(key.profile, Feed::Pods) != Trust::Trusted {
                     return None;
                 }
                 match world.pod_of_session(key, rec) {
@@ -51,7 +51,7 @@ impl super::Rule for Rule {
                 }
             }
             ResumeFrom::CustomResource => {
-                if world.trust(Feed::ResumeTargets) != Trust::Trusted {
+                if world.trust(key.profile, Feed::ResumeTargets) != Trust::Trusted {
                     return None;
                 }
                 match world.resume_target_exists(key, rec) {

@@ -54,17 +54,26 @@ pub fn kinds(profiles: &Profiles) -> Vec<RecordKind> {
 }
 
 impl Ingest {
-    /// The source's status: always synced (nothing to list).
-    pub fn status(&self) -> Change {
-        Change::Source(SourceStatus {
-            name: SOURCE.into(),
-            feeds: kinds(&self.profiles)
-                .into_iter()
-                .map(Feed::of_record)
-                .collect(),
-            synced: true,
-            fresh: true,
-        })
+    /// The source's status for each profile it feeds: always synced (nothing to list).
+    pub fn statuses(&self) -> Vec<Change> {
+        self.profiles
+            .iter()
+            .filter(|(_, p)| !p.records.ingest.is_empty())
+            .map(|(id, p)| {
+                Change::Source(SourceStatus {
+                    name: format!("{SOURCE}/{}", p.name),
+                    profile: Some(id),
+                    feeds: p
+                        .records
+                        .ingest
+                        .iter()
+                        .map(|k| Feed::of_record(*k))
+                        .collect(),
+                    synced: true,
+                    fresh: true,
+                })
+            })
+            .collect()
     }
 
     pub fn router(self) -> Router {

@@ -26,9 +26,9 @@ use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
 use crate::engine::Change;
-use crate::kubernetes::Object;
+use crate::kubernetes::{CustomObject, Object};
 use crate::profile::{ProfileId, Profiles, ResourceRole};
-use crate::sources::{SourceCounters, WatchType, object_change};
+use crate::sources::{InputError, SourceCounters, WatchType, object_change, resource_change};
 use crate::time::Ts;
 use crate::world::{Feed, SourceStatus};
 
@@ -111,13 +111,14 @@ impl Watch {
     fn status(&self, synced: bool) -> Change {
         Change::Source(SourceStatus {
             name: self.name.clone(),
+            profile: Some(self.profile),
             feeds: vec![self.feed],
             synced,
             fresh: synced,
         })
     }
 
-    fn api(&self, client: Client) -> Api<Object> {
+    fn api<K: Watched>(&self, client: Client) -> Api<K> {
         match &self.namespace {
             Some(ns) => Api::namespaced_with(client, ns, &self.resource),
             None => Api::all_with(client, &self.resource),
@@ -126,6 +127,13 @@ impl Watch {
 
     /// Watches until the engine goes away.
     pub async fn run(self, cx: Context) {
+        match self.feed {
+            Feed::Pods => self.watch::<Object>(cx).await,
+            _ => self.watch::<CustomObject>(cx).await,
+        }
+    }
+
+    async fn watch<K: Watched>(self, cx: Context) {
         let send = |change: Change| {
             let tx = cx.changes.clone();
             async move { tx.send((Ts::now(), change)).await.is_ok() }
@@ -145,7 +153,7 @@ impl Watch {
                 cx.counters.watch_restart(&self.name);
             }
             first = false;
-            let mut stream = watcher::watcher(self.api(cx.client.clone()), config.clone())
+            let mut stream = watcher::watcher(self.api::<K>(cx.client.clone()), config.clone())
                 .default_backoff()
                 .boxed();
             let mut listed: Option<HashSet<(String, String)>> = None;
@@ -222,7 +230,7 @@ impl Watch {
                     }
                     Event::InitApply(obj) => {
                         if let Some(seen) = listed.as_mut() {
-                            seen.insert(key(&obj));
+                            seen.insert(obj.key());
                         }
                         self.change(WatchType::Added, obj, &cx)
                     }
@@ -239,14 +247,9 @@ impl Watch {
     }
 
     /// Turns one object into a change; objects that cannot be used are logged and counted.
-    fn change(&self, kind: WatchType, mut obj: Object, cx: &Context) -> Option<Change> {
-        // List items of built-in kinds carry no kind/apiVersion.
-        if obj.kind.is_empty() {
-            obj.kind = self.resource.kind.clone();
-            obj.api_version = self.resource.api_version.clone();
-        }
-        match object_change(kind, Box::new(obj), &cx.profiles) {
-            Ok(change) => change.map(|(_, c)| c),
+    fn change<K: Watched>(&self, kind: WatchType, obj: K, cx: &Context) -> Option<Change> {
+        match obj.change(kind, self, &cx.profiles) {
+            Ok(change) => change,
             Err(e) => {
                 cx.counters.rejected(&self.name, e.reason);
                 warn!(source = %self.name, reason = e.reason, "skipped an object: {}", e.message);
@@ -256,9 +259,73 @@ impl Watch {
     }
 }
 
-fn key(obj: &Object) -> (String, String) {
-    (
-        obj.namespace().unwrap_or_default().to_string(),
-        obj.name().unwrap_or_default().to_string(),
-    )
+/// What the watch loop decodes each object into: the slim pod, or a custom resource's
+/// identity and phase.
+trait Watched:
+    kube::Resource<DynamicType = ApiResource, Scope = kube::core::DynamicResourceScope>
+    + serde::de::DeserializeOwned
+    + Clone
+    + std::fmt::Debug
+    + Send
+    + Sync
+    + 'static
+{
+    fn key(&self) -> (String, String) {
+        let meta = self.meta();
+        (
+            meta.namespace.clone().unwrap_or_default(),
+            meta.name.clone().unwrap_or_default(),
+        )
+    }
+
+    fn change(
+        self,
+        kind: WatchType,
+        watch: &Watch,
+        profiles: &Profiles,
+    ) -> Result<Option<Change>, InputError>;
+}
+
+impl Watched for Object {
+    fn change(
+        mut self,
+        kind: WatchType,
+        watch: &Watch,
+        profiles: &Profiles,
+    ) -> Result<Option<Change>, InputError> {
+        // List items of built-in kinds carry no kind/apiVersion.
+        if self.kind.is_empty() {
+            self.kind = watch.resource.kind.clone();
+            self.api_version = watch.resource.api_version.clone();
+        }
+        Ok(object_change(kind, Box::new(self), profiles, Some(watch.profile))?.map(|(_, c)| c))
+    }
+}
+
+impl Watched for CustomObject {
+    fn change(
+        self,
+        kind: WatchType,
+        watch: &Watch,
+        profiles: &Profiles,
+    ) -> Result<Option<Change>, InputError> {
+        let phase = self.phase();
+        let (namespace, name) = crate::sources::identity(
+            &watch.resource.kind,
+            self.metadata.namespace.as_deref().filter(|n| !n.is_empty()),
+            self.metadata.name.as_deref().filter(|n| !n.is_empty()),
+        )?;
+        // Items of a list may carry no kind/apiVersion: the watch knows what it asked for.
+        Ok(resource_change(
+            kind,
+            &watch.resource.api_version,
+            &watch.resource.kind,
+            namespace,
+            name,
+            phase,
+            profiles,
+            Some(watch.profile),
+        )?
+        .map(|(_, c)| c))
+    }
 }

@@ -22,7 +22,7 @@ pub trait SourceCounters: Send + Sync {
 
 use crate::engine::Change;
 use crate::kubernetes::Object;
-use crate::profile::{Profiles, ResourceRole};
+use crate::profile::{ProfileId, Profiles, ResourceRole};
 use crate::record::{InputError, RecordDoc};
 use crate::world::Feed;
 
@@ -45,42 +45,18 @@ impl WatchType {
     }
 }
 
-/// Turns one watched object into a change and the feed it belongs to. Objects no profile
-/// cares about give `Ok(None)`.
+/// Turns one watched object into a change and the feed it belongs to. A custom resource goes
+/// to `profile` when the watch that delivered it belongs to one, else to the first profile
+/// that names its kind. Objects no profile cares about give `Ok(None)`.
 pub fn object_change(
     kind: WatchType,
     obj: Box<Object>,
     profiles: &Profiles,
+    profile: Option<ProfileId>,
 ) -> Result<Option<(Feed, Change)>, InputError> {
-    let deleted = kind == WatchType::Deleted;
-    let what = || {
-        format!(
-            "{} {}/{}",
-            if obj.kind.is_empty() {
-                "object"
-            } else {
-                &obj.kind
-            },
-            obj.namespace().unwrap_or("-"),
-            obj.name().unwrap_or("-")
-        )
-    };
-    let (Some(namespace), Some(name)) = (obj.namespace(), obj.name()) else {
-        return Err(InputError::new(
-            "missing_field",
-            format!(
-                "object.metadata: {} has no {}",
-                what(),
-                if obj.name().is_none() {
-                    "name"
-                } else {
-                    "namespace"
-                }
-            ),
-        ));
-    };
+    let (namespace, name) = identity(&obj.kind, obj.namespace(), obj.name())?;
     if obj.is_pod() {
-        let change = if deleted {
+        let change = if kind == WatchType::Deleted {
             Change::PodDeleted {
                 namespace: namespace.to_string(),
                 name: name.to_string(),
@@ -91,9 +67,65 @@ pub fn object_change(
         };
         return Ok(Some((Feed::Pods, change)));
     }
-    let Some((profile, resource)) = profiles.for_resource(&obj.api_version, &obj.kind) else {
+    let phase = obj.status.phase.clone();
+    resource_change(
+        kind,
+        &obj.api_version,
+        &obj.kind,
+        namespace,
+        name,
+        phase,
+        profiles,
+        profile,
+    )
+}
+
+/// The namespace and name of an object, or an error naming what is missing.
+pub(crate) fn identity<'a>(
+    kind: &str,
+    namespace: Option<&'a str>,
+    name: Option<&'a str>,
+) -> Result<(&'a str, &'a str), InputError> {
+    match (namespace, name) {
+        (Some(ns), Some(n)) => Ok((ns, n)),
+        _ => Err(InputError::new(
+            "missing_field",
+            format!(
+                "object.metadata: {} {}/{} has no {}",
+                if kind.is_empty() { "object" } else { kind },
+                namespace.unwrap_or("-"),
+                name.unwrap_or("-"),
+                if name.is_none() { "name" } else { "namespace" }
+            ),
+        )),
+    }
+}
+
+/// Turns one custom resource (its identity and `status.phase`) into a change.
+#[allow(clippy::too_many_arguments)]
+pub fn resource_change(
+    kind: WatchType,
+    api_version: &str,
+    object_kind: &str,
+    namespace: &str,
+    name: &str,
+    phase: Option<String>,
+    profiles: &Profiles,
+    profile: Option<ProfileId>,
+) -> Result<Option<(Feed, Change)>, InputError> {
+    let found = match profile {
+        Some(p) => profiles
+            .get(p)
+            .custom_resources
+            .iter()
+            .find(|c| c.matches(api_version, object_kind))
+            .map(|c| (p, c)),
+        None => profiles.for_resource(api_version, object_kind),
+    };
+    let Some((profile, resource)) = found else {
         return Ok(None);
     };
+    let deleted = kind == WatchType::Deleted;
     match resource.role {
         ResourceRole::ResumeTarget => Ok(Some((
             Feed::ResumeTargets,
@@ -108,11 +140,7 @@ pub fn object_change(
             let doc = RecordDoc {
                 kind: Some("session".into()),
                 id: Some(name.to_string()),
-                state: obj
-                    .status
-                    .phase
-                    .clone()
-                    .or_else(|| resource.state_when_unset.clone()),
+                state: phase.or_else(|| resource.state_when_unset.clone()),
                 profile: Some(profiles.get(profile).name.to_string()),
                 namespace: Some(namespace.to_string()),
                 deleted,
@@ -121,8 +149,7 @@ pub fn object_change(
             let change = doc.validate(profiles).map_err(|e| InputError {
                 reason: e.reason,
                 message: format!(
-                    "{}: {}",
-                    what(),
+                    "{object_kind} {namespace}/{name}: {}",
                     e.message.replace("record.state", "status.phase")
                 ),
             })?;

@@ -158,6 +158,7 @@ impl Postgres {
     fn status(&self, synced: bool, fresh: bool) -> Change {
         Change::Source(SourceStatus {
             name: self.name.clone(),
+            profile: Some(self.profile),
             feeds: self.feeds(),
             synced,
             fresh,

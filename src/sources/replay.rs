@@ -498,6 +498,7 @@ impl<'a> Replay<'a> {
             out.extend(self.engine.apply(
                 at,
                 Change::Source(SourceStatus {
+                    profile: None,
                     name: format!("replay:{feed:?}").to_lowercase(),
                     feeds: vec![feed],
                     synced: true,
@@ -536,7 +537,7 @@ impl<'a> Replay<'a> {
             }
             Decoded::Watch { at, kind, object } => {
                 let at = at.or_else(|| object.newest_timestamp());
-                let change = object_change(kind, object, self.profiles)?;
+                let change = object_change(kind, object, self.profiles, None)?;
                 let at = self.tick(at);
                 self.counts.events += 1;
                 if let Some((feed, change)) = change {

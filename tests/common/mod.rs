@@ -238,6 +238,7 @@ impl Sim {
     pub fn source(&mut self, name: &str, feeds: &[Feed], healthy: bool) -> &mut Self {
         self.apply(Change::Source(SourceStatus {
             name: name.into(),
+            profile: None,
             feeds: feeds.to_vec(),
             synced: healthy,
             fresh: healthy,
