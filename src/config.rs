@@ -611,6 +611,45 @@ impl Validator<'_> {
         let grace = self.grace(spec.grace.unwrap_or_default());
         let records = self.records(spec.records.unwrap_or_default());
         let (base_url, actions) = self.actions(spec.remediation.unwrap_or_default());
+        // One source per kind of record: two would each remove the other's records on their
+        // full loads.
+        let postgres_kinds: Vec<RecordKind> = records
+            .postgres
+            .iter()
+            .flat_map(|pg| pg.queries.iter().map(|(k, _)| *k))
+            .collect();
+        for kind in &records.ingest {
+            if postgres_kinds.contains(kind) {
+                self.err(
+                    "records.ingest.kinds",
+                    format!(
+                        "{:?} records already come from records.postgres.queries.{0}: give each kind one source",
+                        kind.as_str()
+                    ),
+                );
+            }
+        }
+        if let Some(cr) = custom_resources
+            .iter()
+            .find(|c| c.role == ResourceRole::Session)
+        {
+            let other = if postgres_kinds.contains(&RecordKind::Session) {
+                Some("records.postgres.queries.session")
+            } else if records.ingest.contains(&RecordKind::Session) {
+                Some("records.ingest.kinds")
+            } else {
+                None
+            };
+            if let Some(other) = other {
+                self.err(
+                    other,
+                    format!(
+                        "sessions already come from the {} custom resource (role `session`): give each kind one source",
+                        cr.kind
+                    ),
+                );
+            }
+        }
         if custom_resources
             .iter()
             .any(|c| c.role == ResourceRole::Session)
@@ -824,6 +863,17 @@ impl Validator<'_> {
             if poll_interval.is_zero() {
                 self.err("records.postgres.poll_interval", "must be more than zero".into());
             }
+            let statement_timeout = self.duration(
+                "records.postgres.statement_timeout",
+                pg.statement_timeout,
+                d.statement_timeout,
+            );
+            if statement_timeout.is_zero() {
+                self.err(
+                    "records.postgres.statement_timeout",
+                    "must be more than zero (it also bounds how long sandwatch waits on the database)".into(),
+                );
+            }
             PostgresRecords {
                 url_env: pg.url_env.unwrap_or(d.url_env),
                 url_file: pg.url_file.map(Into::into),
@@ -831,11 +881,7 @@ impl Validator<'_> {
                 poll_interval,
                 resync_interval: self.duration("records.postgres.resync_interval", pg.resync_interval, d.resync_interval),
                 stale_after: self.duration("records.postgres.stale_after", pg.stale_after, d.stale_after),
-                statement_timeout: self.duration(
-                    "records.postgres.statement_timeout",
-                    pg.statement_timeout,
-                    d.statement_timeout,
-                ),
+                statement_timeout,
                 overlap: self.duration("records.postgres.overlap", pg.overlap, d.overlap),
                 listen_channel: channel,
                 queries,
@@ -1341,5 +1387,35 @@ profiles:
         );
         assert_eq!(prof.grace.absence, Duration::from_secs(300));
         assert_eq!(prof.grace.leaked_pod, Duration::from_secs(600));
+    }
+
+    #[test]
+    fn each_kind_of_record_has_one_source() {
+        let yaml = r#"
+profiles:
+  - preset: generic
+    records:
+      postgres:
+        statement_timeout: 0s
+        queries:
+          execution: SELECT id, status AS state FROM executions
+      ingest:
+        kinds: [execution, sandbox]
+  - preset: ambient
+    name: ambient-pg
+    records:
+      postgres:
+        queries:
+          session: SELECT name AS id, phase AS state FROM sessions
+"#;
+        let errs = load_str(yaml).unwrap_err().to_string();
+        for needle in [
+            "profiles[0].records.ingest.kinds: \"execution\" records already come from records.postgres.queries.execution",
+            "profiles[0].records.postgres.statement_timeout: must be more than zero",
+            "profiles[1].records.postgres.queries.session: sessions already come from the AgenticSession custom resource",
+        ] {
+            assert!(errs.contains(needle), "missing {needle:?} in:\n{errs}");
+        }
+        assert!(!errs.contains("\"sandbox\" records"), "{errs}");
     }
 }

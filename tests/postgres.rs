@@ -13,6 +13,7 @@ use sandwatch::finding::Event;
 use support::apiserver::TestApiServer;
 use support::daemon::*;
 use support::postgres::{SCHEMA, TestPostgres};
+use support::proxy::FreezingProxy;
 
 /// centaur's sandbox API with the preset's own queries; only the timings are shortened.
 const SANDBOX_API_FAST: &str = r#"
@@ -201,6 +202,184 @@ async fn rows_it_cannot_understand_are_reported_counted_and_skipped() {
         get(&d, "/readyz").await.1["records"] == 4
     })
     .await;
+    d.shutdown().await;
+}
+
+async fn records(d: &sandwatch::live::Daemon) -> Value {
+    get(d, "/readyz").await.1["records"].clone()
+}
+
+/// Polls often, and gives the database one second per statement.
+const IMPATIENT: &str = r#"
+profiles:
+  - preset: sandbox-api
+    grace:
+      absence: 0s
+    records:
+      postgres:
+        poll_interval: 200ms
+        stale_after: 1s
+        statement_timeout: 1s
+        resync_interval: 1h
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_that_stops_answering_is_reported_stale_and_read_again_after() {
+    let (db, sql, server) = setup().await;
+    sql.batch_execute("INSERT INTO sandbox_sessions (thread_key, sandbox_id, state) VALUES ('t-1', 'p-1', 'idle')")
+        .await
+        .unwrap();
+    // The daemon reaches the database through a path that can go silent: no reset, no
+    // close, no answer.
+    let proxy = FreezingProxy::start(([127, 0, 0, 1], db.port).into()).await;
+    let url_file = std::env::temp_dir().join(format!("sandwatch-url-{}", proxy.addr.port()));
+    std::fs::write(
+        &url_file,
+        db.url("sandwatch_ro").replace(
+            &format!(":{}/", db.port),
+            &format!(":{}/", proxy.addr.port()),
+        ),
+    )
+    .unwrap();
+    let d = start_with(
+        &server,
+        sandwatch::config::load_str(IMPATIENT).unwrap(),
+        |s| {
+            s.database_url_file = Some(url_file.clone());
+            s.stale_after = Duration::from_secs(1);
+        },
+    )
+    .await;
+    wait_ready(&d, true).await;
+
+    proxy.freeze();
+    let frozen = Instant::now();
+    wait_ready(&d, false).await;
+    eprintln!(
+        "reported stale {:?} after the database went silent",
+        frozen.elapsed()
+    );
+    let (_, body) = get(&d, "/readyz").await;
+    assert_eq!(body["not_ready"], json!(["postgres/sandbox-api"]), "{body}");
+
+    // What was written meanwhile is read once the database answers again.
+    sql.batch_execute("INSERT INTO sandbox_sessions (thread_key, sandbox_id, state) VALUES ('t-2', 'p-2', 'idle')")
+        .await
+        .unwrap();
+    proxy.thaw();
+    wait_ready(&d, true).await;
+    assert_eq!(records(&d).await, 2);
+    let m = metrics(&d).await;
+    assert!(
+        m.contains("sandwatch_record_polls_total{source=\"postgres/sandbox-api\",mode=\"incremental\",outcome=\"error\"} 1"),
+        "the stalled poll counts as one failure:\n{m}"
+    );
+    d.shutdown().await;
+    let _ = std::fs::remove_file(url_file);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_load_may_take_longer_than_the_statement_timeout() {
+    let (db, sql, server) = setup().await;
+    sql.batch_execute(
+        "INSERT INTO sandbox_sessions (thread_key, sandbox_id, state)
+         SELECT 't-' || i, 'p-' || i, 'idle' FROM generate_series(1, 20) i",
+    )
+    .await
+    .unwrap();
+    // Rows arrive one every 100 ms: the whole load takes 2 s, twice the statement timeout,
+    // while the database never stays silent for long.
+    let yaml = format!(
+        "{IMPATIENT}        queries:\n          session: >-\n            SELECT thread_key AS id, state, sandbox_id AS pod, updated_at\n            FROM sandbox_sessions, LATERAL (SELECT pg_sleep(0.1) WHERE updated_at IS NOT NULL) AS slow\n"
+    );
+    let d = daemon(&server, &db, &yaml).await;
+    wait_ready(&d, true).await;
+    assert_eq!(records(&d).await, 20);
+    let m = metrics(&d).await;
+    assert!(
+        m.contains("sandwatch_record_polls_total{source=\"postgres/sandbox-api\",mode=\"full\",outcome=\"error\"} 0"),
+        "{m}"
+    );
+    d.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn timestamps_without_a_zone_are_utc_and_infinity_is_no_value() {
+    let (db, sql, server) = setup().await;
+    // The role's default zone is fourteen hours ahead of UTC; the platform stores naive UTC
+    // timestamps, and an execution with no deadline as `infinity`.
+    sql.batch_execute(
+        "ALTER ROLE sandwatch_ro SET timezone = 'Pacific/Kiritimati';
+         INSERT INTO sandbox_sessions (thread_key, sandbox_id, state) VALUES ('t-1', 'p-1', 'idle');
+         INSERT INTO agent_execution_requests (execution_id, thread_key, status, hard_deadline_at)
+           VALUES ('exe-1', 't-1', 'queued', 'infinity');",
+    )
+    .await
+    .unwrap();
+    let yaml = format!(
+        "{IMPATIENT}        queries:\n          session: >-\n            SELECT thread_key AS id, state, sandbox_id AS pod, (updated_at AT TIME ZONE 'UTC') AS updated_at\n            FROM sandbox_sessions\n"
+    );
+    let d = daemon(&server, &db, &yaml).await;
+    wait_ready(&d, true).await;
+    assert_eq!(
+        records(&d).await,
+        2,
+        "the execution with an infinite deadline is read"
+    );
+    // A new row is found by the next incremental poll (the full reload is an hour away).
+    sql.batch_execute("INSERT INTO sandbox_sessions (thread_key, sandbox_id, state) VALUES ('t-2', 'p-2', 'idle')")
+        .await
+        .unwrap();
+    wait_for(Duration::from_secs(3), "the new row", || async {
+        records(&d).await == 3
+    })
+    .await;
+    d.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_row_that_turns_unreadable_keeps_what_was_known_of_it() {
+    let (db, sql, server) = setup().await;
+    let p = centaur_pod("t-1");
+    server.create(p.stored());
+    sql.execute(
+        "INSERT INTO sandbox_sessions (thread_key, sandbox_id, state) VALUES ('t-1', $1, 'idle')",
+        &[&p.name],
+    )
+    .await
+    .unwrap();
+    let yaml = IMPATIENT
+        .replace("resync_interval: 1h", "resync_interval: 300ms")
+        .replace("absence: 0s", "absence: 0s\n      leaked_pod: 1s");
+    let d = daemon(&server, &db, &yaml).await;
+    let log = Log::follow(&d);
+    wait_ready(&d, true).await;
+    // A new platform release writes a state this config does not know yet.
+    sql.batch_execute("UPDATE sandbox_sessions SET state = 'hibernating', updated_at = now() WHERE thread_key = 't-1'")
+        .await
+        .unwrap();
+    let full_loads = || async {
+        let m = metrics(&d).await;
+        m.lines()
+            .find(|l| l.starts_with("sandwatch_record_polls_total{source=\"postgres/sandbox-api\",mode=\"full\",outcome=\"success\"}"))
+            .and_then(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    let before = full_loads().await;
+    wait_for(
+        Duration::from_secs(10),
+        "several full loads past the leaked-pod grace",
+        || async { full_loads().await >= before + 5 },
+    )
+    .await;
+    assert_eq!(records(&d).await, 1, "the session is still known");
+    assert!(
+        log.lines().is_empty(),
+        "the pod is not leaked: {:?}",
+        log.lines()
+    );
+    let m = metrics(&d).await;
+    assert!(m.contains("sandwatch_rejected_inputs_total{source=\"postgres/sandbox-api\",reason=\"unknown_state\"}"), "{m}");
     d.shutdown().await;
 }
 

@@ -14,12 +14,14 @@
 //!   A re-poll reads what changed in the last `poll_interval + overlap`, however large the
 //!   table. Queries without `updated_at` are fully loaded on every poll.
 //!
-//! The connection is read-only (`default_transaction_read_only`) with a statement timeout;
-//! its URL comes from a file or an environment variable and is never logged. The source is
+//! The connection is read-only, in UTC, with a statement timeout (lifted inside a full load's
+//! transaction, which may stream for longer); every step must also answer within the
+//! statement timeout plus 5 s on the client side, so a silent database cannot hang the source.
+//! Its URL comes from a file or an environment variable and is never logged. The source is
 //! synced after its first full load, and fresh while its last successful poll is younger than
 //! `stale_after`; once stale, it must complete a full load to be trusted again. Rows it cannot
 //! understand (no id, an unknown state) are logged once with their id and column, counted, and
-//! skipped.
+//! skipped; on a full load they still count as present, so what was known of them stays.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -215,10 +217,39 @@ impl Postgres {
         F: Fn(Change) -> Fut,
         Fut: std::future::Future<Output = bool>,
     {
-        let (client, mut notified) = self.connect().await?;
+        let (client, notified) = self.within("connecting", self.connect()).await?;
+        let result = self
+            .poll_until_error(&client, notified, cx, state, send)
+            .await;
+        if let Err(PollError::Timeout { .. }) = &result {
+            // Ask the server to stop the statement; dropping the connection alone may leave it
+            // running until the server next writes to the socket.
+            let tls = tls_connector(self.settings.ca_file.as_deref());
+            let cancel = client.cancel_token();
+            tokio::spawn(async move {
+                let _ =
+                    tokio::time::timeout(Duration::from_secs(5), cancel.cancel_query(tls)).await;
+            });
+        }
+        result
+    }
+
+    async fn poll_until_error<F, Fut>(
+        &self,
+        client: &Client,
+        mut notified: mpsc::Receiver<()>,
+        cx: &Context,
+        state: &mut PollState,
+        send: &F,
+    ) -> Result<(), PollError>
+    where
+        F: Fn(Change) -> Fut,
+        Fut: std::future::Future<Output = bool>,
+    {
         let mut prepared = Vec::new();
         for (kind, query) in &self.settings.queries {
-            prepared.push(Prepared::new(&client, *kind, query, &self.name).await?);
+            let p = Prepared::new(client, *kind, query, &self.name);
+            prepared.push(self.within("preparing a query", p).await?);
         }
         info!(source = %self.name, database = %self.target(), "connected (read-only)");
         loop {
@@ -227,7 +258,6 @@ impl Postgres {
                     .last_full
                     .is_none_or(|t| t.elapsed() >= self.settings.resync_interval);
             let started = Instant::now();
-            let mut rows_total = 0;
             let sync_span = full.then(|| {
                 tracing::info_span!(
                     parent: None,
@@ -237,56 +267,27 @@ impl Postgres {
                     rows = tracing::field::Empty,
                 )
             });
-            let db_now: i64 = client
-                .query_one(
-                    "SELECT (EXTRACT(EPOCH FROM statement_timestamp()) * 1000)::bigint",
-                    &[],
-                )
-                .await?
-                .get(0);
-            let overlap = i64::try_from(self.settings.overlap.as_millis()).unwrap_or(i64::MAX);
-            let since = match (full, state.last_poll_started) {
-                (false, Some(prev)) => Some(prev.saturating_sub(overlap)),
-                _ => None,
-            };
-            for p in &prepared {
-                let outcome = self.poll(&client, p, since, state, cx).await;
-                match outcome {
-                    Ok(Some((rows, listed))) => {
-                        rows_total += rows;
-                        if let Some(listed) = listed {
-                            let done = Change::Listed {
-                                feed: Feed::of_record(p.kind),
-                                profile: self.profile,
-                                namespace: None,
-                                listed,
-                            };
-                            if !send(done).await {
-                                return Ok(());
-                            }
-                        }
-                    }
-                    Ok(None) => return Ok(()),
-                    Err(e) => {
-                        cx.counters.poll(&self.name, full, 0.0, 0, false);
-                        return Err(e.into());
-                    }
+            let rows = match self.round(client, &prepared, full, state, cx, send).await {
+                Ok(Some(rows)) => rows,
+                Ok(None) => return Ok(()),
+                Err(e) => {
+                    cx.counters.poll(&self.name, full, 0.0, 0, false);
+                    return Err(e);
                 }
-            }
+            };
             let took = started.elapsed();
             if let Some(span) = sync_span {
-                span.record("rows", rows_total);
+                span.record("rows", rows);
             }
             cx.counters
-                .poll(&self.name, full, took.as_secs_f64(), rows_total, true);
-            debug!(source = %self.name, full, rows = rows_total, ?took, "polled");
+                .poll(&self.name, full, took.as_secs_f64(), rows, true);
+            debug!(source = %self.name, full, rows, ?took, "polled");
             state.last_success = Some(Instant::now());
-            state.last_poll_started = Some(db_now);
             if full {
                 state.last_full = Some(Instant::now());
                 state.need_full = false;
                 if !state.trusted {
-                    info!(source = %self.name, rows = rows_total, ?took, "loaded; synced");
+                    info!(source = %self.name, rows, ?took, "loaded; synced");
                 }
             }
             if !state.trusted && !state.need_full {
@@ -305,9 +306,102 @@ impl Postgres {
         }
     }
 
+    /// One poll of every query, full or incremental: the number of rows read, or `None` when
+    /// the engine is gone.
+    async fn round<F, Fut>(
+        &self,
+        client: &Client,
+        prepared: &[Prepared],
+        full: bool,
+        state: &mut PollState,
+        cx: &Context,
+        send: &F,
+    ) -> Result<Option<u64>, PollError>
+    where
+        F: Fn(Change) -> Fut,
+        Fut: std::future::Future<Output = bool>,
+    {
+        if full {
+            // A full load may stream more rows than the statement timeout allows when the
+            // engine reads slowly; the server-side limit is lifted for it, and the client
+            // still gives up when the database stops sending (see `within`).
+            self.within(
+                "starting a full load",
+                client.batch_execute("BEGIN READ ONLY; SET LOCAL statement_timeout = 0"),
+            )
+            .await?;
+        }
+        let db_now: i64 = self
+            .within(
+                "reading the database clock",
+                client.query_one(
+                    "SELECT (EXTRACT(EPOCH FROM statement_timestamp()) * 1000)::bigint",
+                    &[],
+                ),
+            )
+            .await?
+            .get(0);
+        let overlap = i64::try_from(self.settings.overlap.as_millis()).unwrap_or(i64::MAX);
+        let since = match (full, state.last_poll_started) {
+            (false, Some(prev)) => Some(prev.saturating_sub(overlap)),
+            _ => None,
+        };
+        let mut rows_total = 0;
+        for p in prepared {
+            let Some((rows, listed)) = self.poll(client, p, since, state, cx).await? else {
+                return Ok(None);
+            };
+            rows_total += rows;
+            if let Some(listed) = listed {
+                let done = Change::Listed {
+                    feed: Feed::of_record(p.kind),
+                    profile: self.profile,
+                    namespace: None,
+                    listed,
+                };
+                if !send(done).await {
+                    return Ok(None);
+                }
+            }
+        }
+        if full {
+            self.within("ending a full load", client.batch_execute("COMMIT"))
+                .await?;
+        }
+        state.last_poll_started = Some(db_now);
+        Ok(Some(rows_total))
+    }
+
+    /// How long sandwatch waits on the database for any one step (connecting, a statement's
+    /// answer, the next row of a full load) before it drops the connection: a little longer
+    /// than the statement timeout, so that the server's own limit normally acts first.
+    fn wait_limit(&self) -> Duration {
+        self.settings.statement_timeout + Duration::from_secs(5)
+    }
+
+    /// Runs one step against the database within [`Self::wait_limit`].
+    async fn within<T, E>(
+        &self,
+        what: &'static str,
+        step: impl std::future::Future<Output = Result<T, E>>,
+    ) -> Result<T, PollError>
+    where
+        PollError: From<E>,
+    {
+        let after = self.wait_limit();
+        match tokio::time::timeout(after, step).await {
+            Ok(result) => result.map_err(PollError::from),
+            Err(_) => Err(PollError::Timeout { what, after }),
+        }
+    }
+
     async fn connect(&self) -> Result<(Client, mpsc::Receiver<()>), tokio_postgres::Error> {
         let tls = tls_connector(self.settings.ca_file.as_deref());
-        let (client, mut connection) = tokio_postgres::connect(&self.url, tls).await?;
+        let mut config: tokio_postgres::Config = self.url.parse()?;
+        if config.get_connect_timeout().is_none() {
+            config.connect_timeout(self.wait_limit());
+        }
+        let (client, mut connection) = config.connect(tls).await?;
         let (tx, rx) = mpsc::channel(16);
         let name = self.name.clone();
         tokio::spawn(async move {
@@ -327,7 +421,7 @@ impl Postgres {
         });
         let ms = self.settings.statement_timeout.as_millis();
         let mut setup = format!(
-            "SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY; SET statement_timeout = {ms}; SET application_name = 'sandwatch';"
+            "SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY; SET statement_timeout = {ms}; SET TIME ZONE 'UTC'; SET application_name = 'sandwatch';"
         );
         if let Some(channel) = &self.settings.listen_channel {
             setup.push_str(&format!(" LISTEN {channel};"));
@@ -344,7 +438,7 @@ impl Postgres {
         since: Option<i64>,
         state: &mut PollState,
         cx: &Context,
-    ) -> Result<Option<(u64, Option<HashSet<(String, String)>>)>, tokio_postgres::Error> {
+    ) -> Result<Option<(u64, Option<HashSet<(String, String)>>)>, PollError> {
         let (stmt, since) = match (&p.incremental, since) {
             (Some(stmt), Some(since)) => (stmt, Some(since)),
             _ => (&p.full, None),
@@ -354,11 +448,19 @@ impl Postgres {
             Some(s) => vec![s],
             None => vec![],
         };
-        let rows = client.query_raw(stmt, params).await?;
+        let rows = self
+            .within(
+                "running a query",
+                client.query_raw(stmt, params.iter().copied()),
+            )
+            .await?;
         futures::pin_mut!(rows);
         let mut listed = complete.then(HashSet::new);
+        // Bad rows seen in this full load: the ones logged before and not seen again are
+        // forgotten, so the set stays as small as the table's bad rows.
+        let mut still_rejected = HashSet::new();
         let mut count = 0u64;
-        while let Some(row) = rows.try_next().await? {
+        while let Some(row) = self.within("reading rows", rows.try_next()).await? {
             count += 1;
             let doc = RecordDoc {
                 kind: Some(p.kind.as_str().to_string()),
@@ -376,6 +478,7 @@ impl Postgres {
             };
             let attempt: Option<i64> = row.get(6);
             let id = doc.id.clone().unwrap_or_default();
+            let namespace = doc.namespace.clone().unwrap_or_default();
             let result = match attempt {
                 Some(a) if a < 0 => Err(crate::record::InputError::new(
                     "invalid_value",
@@ -403,6 +506,13 @@ impl Postgres {
                     }
                 }
                 Err(e) => {
+                    // The row exists: what was known of it stays (absence is not evidence).
+                    if let Some(l) = listed.as_mut()
+                        && !id.is_empty()
+                    {
+                        l.insert((namespace, id.clone()));
+                        still_rejected.insert(id.clone());
+                    }
                     let column = e.message.replace("record.", "column ");
                     // Log a bad row once (until it changes), count it every time it is read.
                     cx.counters.rejected(&self.name, e.reason);
@@ -417,6 +527,11 @@ impl Postgres {
                 }
             }
         }
+        if complete {
+            state
+                .rejected
+                .retain(|(kind, id)| *kind != p.kind || still_rejected.contains(id));
+        }
         Ok(Some((count, listed)))
     }
 }
@@ -427,6 +542,8 @@ enum PollError {
     Db(#[from] tokio_postgres::Error),
     #[error("the database closed the connection")]
     Closed,
+    #[error("no answer from the database for {after:?} while {what}")]
+    Timeout { what: &'static str, after: Duration },
 }
 
 #[derive(Default)]
@@ -471,7 +588,10 @@ impl Prepared {
         let select: Vec<String> = FIELDS
             .iter()
             .map(|(name, ty)| match (*ty, columns.contains(name)) {
-                ("ms", true) => format!("(EXTRACT(EPOCH FROM q.{name}) * 1000)::bigint"),
+                // `infinity` has no epoch: read as no value.
+                ("ms", true) => format!(
+                    "CASE WHEN isfinite(q.{name}) THEN (EXTRACT(EPOCH FROM q.{name}) * 1000)::bigint END"
+                ),
                 ("ms", false) => "NULL::bigint".to_string(),
                 (ty, true) => format!("q.{name}::{ty}"),
                 (ty, false) => format!("NULL::{ty}"),

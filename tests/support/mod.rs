@@ -3,4 +3,5 @@
 pub mod apiserver;
 pub mod daemon;
 pub mod postgres;
+pub mod proxy;
 pub mod receiver;
