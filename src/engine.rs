@@ -347,6 +347,7 @@ impl Engine {
                 opened_at: now,
                 evidence_at: c.evidence_at.unwrap_or(p.first_seen).min(now),
                 retries_after_death: p.retries,
+                subject: key.subject.clone(),
             };
             out.push(Transition {
                 event: Event::Opened,

@@ -120,6 +120,8 @@ pub struct OpenFinding {
     pub evidence_at: Ts,
     /// Attempt increments seen since the agent died.
     pub retries_after_death: u64,
+    /// What the finding is about, as the engine keys it (a pod incarnation or a record).
+    pub subject: Subject,
 }
 
 /// A change in a finding's life, at a point on the engine's clock.

@@ -191,9 +191,15 @@ impl Daemon {
             });
             if let Some(elector) = settings.leader_election.clone() {
                 info!(lease = %elector.name, namespace = %elector.namespace, identity = %elector.identity, "competing for the remediation lease");
-                tasks.spawn(elector.run(client.clone(), lead_tx, stop_rx.clone()));
-            } else {
-                drop(lead_tx);
+            }
+            // The Lease is released only once the controller has stopped, so that no call of
+            // this replica is still under way when another one takes over.
+            let (controller_done, controller_done_rx) = watch::channel(false);
+            match settings.leader_election.clone() {
+                Some(elector) => {
+                    tasks.spawn(elector.run(client.clone(), lead_tx, controller_done_rx));
+                }
+                None => drop(lead_tx),
             }
             let deliverer =
                 Deliverer::new(&actions, settings.remediation.timeout, Some(client.clone()))?;
@@ -206,7 +212,11 @@ impl Daemon {
                 remediation_metrics,
                 spans.clone(),
             );
-            tasks.spawn(controller.run(stop_rx.clone()));
+            let stop = stop_rx.clone();
+            tasks.spawn(async move {
+                controller.run(stop).await;
+                let _ = controller_done.send(true);
+            });
         }
 
         let cx = Context {

@@ -247,6 +247,37 @@ async fn a_receiver_that_fails_three_times_gets_one_success_with_the_same_key() 
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_absurd_retry_after_holds_its_own_finding_and_nothing_else() {
+    let server = TestApiServer::start().await;
+    let receiver = Receiver::start().await;
+    receiver.script(&[(429, Some("18446744073709551615"))]);
+    let d = daemon_with(
+        &server,
+        &config("mark_session_gone", &http_target(&receiver.url), ""),
+    )
+    .await;
+    wait_ready(&d, true).await;
+    ingest(&d, &[orphan("s-1")]).await;
+    wait_for(Duration::from_secs(5), "the first call", || async {
+        receiver.count() == 1
+    })
+    .await;
+    // The remediation loop is still alive: the next finding is called at once...
+    ingest(&d, &[orphan("s-2")]).await;
+    wait_for(
+        Duration::from_secs(5),
+        "the second finding's call",
+        || async { receiver.count() == 2 },
+    )
+    .await;
+    assert_eq!(receiver.received()[1].uri, "/sessions/s-2/gone");
+    // ...while s-1 waits (up to an hour), well past retry_max (2 s).
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(receiver.count(), 2);
+    d.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refusal_is_not_retried() {
     let server = TestApiServer::start().await;
     let receiver = Receiver::start().await;
@@ -774,4 +805,152 @@ async fn a_finding_that_outlives_a_successful_call_is_called_again_and_counted_i
     tokio::time::sleep(Duration::from_millis(900)).await;
     assert_eq!(receiver.count(), 2, "the next re-send waits twice as long");
     d.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleting_a_pod_spares_a_replacement_of_the_same_name() {
+    use sandwatch::finding::{Finding, FindingKind, OpenFinding};
+    use sandwatch::remediation::deliver::{Deliverer, Outcome};
+    use sandwatch::world::{Subject, Uid};
+
+    let server = TestApiServer::start().await;
+    // The leaked pod was replaced by a new one of the same name before the call went out.
+    let replacement = common::pod("agents", "sandbox-s-1")
+        .label("sandwatch.io/session", "s-1")
+        .container("agent", common::C::Running(1));
+    server.create(replacement.stored());
+    let current = server
+        .get("", "v1", "pods", "agents", "sandbox-s-1")
+        .unwrap();
+    let current_uid = current["metadata"]["uid"].as_str().unwrap().to_string();
+    let profiles = sandwatch::config::load_str(
+        "profiles:\n  - preset: generic\n    remediation:\n      actions:\n        reap_pod:\n          kubernetes: { delete_pod: true }\n",
+    )
+    .unwrap();
+    let actions = sandwatch::remediation::actions(&profiles);
+    let deliverer =
+        Deliverer::new(&actions, Duration::from_secs(2), Some(server.client())).unwrap();
+    let finding = |uid: &str| OpenFinding {
+        id: 1,
+        finding: Finding {
+            kind: FindingKind::LeakedSandboxPod,
+            profile: "generic".into(),
+            namespace: Some("agents".into()),
+            pod: Some("sandbox-s-1".into()),
+            session: Some("s-1".into()),
+            execution: None,
+            sandbox: None,
+            reason: "NoSession".into(),
+            container: None,
+            exit_code: None,
+            state: None,
+            pod_uid: Some(uid.into()),
+        },
+        opened_at: sandwatch::time::Ts(0),
+        evidence_at: sandwatch::time::Ts(0),
+        retries_after_death: 0,
+        subject: Subject::Pod {
+            namespace: "agents".into(),
+            name: "sandbox-s-1".into(),
+            uid: Uid::parse(uid),
+        },
+    };
+    let profile = profiles.get(sandwatch::profile::ProfileId(0));
+    let deletion = || {
+        server
+            .get("", "v1", "pods", "agents", "sandbox-s-1")
+            .map(|p| p["metadata"]["deletionTimestamp"].clone())
+    };
+
+    let out = deliverer
+        .deliver(
+            &actions[0],
+            profile,
+            &finding("00000000-0000-4000-8000-000000000001"),
+            "k-1",
+            true,
+        )
+        .await;
+    assert!(matches!(out, Outcome::Refused(409, _)), "{out:?}");
+    assert_eq!(
+        deletion(),
+        Some(Value::Null),
+        "the replacement is untouched"
+    );
+
+    let out = deliverer
+        .deliver(&actions[0], profile, &finding(&current_uid), "k-2", true)
+        .await;
+    assert!(matches!(out, Outcome::Success(_)), "{out:?}");
+    assert!(
+        deletion().is_none_or(|t| t.is_string()),
+        "the pod the finding is about is deleted"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_graceful_shutdown_releases_the_lease_only_after_its_last_call_ends() {
+    let server = TestApiServer::start().await;
+    let receiver = Receiver::start().await;
+    receiver.delay(Duration::from_millis(1000));
+    let arrived = Arc::new(std::sync::Mutex::new(None));
+    let seen = arrived.clone();
+    receiver.on_request(move |_| {
+        seen.lock().unwrap().get_or_insert(Instant::now());
+    });
+    let c = sandwatch::config::load(&config(
+        "mark_session_gone",
+        &http_target(&receiver.url),
+        "  timeout: 1500ms",
+    ))
+    .unwrap();
+    let d = start_with(&server, c.profiles, |s| {
+        s.ingest_token = Some(TOKEN.into());
+        s.remediation = c.remediation;
+        s.leader_election = Some(Elector {
+            duration: Duration::from_secs(3),
+            renew_deadline: Duration::from_secs(2),
+            retry_period: Duration::from_millis(200),
+            ..Elector::new("sandwatch-remediation", "default", "replica-a")
+        });
+    })
+    .await;
+    wait_ready(&d, true).await;
+    let holder = || {
+        server
+            .get(
+                "coordination.k8s.io",
+                "v1",
+                "leases",
+                "default",
+                "sandwatch-remediation",
+            )
+            .and_then(|l| l["spec"]["holderIdentity"].as_str().map(String::from))
+    };
+    wait_for(Duration::from_secs(5), "the lease", || async {
+        holder().as_deref() == Some("replica-a")
+    })
+    .await;
+    ingest(&d, &[orphan("s-1")]).await;
+    wait_for(Duration::from_secs(5), "the call to arrive", || async {
+        arrived.lock().unwrap().is_some()
+    })
+    .await;
+    // SIGTERM while the receiver is still working on the call.
+    let stopping = tokio::spawn(d.shutdown());
+    let mut last_held = Instant::now();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while holder().as_deref() == Some("replica-a") {
+        last_held = Instant::now();
+        assert!(Instant::now() < deadline, "the lease was never released");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    stopping.await.unwrap();
+    let answered = receiver.received()[0].answered_at;
+    assert!(
+        last_held >= answered,
+        "the lease was released {:?} before the call in flight ended",
+        answered.duration_since(last_held)
+    );
+    assert_eq!(receiver.count(), 1);
 }

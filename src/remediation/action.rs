@@ -16,6 +16,7 @@ use sha2::{Digest, Sha256};
 
 use crate::finding::{FindingKind, OpenFinding};
 use crate::profile::ProfileId;
+use crate::world::Subject;
 
 /// The actions, by the finding kind they repair. Their names are part of the interface.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
@@ -118,26 +119,37 @@ pub struct Action {
     pub target: Target,
 }
 
-/// The same incident always yields the same key: it is derived from what identifies the
-/// finding (kind, profile, pod and its uid, session, execution, sandbox, reason), never from
-/// when sandwatch happened to see it, so a restart or a second replica repeats it exactly.
+/// The same incident always yields the same key: it is derived from the action, the finding's
+/// kind and profile, and its subject (the pod incarnation: namespace, name and uid; or the
+/// record: kind, namespace and id), never from details that may differ between sightings (the
+/// reason, a linked pod) nor from when sandwatch saw it, so a restart or a second replica
+/// repeats it exactly.
 pub fn idempotency_key(action: ActionName, f: &OpenFinding) -> String {
     let d = &f.finding;
     let mut h = Sha256::new();
-    for part in [
-        Some(action.as_str()),
-        Some(d.kind.as_str()),
-        Some(&*d.profile),
-        d.namespace.as_deref(),
-        d.pod.as_deref(),
-        d.pod_uid.as_deref(),
-        d.session.as_deref(),
-        d.execution.as_deref(),
-        d.sandbox.as_deref(),
-        Some(&*d.reason),
-    ] {
-        h.update(part.unwrap_or("").as_bytes());
+    let mut part = |p: &str| {
+        h.update(p.as_bytes());
         h.update([0u8]);
+    };
+    part(action.as_str());
+    part(d.kind.as_str());
+    part(&d.profile);
+    match &f.subject {
+        Subject::Pod {
+            namespace,
+            name,
+            uid,
+        } => {
+            part("pod");
+            part(namespace);
+            part(name);
+            part(&uid.to_string());
+        }
+        Subject::Record(r) => {
+            part(r.kind.as_str());
+            part(r.namespace.as_deref().unwrap_or(""));
+            part(&r.id);
+        }
     }
     let digest = h.finalize();
     format!("sw_{}", hex(&digest[..16]))
@@ -259,7 +271,9 @@ pub fn json_escape(v: &str) -> String {
 mod tests {
     use super::*;
     use crate::finding::Finding;
+    use crate::record::RecordKind;
     use crate::time::Ts;
+    use crate::world::{RecordKey, Uid};
 
     fn finding() -> OpenFinding {
         OpenFinding {
@@ -281,27 +295,52 @@ mod tests {
             opened_at: Ts(1000),
             evidence_at: Ts(900),
             retries_after_death: 3,
+            subject: Subject::Record(RecordKey {
+                kind: RecordKind::Execution,
+                profile: ProfileId(0),
+                namespace: None,
+                id: "exe_1".into(),
+            }),
         }
     }
 
     #[test]
     fn keys_are_stable_across_sightings_and_differ_between_incidents() {
+        let key = |f: &OpenFinding| idempotency_key(ActionName::FinalizeExecution, f);
         let a = finding();
+        // Another sighting of the same incident, e.g. after a restart once the pod is gone.
         let mut b = finding();
         b.id = 99;
         b.opened_at = Ts(5_000_000);
         b.retries_after_death = 40;
         b.finding.state = Some("running".into());
-        assert_eq!(
-            idempotency_key(ActionName::FinalizeExecution, &a),
-            idempotency_key(ActionName::FinalizeExecution, &b)
-        );
-        b.finding.pod_uid = Some("u-2".into());
-        assert_ne!(
-            idempotency_key(ActionName::FinalizeExecution, &a),
-            idempotency_key(ActionName::FinalizeExecution, &b)
-        );
-        assert!(idempotency_key(ActionName::FinalizeExecution, &a).starts_with("sw_"));
+        b.finding.reason = "PodGone".into();
+        b.finding.pod_uid = None;
+        b.finding.namespace = None;
+        assert_eq!(key(&a), key(&b));
+        assert!(key(&a).starts_with("sw_"));
+        // Another execution.
+        let mut c = finding();
+        c.subject = Subject::Record(RecordKey {
+            kind: RecordKind::Execution,
+            profile: ProfileId(0),
+            namespace: None,
+            id: "exe_2".into(),
+        });
+        assert_ne!(key(&a), key(&c));
+        // A pod and its replacement of the same name are two incidents.
+        let pod = |uid: &str| {
+            let mut f = finding();
+            f.finding.kind = FindingKind::AgentTerminatedPodRunning;
+            f.subject = Subject::Pod {
+                namespace: "centaur".into(),
+                name: "sandbox-1".into(),
+                uid: Uid::parse(uid),
+            };
+            f
+        };
+        assert_ne!(key(&pod("u-1")), key(&pod("u-2")));
+        assert_eq!(key(&pod("u-1")), key(&pod("u-1")));
     }
 
     #[test]

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use kube::api::{Api, DeleteParams, DynamicObject, Patch, PatchParams};
+use kube::api::{Api, DeleteParams, DynamicObject, Patch, PatchParams, Preconditions};
 use kube::core::ApiResource;
 
 use crate::finding::OpenFinding;
@@ -195,16 +195,28 @@ impl Deliverer {
                 let Some(pod) = d.pod.as_deref() else {
                     return Outcome::Invalid("the finding names no pod".into());
                 };
+                // Only the pod the finding is about: a replacement of the same name is left
+                // alone (the API server answers 409 Conflict to the uid precondition).
+                let Some(uid) = d.pod_uid.as_deref() else {
+                    return Outcome::Invalid(format!(
+                        "the finding does not know pod {ns}/{pod}'s uid; not deleting by name alone"
+                    ));
+                };
                 if !live {
-                    return Outcome::DryRun(format!("delete pod {ns}/{pod}"));
+                    return Outcome::DryRun(format!("delete pod {ns}/{pod} (uid {uid})"));
                 }
                 let Some(client) = self.kube.clone() else {
                     return Outcome::Invalid("no Kubernetes client".into());
                 };
                 let api: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(client, ns);
-                let result =
-                    tokio::time::timeout(self.timeout, api.delete(pod, &DeleteParams::default()))
-                        .await;
+                let params = DeleteParams {
+                    preconditions: Some(Preconditions {
+                        uid: Some(uid.to_string()),
+                        resource_version: None,
+                    }),
+                    ..DeleteParams::default()
+                };
+                let result = tokio::time::timeout(self.timeout, api.delete(pod, &params)).await;
                 kube_outcome(result)
             }
             KubeAction::AnnotateSession { key, value } => {

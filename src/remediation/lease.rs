@@ -75,7 +75,7 @@ impl Elector {
         let mut leading_since_renew: Option<Instant> = None;
         loop {
             let attempt = Instant::now();
-            match self.step(&api, &mut observed, attempt).await {
+            match self.step(&api, &mut observed).await {
                 Ok(true) => {
                     if leading_since_renew.is_none() {
                         info!(lease = %self.name, identity = %self.identity, "acquired the remediation lease: this replica remediates");
@@ -126,9 +126,12 @@ impl Elector {
         &self,
         api: &Api<Lease>,
         observed: &mut Option<(String, Instant)>,
-        now: Instant,
     ) -> Result<bool, kube::Error> {
-        let Some(mut lease) = api.get_opt(&self.name).await? else {
+        let got = api.get_opt(&self.name).await?;
+        // When this replica learnt of the Lease's current version: after the GET answered (a
+        // renewal may have been written while it was under way).
+        let now = Instant::now();
+        let Some(mut lease) = got else {
             let lease = Lease {
                 metadata: ObjectMeta {
                     name: Some(self.name.clone()),

@@ -302,6 +302,8 @@ pub struct Controller {
     spans: crate::telemetry::FindingSpans,
     /// Idempotency keys of the open findings, by finding id (computed once each).
     keys: HashMap<u64, String>,
+    /// Set on shutdown: no call starts after it.
+    stopping: Option<watch::Receiver<bool>>,
 }
 
 impl Controller {
@@ -337,14 +339,17 @@ impl Controller {
             circuits,
             spans,
             keys: HashMap::new(),
+            stopping: None,
         }
     }
 
-    /// Runs rounds until `stop`.
+    /// Runs rounds until `stop`; a round under way starts no further call once it is set,
+    /// and the calls already made have ended when this returns.
     pub async fn run(mut self, mut stop: watch::Receiver<bool>) {
         if self.list.is_empty() {
             return;
         }
+        self.stopping = Some(stop.clone());
         info!(
             mode = if self.settings.live {
                 "live"
@@ -367,6 +372,9 @@ impl Controller {
 
     /// Whether this replica may act now, with room for one call before its lease could lapse.
     fn acting(&self) -> bool {
+        if self.stopping.as_ref().is_some_and(|s| *s.borrow()) {
+            return false;
+        }
         let lead = *self.leadership.borrow();
         lead.acting(Instant::now(), self.settings.timeout)
     }
@@ -545,7 +553,7 @@ impl Controller {
                 st.delivered_at = Some(now);
                 let factor = 2u32.saturating_pow(st.resends.min(6));
                 st.resends += 1;
-                st.next_at = Some(now + settings.resend_after * factor);
+                st.next_at = Some(later(now, settings.resend_after.saturating_mul(factor)));
                 c.failures = 0;
                 c.open_until = None;
             }
@@ -569,9 +577,9 @@ impl Controller {
                         .saturating_mul(2u32.saturating_pow(st.failures.saturating_sub(1).min(20)))
                         .min(settings.retry_max),
                 );
-                let wait =
-                    retry_after.map_or(backoff, |r| r.max(backoff).min(settings.retry_max.max(r)));
-                st.next_at = Some(now + wait);
+                // A receiver may ask for more time than the backoff would give, up to an hour.
+                let wait = retry_after.map_or(backoff, |r| r.min(MAX_RETRY_AFTER).max(backoff));
+                st.next_at = Some(later(now, wait));
                 c.failures += 1;
                 warn!(action = name.as_str(), key = %key, error = %error, attempt = st.failures, "remediation failed; retrying in {wait:?}");
                 if c.failures >= settings.circuit_failures && c.open_until.is_none_or(|u| u <= now)
@@ -590,13 +598,23 @@ impl Controller {
             Outcome::Invalid(error) => {
                 self.metrics.count(name, "invalid");
                 warn!(action = name.as_str(), key = %key, error = %error, "cannot build the remediation call; retrying later");
-                st.next_at = Some(now + settings.retry_max);
+                st.next_at = Some(later(now, settings.retry_max));
             }
         }
         if c.open_until.is_none() {
             self.metrics.circuit_open.get_or_create(&label).set(0);
         }
     }
+}
+
+/// The longest wait a receiver's `Retry-After` can impose.
+const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
+
+/// `now + d`, or a year from now when that would overflow the clock.
+fn later(now: Instant, d: Duration) -> Instant {
+    now.checked_add(d)
+        .or_else(|| now.checked_add(Duration::from_secs(365 * 24 * 3600)))
+        .unwrap_or(now)
 }
 
 /// ±20 % around `d`, from the clock's sub-second noise, so that retries spread out.

@@ -18,6 +18,8 @@ pub struct Received {
     pub headers: Vec<(String, String)>,
     pub body: Vec<u8>,
     pub answered: u16,
+    /// When the answer went out (after the configured delay).
+    pub answered_at: Instant,
 }
 
 impl Received {
@@ -38,6 +40,7 @@ struct Inner {
     log: Arc<Mutex<Vec<Received>>>,
     script: Arc<Mutex<Script>>,
     hook: Arc<Mutex<Option<Hook>>>,
+    delay: Arc<Mutex<std::time::Duration>>,
 }
 
 pub struct Receiver {
@@ -66,6 +69,11 @@ impl Receiver {
     /// Runs for every request before it is answered (e.g. to apply the fix to the platform).
     pub fn on_request(&self, hook: impl Fn(&Received) + Send + Sync + 'static) {
         *self.inner.hook.lock().unwrap() = Some(Arc::new(hook));
+    }
+
+    /// Answers each request only after this long (a slow receiver).
+    pub fn delay(&self, d: std::time::Duration) {
+        *self.inner.delay.lock().unwrap() = d;
     }
 
     pub fn received(&self) -> Vec<Received> {
@@ -105,12 +113,20 @@ async fn receive(
             .collect(),
         body: body.to_vec(),
         answered: status,
+        answered_at: Instant::now(),
     };
     let hook = inner.hook.lock().unwrap().clone();
     if let Some(hook) = hook {
         hook(&r);
     }
-    inner.log.lock().unwrap().push(r);
+    let delay = *inner.delay.lock().unwrap();
+    if !delay.is_zero() {
+        tokio::time::sleep(delay).await;
+    }
+    inner.log.lock().unwrap().push(Received {
+        answered_at: Instant::now(),
+        ..r
+    });
     let code = StatusCode::from_u16(status).unwrap();
     match retry_after {
         Some(v) => (code, [("retry-after", v)], "scripted\n").into_response(),
