@@ -145,9 +145,50 @@ pub struct Pod {
     pub session: Option<Sym>,
     pub execution: Option<Sym>,
     pub containers: Box<[Container]>,
+    /// `status.reason` (`Evicted`, `NodeLost`, `Shutdown`...), kept for finished pods only.
+    pub reason: Option<Sym>,
+    /// The newest condition transition, kept for finished pods only: about when it ended.
+    pub ended_at: Option<Ts>,
+}
+
+/// How a pod's agent died, as far as the pod tells.
+#[derive(Clone, Debug)]
+pub struct AgentDeath<'a> {
+    pub container: &'a Sym,
+    /// The container's termination reason, or the pod's (`Evicted`) when the pod finished
+    /// without a terminated status for the agent.
+    pub reason: Sym,
+    pub exit_code: Option<i32>,
+    /// When, if known.
+    pub at: Option<Ts>,
 }
 
 impl Pod {
+    /// [`Pod::dead_agent`], with the reason, exit code and time that tell of its death.
+    pub fn agent_death(&self) -> Option<AgentDeath<'_>> {
+        let agent = self.dead_agent()?;
+        Some(if agent.state == ContainerState::Terminated {
+            AgentDeath {
+                container: &agent.name,
+                reason: agent.reason.clone().unwrap_or_else(|| "Terminated".into()),
+                exit_code: Some(agent.exit_code),
+                at: Some(agent.finished_at),
+            }
+        } else {
+            // The pod finished (evicted, its node lost) while the agent's status still says
+            // running, waiting or nothing: the pod's own reason and time are all there is.
+            AgentDeath {
+                container: &agent.name,
+                reason: self.reason.clone().unwrap_or_else(|| match self.phase {
+                    Phase::Succeeded => "Succeeded".into(),
+                    _ => "Failed".into(),
+                }),
+                exit_code: None,
+                at: self.ended_at,
+            }
+        })
+    }
+
     /// An agent container that has terminated for good: the pod is finished, or the agent
     /// exited and the restart policy will not bring it back (under `Always`, or `OnFailure`
     /// after a failure, a terminated agent is a crash loop in progress, not a dead agent).
@@ -701,6 +742,7 @@ impl World {
             Some("Failed") => Phase::Failed,
             _ => Phase::Unknown,
         };
+        let finished = matches!(phase, Phase::Succeeded | Phase::Failed);
         let restart_policy = match obj.spec.restart_policy.as_deref() {
             Some("Never") => RestartPolicy::Never,
             Some("OnFailure") => RestartPolicy::OnFailure,
@@ -732,6 +774,18 @@ impl World {
             session,
             execution,
             containers: containers.into_boxed_slice(),
+            reason: finished
+                .then(|| obj.status.reason.as_deref().map(|r| self.intern(r)))
+                .flatten(),
+            ended_at: finished
+                .then(|| {
+                    obj.status
+                        .conditions
+                        .iter()
+                        .filter_map(|c| c.last_transition_time)
+                        .max()
+                })
+                .flatten(),
         }
     }
 

@@ -504,3 +504,26 @@ fn a_records_source_of_one_profile_does_not_vouch_for_another() {
         "a pod of the profile without a sessions source is never judged leaked"
     );
 }
+
+#[test]
+fn an_evicted_pod_whose_agent_still_reads_running_is_a_dead_agent_with_the_pods_reason() {
+    let mut s = Sim::preset("generic");
+    s.record(json!({"kind":"session","id":"s-1","state":"running"}));
+    // What the API shows after a node-pressure eviction: the pod Failed/Evicted, the
+    // container statuses as last reported, the Ready condition's transition the only clock.
+    let mut evicted = agent_pod("s-1").phase("Failed").json();
+    evicted["status"]["reason"] = json!("Evicted");
+    evicted["status"]["message"] = json!("The node was low on resource: memory.");
+    evicted["status"]["conditions"] = json!([
+        {"type": "PodScheduled", "status": "True", "lastTransitionTime": rfc(0)},
+        {"type": "Ready", "status": "False", "lastTransitionTime": rfc(50)},
+    ]);
+    s.at(60).apply(Change::PodUpserted(Box::new(
+        serde_json::from_value(evicted).unwrap(),
+    )));
+    assert_eq!(s.events(), ["opened session_active_without_agent@60"]);
+    let f = &s.log[0].finding;
+    assert_eq!(&*f.finding.reason, "Evicted");
+    assert_eq!(f.finding.exit_code, None, "no exit code was reported");
+    assert_eq!(f.evidence_at, ts(50), "the pod's last transition, not 1970");
+}

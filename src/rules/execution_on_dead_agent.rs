@@ -88,14 +88,14 @@ impl super::Rule for Rule {
                 candidate(finding, None, profile.grace.absence)
             }
             PodLink::Found(pod) => {
-                let agent = pod.dead_agent()?;
+                let death = pod.agent_death()?;
                 finding.namespace = Some(pod.namespace.clone());
                 finding.pod = Some(pod.name.clone());
                 finding.pod_uid = Some(pod.uid.to_string().into());
-                finding.reason = agent.reason.clone().unwrap_or_else(|| "Terminated".into());
-                finding.container = Some(agent.name.clone());
-                finding.exit_code = Some(agent.exit_code);
-                candidate(finding, Some(agent.finished_at), Duration::ZERO)
+                finding.reason = death.reason;
+                finding.container = Some(death.container.clone());
+                finding.exit_code = death.exit_code;
+                candidate(finding, death.at, Duration::ZERO)
             }
         }
     }
