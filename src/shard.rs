@@ -5,8 +5,9 @@
 //! judges, and remediates) its 1/N.
 //!
 //! The session key: a pod's session id (its profile's `session_key`), else its name; a
-//! session's id; an execution's session (else its sandbox, else its own id); a sandbox's id.
-//! Resume targets are small and kept by every shard.
+//! session's id; an execution's session, else its sandbox; a sandbox's id. Resume targets,
+//! and executions that name neither a session nor a sandbox, are kept by every shard (the
+//! World never takes the absence of such an execution's pod as evidence when sharded).
 
 use sha2::{Digest, Sha256};
 

@@ -876,15 +876,13 @@ impl World {
     }
 
     pub fn upsert_record(&mut self, rec: Record, at: Ts, touched: &mut Vec<Subject>) {
+        // An execution that names neither a session nor a sandbox is kept by every shard: its
+        // pod may be on any of them (see `World::pod_of_execution`).
         let shard_key = match rec.kind {
-            RecordKind::Execution => rec
-                .session
-                .as_deref()
-                .or(rec.sandbox.as_deref())
-                .unwrap_or(&rec.id),
-            RecordKind::Session | RecordKind::Sandbox => &rec.id,
+            RecordKind::Execution => rec.session.as_deref().or(rec.sandbox.as_deref()),
+            RecordKind::Session | RecordKind::Sandbox => Some(&*rec.id),
         };
-        if !self.shard.owns(shard_key) {
+        if shard_key.is_some_and(|k| !self.shard.owns(k)) {
             let key = self.record_key(rec.kind, rec.profile, rec.namespace.as_deref(), &rec.id);
             self.delete_record(&key, touched);
             return;
@@ -1117,8 +1115,17 @@ impl World {
     }
 
     /// The pod an execution's agent runs in: named by the execution, keyed by its id, or its
-    /// session's pod.
+    /// session's pod. An execution without a session is not sharded with its pod: when
+    /// sharded, a pod this shard does not have may exist on another one, and its absence is
+    /// no evidence (`None`).
     pub fn pod_of_execution(&self, key: &RecordKey, rec: &StoredRecord) -> PodLink<'_> {
+        match self.linked_pod_of_execution(key, rec) {
+            PodLink::Missing if self.shard.total > 1 && rec.session.is_none() => PodLink::None,
+            link => link,
+        }
+    }
+
+    fn linked_pod_of_execution(&self, key: &RecordKey, rec: &StoredRecord) -> PodLink<'_> {
         let in_scope = |p: &&Pod| {
             p.profile == key.profile && key.namespace.as_ref().is_none_or(|n| *n == p.namespace)
         };

@@ -527,3 +527,55 @@ fn an_evicted_pod_whose_agent_still_reads_running_is_a_dead_agent_with_the_pods_
     assert_eq!(f.finding.exit_code, None, "no exit code was reported");
     assert_eq!(f.evidence_at, ts(50), "the pod's last transition, not 1970");
 }
+
+// ------------------------------------------------------------------ sharding
+
+#[test]
+fn executions_without_a_session_are_judged_where_their_pod_is_and_never_by_its_absence() {
+    use sandwatch::engine::Engine;
+    use sandwatch::shard::Shard;
+    let sim = |shard: Shard| {
+        let mut s = Sim::bare(sandwatch::config::preset("generic").unwrap());
+        s.engine = Engine::sharded(s.profiles.clone(), shard);
+        for f in Feed::ALL {
+            s.source(&format!("{f:?}"), &[f], true);
+        }
+        s
+    };
+    let mut whole = sim(Shard::ALL);
+    let mut shards: Vec<Sim> = (0..3).map(|i| sim(Shard::new(i, 3).unwrap())).collect();
+    // exe-a runs in a pod keyed by its execution label, whose agent was OOM-killed; exe-b
+    // names a pod that does not exist. Neither names a session.
+    let oom = agent_pod("s-x")
+        .label("sandwatch.io/execution", "exe-a")
+        .set("agent", C::Terminated(137, "OOMKilled", 10));
+    for s in std::iter::once(&mut whole).chain(shards.iter_mut()) {
+        s.at(10).pod(&oom);
+        s.record(json!({"kind":"execution","id":"exe-a","state":"running"}));
+        s.record(json!({"kind":"execution","id":"exe-b","state":"running","pod":"sandbox-gone"}));
+        s.at(1000);
+    }
+    let kinds = |s: &Sim| {
+        s.engine
+            .open_findings()
+            .iter()
+            .filter(|f| f.finding.kind.as_str() == "execution_on_dead_agent")
+            .map(|f| {
+                format!(
+                    "{} {}",
+                    f.finding.execution.as_deref().unwrap(),
+                    f.finding.reason
+                )
+            })
+            .collect::<Vec<_>>()
+    };
+    let mut all = kinds(&whole);
+    all.sort();
+    assert_eq!(all, ["exe-a OOMKilled", "exe-b PodGone"]);
+    let per_shard: Vec<Vec<String>> = shards.iter().map(kinds).collect();
+    assert_eq!(
+        per_shard.concat(),
+        ["exe-a OOMKilled"],
+        "the dead agent is reported once, by the shard that has the pod; the missing pod by none: {per_shard:?}"
+    );
+}
