@@ -143,10 +143,6 @@ impl Engine {
         keys.into_iter().map(|k| &self.open[k].finding).collect()
     }
 
-    pub fn pending_count(&self) -> usize {
-        self.pending.len()
-    }
-
     /// Applies one change that happened at `at` (clamped so the clock never runs backwards).
     pub fn apply(&mut self, at: Ts, change: Change) -> Vec<Transition> {
         let mut out = Vec::new();

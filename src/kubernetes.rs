@@ -39,8 +39,6 @@ pub struct Spec {
     pub containers: Vec<ContainerSpec>,
     #[serde(default, deserialize_with = "null_as_default")]
     pub init_containers: Vec<ContainerSpec>,
-    /// For resources such as agents.x-k8s.io Sandbox (0 while suspended).
-    pub replicas: Option<i64>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -77,8 +75,6 @@ pub struct ContainerStatus {
     pub name: String,
     #[serde(default, deserialize_with = "null_as_default")]
     pub state: ContainerState,
-    #[serde(default)]
-    pub restart_count: u32,
 }
 
 /// Exactly one of the three is set by the kubelet; none while the status is unknown.

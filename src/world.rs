@@ -16,7 +16,7 @@ use std::sync::Arc;
 
 use crate::kubernetes::Object;
 use crate::profile::{
-    ExecutionClass, ProfileId, Profiles, ResourceRole, SandboxClass, SessionClass,
+    ExecutionClass, ProfileId, Profiles, SandboxClass, SessionClass,
 };
 use crate::record::{Record, RecordKind};
 use crate::shard::Shard;
@@ -126,7 +126,6 @@ pub struct Container {
     pub exit_code: i32,
     /// When it terminated; only meaningful in `Terminated`.
     pub finished_at: Ts,
-    pub restart_count: u32,
 }
 
 /// The projection of one sandbox pod.
@@ -732,7 +731,6 @@ impl World {
                 reason: reason.map(|r| self.intern(r)),
                 exit_code,
                 finished_at,
-                restart_count: st.map_or(0, |s| s.restart_count),
             });
         }
         let phase = match obj.status.phase.as_deref() {
@@ -1041,15 +1039,6 @@ impl World {
             Some(ns) => list.contains(ns),
             None => !list.is_empty(),
         }))
-    }
-
-    /// Whether some configured custom resource plays this role for the profile.
-    pub fn has_resource_role(&self, profile: ProfileId, role: ResourceRole) -> bool {
-        self.profiles
-            .get(profile)
-            .custom_resources
-            .iter()
-            .any(|c| c.role == role)
     }
 
     // ----------------------------------------------------------------------------------------
