@@ -15,9 +15,7 @@ use std::collections::hash_map::Entry;
 use std::sync::Arc;
 
 use crate::kubernetes::Object;
-use crate::profile::{
-    ExecutionClass, ProfileId, Profiles, SandboxClass, SessionClass,
-};
+use crate::profile::{ExecutionClass, ProfileId, Profiles, SandboxClass, SessionClass};
 use crate::record::{Record, RecordKind};
 use crate::shard::Shard;
 use crate::time::Ts;
@@ -144,10 +142,17 @@ pub struct Pod {
     pub session: Option<Sym>,
     pub execution: Option<Sym>,
     pub containers: Box<[Container]>,
-    /// `status.reason` (`Evicted`, `NodeLost`, `Shutdown`...), kept for finished pods only.
+    /// How a finished (`Failed`, `Succeeded`) pod ended; boxed, as few pods are finished.
+    pub ended: Option<Box<PodEnd>>,
+}
+
+/// What the API tells of a finished pod's end.
+#[derive(Clone, Debug)]
+pub struct PodEnd {
+    /// `status.reason`: `Evicted`, `NodeLost`, `Shutdown`...
     pub reason: Option<Sym>,
-    /// The newest condition transition, kept for finished pods only: about when it ended.
-    pub ended_at: Option<Ts>,
+    /// The newest condition transition: about when it ended.
+    pub at: Option<Ts>,
 }
 
 /// How a pod's agent died, as far as the pod tells.
@@ -178,12 +183,16 @@ impl Pod {
             // running, waiting or nothing: the pod's own reason and time are all there is.
             AgentDeath {
                 container: &agent.name,
-                reason: self.reason.clone().unwrap_or_else(|| match self.phase {
-                    Phase::Succeeded => "Succeeded".into(),
-                    _ => "Failed".into(),
-                }),
+                reason: self
+                    .ended
+                    .as_ref()
+                    .and_then(|e| e.reason.clone())
+                    .unwrap_or_else(|| match self.phase {
+                        Phase::Succeeded => "Succeeded".into(),
+                        _ => "Failed".into(),
+                    }),
                 exit_code: None,
-                at: self.ended_at,
+                at: self.ended.as_ref().and_then(|e| e.at),
             }
         })
     }
@@ -772,18 +781,17 @@ impl World {
             session,
             execution,
             containers: containers.into_boxed_slice(),
-            reason: finished
-                .then(|| obj.status.reason.as_deref().map(|r| self.intern(r)))
-                .flatten(),
-            ended_at: finished
-                .then(|| {
-                    obj.status
+            ended: finished.then(|| {
+                Box::new(PodEnd {
+                    reason: obj.status.reason.as_deref().map(|r| self.intern(r)),
+                    at: obj
+                        .status
                         .conditions
                         .iter()
                         .filter_map(|c| c.last_transition_time)
-                        .max()
+                        .max(),
                 })
-                .flatten(),
+            }),
         }
     }
 
