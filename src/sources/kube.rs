@@ -2,8 +2,9 @@
 //!
 //! One [`Watch`] per profile and resource (and per namespace when a profile lists namespaces)
 //! runs `kube_runtime::watcher` with the profile's label selector, decoding each object
-//! straight into the slim [`Object`] (no reflector store of whole objects) and sending
-//! [`Change`]s to the engine. It tells the engine how far it can be trusted:
+//! straight into a slim type (a pod into [`Object`], a custom resource into [`CustomObject`]:
+//! identity and `status.phase`; no reflector store of whole objects) and sending [`Change`]s
+//! to the engine, for that profile only. It tells the engine how far it can be trusted:
 //! - unsynced until the initial list is complete (`InitDone`);
 //! - unsynced again while the watcher relists (after a 410 Gone), and on `InitDone` it sends
 //!   the set of objects listed, so that what vanished during the gap is seen as deleted and
