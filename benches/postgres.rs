@@ -90,8 +90,7 @@ async fn main() -> anyhow::Result<()> {
         "sandbox-api",
         settings,
         Some(&db.url_file("sandwatch_ro")),
-    )?
-    .expect("a URL");
+    );
     let (tx, mut rx) = tokio::sync::mpsc::channel::<(Ts, Change)>(4096);
     let polls = Arc::new(Polls::default());
     let cx = Context {

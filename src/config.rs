@@ -197,6 +197,8 @@ pub struct ProfileSpec {
 pub struct RecordsSpec {
     pub postgres: Option<PostgresSpec>,
     pub ingest: Option<IngestSpec>,
+    pub default_namespace: Option<String>,
+    pub namespaced_ids: Option<Vec<String>>,
 }
 
 #[derive(Debug, Default, Clone, Deserialize)]
@@ -361,6 +363,45 @@ fn remediation(spec: RemediationSpec, errors: &mut Vec<ConfigError>) -> Remediat
         ),
         resend_after: v.duration("resend_after", spec.resend_after, d.resend_after),
     }
+}
+
+/// What a valid config probably gets wrong: each warning names the field and says why.
+/// `check-config` prints them and `run` logs them; neither refuses the config.
+pub fn warnings(profiles: &Profiles) -> Vec<ConfigError> {
+    let mut out = Vec::new();
+    for (id, p) in profiles.iter() {
+        let at = format!("profiles[{}]", id.0);
+        let Some(pods) = &p.pods else { continue };
+        if pods.namespaces.is_empty() || p.records.default_namespace.is_some() {
+            continue;
+        }
+        let scope = format!(
+            "pods are watched only in namespace(s) {}",
+            pods.namespaces.join(", ")
+        );
+        let consequence = "a record that names no namespace cannot be placed in them, so a missing pod is never evidence for it (no PodGone, no orphaned_suspended_session); set records.default_namespace";
+        for (kind, query) in p.records.postgres.iter().flat_map(|pg| pg.queries.iter()) {
+            if *kind == RecordKind::Sandbox || query.to_lowercase().contains("namespace") {
+                continue;
+            }
+            out.push(ConfigError {
+                field: format!("{at}.records.postgres.queries.{}", kind.as_str()),
+                message: format!("{scope} and this query selects no namespace column: {consequence}, or select the namespace AS namespace"),
+            });
+        }
+        for kind in &p.records.ingest {
+            if *kind != RecordKind::Sandbox {
+                out.push(ConfigError {
+                    field: format!("{at}.records.ingest.kinds"),
+                    message: format!(
+                        "{scope}: each pushed {} must name its namespace, else {consequence}",
+                        kind.as_str()
+                    ),
+                });
+            }
+        }
+    }
+    out
 }
 
 /// The profiles of one preset, by name.
@@ -534,6 +575,8 @@ fn overlay(base: ProfileSpec, over: ProfileSpec) -> ProfileSpec {
                 }),
             }),
             ingest: pick(o.ingest, b.ingest),
+            default_namespace: pick(o.default_namespace, b.default_namespace),
+            namespaced_ids: pick(o.namespaced_ids, b.namespaced_ids),
         }),
         remediation: section(base.remediation, over.remediation, |b, o| {
             ProfileRemediationSpec {
@@ -902,7 +945,31 @@ impl Validator<'_> {
                 }
             }
         }
-        Records { postgres, ingest }
+        let default_namespace = spec.default_namespace.filter(|n| !n.is_empty());
+        if let Some(n) = &default_namespace
+            && !is_dns_label(n)
+        {
+            self.err(
+                "records.default_namespace",
+                format!("{n:?} is not a valid namespace name"),
+            );
+        }
+        let mut namespaced_ids = Vec::new();
+        for (n, k) in spec.namespaced_ids.unwrap_or_default().iter().enumerate() {
+            match RecordKind::parse(k) {
+                Some(kind) => namespaced_ids.push(kind),
+                None => self.err(
+                    &format!("records.namespaced_ids[{n}]"),
+                    format!("{k:?} is not a record kind (session, execution or sandbox)"),
+                ),
+            }
+        }
+        Records {
+            postgres,
+            ingest,
+            default_namespace,
+            namespaced_ids,
+        }
     }
 
     fn pods(&mut self, spec: PodsSpec) -> Option<PodMatch> {

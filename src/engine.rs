@@ -11,15 +11,19 @@
 //! O(entities touched), never O(cluster). The only exception is a source changing between
 //! trusted and untrusted, which re-judges everything once.
 //!
-//! A rule's candidate opens a finding once it has held, as observed, for the rule's
-//! `hold_for` and not before its `not_before`; until then it is pending, with a timer. A
-//! finding resolves as soon as its rule says the condition no longer holds. While a source a
-//! rule rests on is unsynced or stale, that rule's findings hold as they are.
+//! A rule's candidate says since when its condition has held, from what the sources say (a
+//! container's finishedAt, a record's `updated_at`, a pod's observed departure), and opens a
+//! finding at that evidence time plus the rule's `hold_for`, and not before its `not_before`;
+//! until then it is pending, with a timer. So a restarted engine, once its sources are synced,
+//! reports a long-standing condition at once. A finding resolves as soon as its rule says the
+//! condition no longer holds. While a source a rule rests on is unsynced or stale, that rule's
+//! findings hold as they are.
 
 use std::cmp::max;
 use std::collections::{BTreeSet, HashSet};
 use std::sync::Arc;
 
+use crate::finding::FindingKind;
 use crate::finding::{Candidate, Event, FindingKey, OpenFinding, Transition};
 use crate::kubernetes::Object;
 use crate::profile::{ProfileId, Profiles};
@@ -27,7 +31,7 @@ use crate::record::{RecordChange, RecordKind};
 use crate::rules::{self, Rule, SubjectKind, SubjectView};
 use crate::shard::Shard;
 use crate::time::Ts;
-use crate::world::{Feed, HashMap, SourceStatus, Subject, Trust, World};
+use crate::world::{Feed, HashMap, Notice, SourceStatus, Subject, Trust, World};
 
 /// Everything a source can tell the engine.
 #[derive(Clone, Debug)]
@@ -63,7 +67,6 @@ pub enum Change {
 }
 
 struct Pending {
-    first_seen: Ts,
     due: Option<Ts>,
     last_attempt: Option<u64>,
     retries: u64,
@@ -157,7 +160,7 @@ impl Engine {
                 uid,
             } => self
                 .world
-                .delete_pod(&namespace, &name, uid.as_deref(), &mut touched),
+                .delete_pod(&namespace, &name, uid.as_deref(), now, &mut touched),
             Change::Record(RecordChange::Upsert(rec)) => {
                 self.world.upsert_record(rec, now, &mut touched)
             }
@@ -166,31 +169,38 @@ impl Engine {
                 profile,
                 namespace,
                 id,
-            }) => {
-                let key = self
-                    .world
-                    .record_key(kind, profile, namespace.as_deref(), &id);
-                self.world.delete_record(&key, &mut touched);
-            }
+            }) => self.world.delete_record(
+                kind,
+                profile,
+                namespace.as_deref(),
+                &id,
+                now,
+                &mut touched,
+            ),
             Change::ResumeTarget {
                 profile,
                 namespace,
                 name,
                 exists,
-            } => self
-                .world
-                .set_resume_target(profile, &namespace, &name, exists, &mut touched),
+            } => {
+                self.world
+                    .set_resume_target(profile, &namespace, &name, exists, now, &mut touched)
+            }
             Change::Listed {
                 feed,
                 profile,
                 namespace,
                 listed,
-            } => {
-                self.world
-                    .retain_listed(feed, profile, namespace.as_deref(), &listed, &mut touched)
-            }
+            } => self.world.retain_listed(
+                feed,
+                profile,
+                namespace.as_deref(),
+                &listed,
+                now,
+                &mut touched,
+            ),
             Change::Source(status) => {
-                if self.world.set_source(status) {
+                if self.world.set_source(status, now) {
                     touched = self.world.all_subjects();
                 }
             }
@@ -229,6 +239,32 @@ impl Engine {
             self.evaluate(&key.subject, out);
         }
         self.now = max(self.now, to);
+        self.world.advance(self.now);
+    }
+
+    /// What the World noticed and could not act on since the last call (ambiguous
+    /// references): the caller logs and counts them.
+    pub fn take_notices(&mut self) -> Vec<Notice> {
+        self.world.take_notices()
+    }
+
+    /// Which rules run for which profile: a rule runs when every feed it requires has a
+    /// source for that profile.
+    pub fn rules_active(&self) -> Vec<(crate::world::Sym, FindingKind, bool)> {
+        let w = &self.world;
+        w.profiles()
+            .iter()
+            .flat_map(|(p, profile)| {
+                self.rules.iter().map(move |r| {
+                    let on = r
+                        .needs()
+                        .required
+                        .iter()
+                        .all(|f| w.trust(p, *f) != Trust::Unconfigured);
+                    (profile.name.clone(), r.kind(), on)
+                })
+            })
+            .collect()
     }
 
     fn evaluate(&mut self, subject: &Subject, out: &mut Vec<Transition>) {
@@ -288,6 +324,27 @@ impl Engine {
         }
     }
 
+    /// Whether the evidence appeared while every source the finding rests on was trusted.
+    fn seen_live(&self, key: &FindingKey, evidence_at: Ts) -> bool {
+        let Some(rule) = self.rules.iter().find(|r| r.kind() == key.kind) else {
+            return false;
+        };
+        let profile = match &key.subject {
+            Subject::Pod { .. } => self.world.pod_of(&key.subject).map(|p| p.profile),
+            Subject::Record(k) => Some(k.profile),
+        };
+        let needs = rule.needs();
+        let feeds: Vec<Feed> = needs
+            .required
+            .iter()
+            .chain(needs.optional)
+            .copied()
+            .collect();
+        profile
+            .and_then(|p| self.world.trusted_since(p, &feeds))
+            .is_some_and(|since| evidence_at >= since)
+    }
+
     fn clear(&mut self, key: FindingKey, out: &mut Vec<Transition>) {
         if let Some(p) = self.pending.remove(&key)
             && let Some(due) = p.due
@@ -321,14 +378,13 @@ impl Engine {
             return;
         }
         let p = self.pending.entry(key.clone()).or_insert(Pending {
-            first_seen: now,
             due: None,
             last_attempt: c.attempt,
             retries: 0,
         });
         p.retries += bump(&mut p.last_attempt, c.attempt);
         let due = max(
-            p.first_seen.saturating_add(c.hold_for),
+            c.evidence_at.saturating_add(c.hold_for),
             c.not_before.unwrap_or(Ts(i64::MIN)),
         );
         if now >= due {
@@ -337,12 +393,15 @@ impl Engine {
                 self.timers.remove(&(old, key.clone()));
             }
             self.next_id += 1;
+            let evidence_at = c.evidence_at.min(now);
+            let seen_live = self.seen_live(&key, evidence_at);
             let finding = OpenFinding {
                 id: self.next_id,
                 finding: c.finding,
                 opened_at: now,
-                evidence_at: c.evidence_at.unwrap_or(p.first_seen).min(now),
+                evidence_at,
                 retries_after_death: p.retries,
+                seen_live,
                 subject: key.subject.clone(),
             };
             out.push(Transition {

@@ -83,10 +83,10 @@ pub struct Finding {
 #[derive(Clone, Debug)]
 pub struct Candidate {
     pub finding: Finding,
-    /// When the evidence happened (a container's finishedAt, a sandbox's death), if known;
-    /// otherwise the engine uses the moment it first saw the condition.
-    pub evidence_at: Option<Ts>,
-    /// How long the condition must hold, as observed, before the finding opens.
+    /// When the condition began to hold, from what the sources say: a container's
+    /// finishedAt, a sandbox's death, a record's `updated_at`, a pod's observed departure.
+    pub evidence_at: Ts,
+    /// How long after `evidence_at` the finding opens (the absence and leak graces).
     pub hold_for: Duration,
     /// The finding may not open before this instant (e.g. finishedAt + the sidecar grace).
     pub not_before: Option<Ts>,
@@ -120,6 +120,9 @@ pub struct OpenFinding {
     pub evidence_at: Ts,
     /// Attempt increments seen since the agent died.
     pub retries_after_death: u64,
+    /// The evidence appeared while every source the finding rests on was synced and fresh,
+    /// so `opened_at - evidence_at` is a detection latency (not a restart's backlog).
+    pub seen_live: bool,
     /// What the finding is about, as the engine keys it (a pod incarnation or a record).
     pub subject: Subject,
 }
@@ -135,9 +138,12 @@ pub struct Transition {
 }
 
 impl Transition {
-    /// Seconds from the evidence to the finding opening.
-    pub fn detection_latency_secs(&self) -> f64 {
-        self.finding.opened_at.secs_since(self.finding.evidence_at)
+    /// Seconds from the evidence to the finding opening, when the evidence appeared while
+    /// sandwatch was looking (`None` for what held before its sources were synced).
+    pub fn detection_latency_secs(&self) -> Option<f64> {
+        self.finding
+            .seen_live
+            .then(|| self.finding.opened_at.secs_since(self.finding.evidence_at))
     }
 
     pub fn open_for_secs(&self) -> f64 {

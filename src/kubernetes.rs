@@ -117,18 +117,21 @@ struct SlimMeta {
     namespace: Option<String>,
     uid: Option<String>,
     resource_version: Option<String>,
+    #[serde(default, deserialize_with = "crate::json::unique_map")]
     labels: Option<BTreeMap<String, String>>,
+    #[serde(default, deserialize_with = "crate::json::unique_map")]
     annotations: Option<BTreeMap<String, String>>,
     creation_timestamp: Option<Ts>,
     deletion_timestamp: Option<Ts>,
 }
 
+fn time(t: Option<Ts>) -> Option<Time> {
+    t.and_then(|t| jiff::Timestamp::from_millisecond(t.0).ok())
+        .map(Time)
+}
+
 fn slim_meta<'de, D: Deserializer<'de>>(d: D) -> Result<ObjectMeta, D::Error> {
     let m = SlimMeta::deserialize(d)?;
-    let time = |t: Option<Ts>| {
-        t.and_then(|t| jiff::Timestamp::from_millisecond(t.0).ok())
-            .map(Time)
-    };
     Ok(ObjectMeta {
         name: m.name,
         namespace: m.namespace,
@@ -148,28 +151,145 @@ fn null_as_default<'de, D: Deserializer<'de>, T: Deserialize<'de> + Default>(
     Ok(Option::<T>::deserialize(d)?.unwrap_or_default())
 }
 
-/// A custom resource, read leniently: its identity and whatever its `status` holds (only
-/// `status.phase` is used). Whatever shape a CRD gives the rest, the object decodes.
+/// A custom resource, read leniently: its identity, `status.phase`, and the times that say
+/// when it last changed. Whatever shape a CRD gives the rest, the object decodes.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(from = "CustomWire")]
+pub struct CustomObject {
+    pub api_version: String,
+    pub kind: String,
+    pub metadata: ObjectMeta,
+    /// When it was last written: the newest `metadata.managedFields[].time`.
+    pub written_at: Option<Ts>,
+    pub status: CustomStatus,
+}
+
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(rename_all = "camelCase")]
-pub struct CustomObject {
+pub struct CustomStatus {
+    /// A string phase; any other type reads as no phase.
     #[serde(default)]
-    pub api_version: String,
-    #[serde(default)]
-    pub kind: String,
-    #[serde(deserialize_with = "slim_meta")]
-    pub metadata: ObjectMeta,
-    #[serde(default)]
-    pub status: Option<serde_json::Value>,
+    pub phase: Option<serde_json::Value>,
+    #[serde(default, deserialize_with = "null_as_default")]
+    pub conditions: Vec<Condition>,
 }
 
 impl CustomObject {
     pub fn phase(&self) -> Option<String> {
-        self.status
-            .as_ref()?
-            .get("phase")?
-            .as_str()
-            .map(String::from)
+        self.status.phase.as_ref()?.as_str().map(String::from)
+    }
+
+    /// The latest of when it was written, created, or one of its conditions changed: a
+    /// bound on when its current phase began, from the object itself.
+    pub fn changed_at(&self) -> Option<Ts> {
+        let conditions = self
+            .status
+            .conditions
+            .iter()
+            .map(|c| c.last_transition_time);
+        conditions
+            .chain([self.written_at, ts(&self.metadata.creation_timestamp)])
+            .flatten()
+            .max()
+    }
+}
+
+/// How a custom resource arrives: with `metadata.managedFields` times, which are read for
+/// [`CustomObject::written_at`] and then dropped.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct CustomWire {
+    #[serde(default)]
+    api_version: String,
+    #[serde(default)]
+    kind: String,
+    metadata: CustomMeta,
+    #[serde(default, deserialize_with = "null_as_default")]
+    status: CustomStatus,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct CustomMeta {
+    name: Option<String>,
+    namespace: Option<String>,
+    uid: Option<String>,
+    resource_version: Option<String>,
+    creation_timestamp: Option<Ts>,
+    deletion_timestamp: Option<Ts>,
+    #[serde(default, deserialize_with = "null_as_default")]
+    managed_fields: Vec<ManagedField>,
+}
+
+#[derive(Deserialize)]
+struct ManagedField {
+    time: Option<Ts>,
+}
+
+impl From<CustomWire> for CustomObject {
+    fn from(w: CustomWire) -> CustomObject {
+        let m = w.metadata;
+        CustomObject {
+            api_version: w.api_version,
+            kind: w.kind,
+            written_at: m.managed_fields.iter().filter_map(|f| f.time).max(),
+            metadata: ObjectMeta {
+                name: m.name,
+                namespace: m.namespace,
+                uid: m.uid,
+                resource_version: m.resource_version,
+                creation_timestamp: time(m.creation_timestamp),
+                deletion_timestamp: time(m.deletion_timestamp),
+                ..ObjectMeta::default()
+            },
+            status: w.status,
+        }
+    }
+}
+
+/// An object as a live watch delivers it: decoded into `T` when it can be, else its identity
+/// and why not, so that one object the slim decoder cannot read is skipped and counted
+/// instead of failing the whole list (and keeping its source unsynced).
+#[derive(Clone, Debug)]
+pub struct Lenient<T> {
+    pub decoded: Result<T, (ObjectMeta, String)>,
+}
+
+impl<'de, T: serde::de::DeserializeOwned> Deserialize<'de> for Lenient<T> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let raw = Box::<serde_json::value::RawValue>::deserialize(d)?;
+        if let Ok(t) = serde_json::from_str::<T>(raw.get()) {
+            return Ok(Lenient { decoded: Ok(t) });
+        }
+        // Say where it broke, then keep what identifies it.
+        let mut de = serde_json::Deserializer::from_str(raw.get());
+        let why = match serde_path_to_error::deserialize::<_, T>(&mut de) {
+            Err(e) => format!("{}: {}", e.path(), e.inner()),
+            Ok(_) => "not decodable".to_string(),
+        };
+        #[derive(Deserialize)]
+        struct Identity {
+            metadata: IdentityMeta,
+        }
+        #[derive(Deserialize)]
+        #[serde(rename_all = "camelCase")]
+        struct IdentityMeta {
+            name: Option<String>,
+            namespace: Option<String>,
+            uid: Option<String>,
+            resource_version: Option<String>,
+        }
+        let id: Identity = serde_json::from_str(raw.get()).map_err(serde::de::Error::custom)?;
+        let meta = ObjectMeta {
+            name: id.metadata.name,
+            namespace: id.metadata.namespace,
+            uid: id.metadata.uid,
+            resource_version: id.metadata.resource_version,
+            ..ObjectMeta::default()
+        };
+        Ok(Lenient {
+            decoded: Err((meta, why)),
+        })
     }
 }
 
@@ -214,6 +334,48 @@ macro_rules! dynamic_resource {
 
 dynamic_resource!(Object);
 dynamic_resource!(CustomObject);
+
+impl<T> kube::Resource for Lenient<T>
+where
+    T: kube::Resource<DynamicType = ApiResource, Scope = DynamicResourceScope>,
+{
+    type DynamicType = ApiResource;
+    type Scope = DynamicResourceScope;
+
+    fn kind(dt: &ApiResource) -> Cow<'_, str> {
+        T::kind(dt)
+    }
+
+    fn group(dt: &ApiResource) -> Cow<'_, str> {
+        T::group(dt)
+    }
+
+    fn version(dt: &ApiResource) -> Cow<'_, str> {
+        T::version(dt)
+    }
+
+    fn api_version(dt: &ApiResource) -> Cow<'_, str> {
+        T::api_version(dt)
+    }
+
+    fn plural(dt: &ApiResource) -> Cow<'_, str> {
+        T::plural(dt)
+    }
+
+    fn meta(&self) -> &ObjectMeta {
+        match &self.decoded {
+            Ok(t) => t.meta(),
+            Err((m, _)) => m,
+        }
+    }
+
+    fn meta_mut(&mut self) -> &mut ObjectMeta {
+        match &mut self.decoded {
+            Ok(t) => t.meta_mut(),
+            Err((m, _)) => m,
+        }
+    }
+}
 
 fn ts(t: &Option<Time>) -> Option<Ts> {
     t.as_ref().map(|t| Ts(t.0.as_millisecond()))

@@ -19,6 +19,7 @@
 pub mod config;
 pub mod engine;
 pub mod finding;
+pub mod json;
 pub mod kubernetes;
 pub mod live;
 pub mod profile;
@@ -30,6 +31,8 @@ pub mod shard;
 pub mod sinks;
 pub mod sources;
 pub mod telemetry;
+pub mod text;
 pub mod time;
 pub mod tls;
+pub mod trust;
 pub mod world;

@@ -107,24 +107,22 @@ impl Daemon {
         let (stop, stop_rx) = watch::channel(false);
         let mut tasks = JoinSet::new();
 
-        // Records sources first: a broken URL file or a missing ingest token stops the start.
+        // Records sources first: a missing ingest token stops the start. A database whose URL
+        // cannot be read yet runs anyway, reported down (not ready) with the reason, and
+        // connects once the URL is there.
         let mut databases = Vec::new();
         for (id, p) in profiles.iter() {
-            let Some(pg) = &p.records.postgres else {
-                continue;
-            };
-            match Postgres::new(
-                id,
-                &p.name,
-                pg.clone(),
-                settings.database_url_file.as_deref(),
-            )? {
-                Some(db) => databases.push(db),
-                None => warn!(
-                    profile = %p.name,
-                    "no database URL (set {} or --database-url-file): running without this profile's database records; only the rules that need none run",
-                    pg.url_env
-                ),
+            if let Some(pg) = &p.records.postgres {
+                let db = Postgres::new(
+                    id,
+                    &p.name,
+                    pg.clone(),
+                    settings.database_url_file.as_deref(),
+                );
+                if let Err(e) = db.url() {
+                    warn!(source = %db.name, "{e}: the source is down (the daemon is not ready) until a URL can be read; rules that rest on its records hold");
+                }
+                databases.push(db);
             }
         }
         let ingest_kinds = ingest::kinds(&profiles);
@@ -320,6 +318,11 @@ impl EngineTask {
             let out = self.engine.apply(at, change);
             if let Some((name, ok)) = &source {
                 self.health.source_status(name, *ok);
+                self.findings.set_rules_active(&self.engine.rules_active());
+            }
+            for n in self.engine.take_notices() {
+                self.health.notice(&n);
+                warn!(reason = n.reason, "{}", n.message);
             }
             for t in &out {
                 self.findings.transition(t);
@@ -349,6 +352,7 @@ impl EngineTask {
             sources: self.engine.world().sources().to_vec(),
             pods: self.engine.world().pod_count(),
             records: self.engine.world().record_count(),
+            rules: self.engine.rules_active(),
         };
         self.snapshot.send_replace(Arc::new(snap));
     }

@@ -44,6 +44,11 @@ pub struct Records {
     pub postgres: Option<PostgresRecords>,
     /// The record kinds the ingest API accepts for this profile.
     pub ingest: Vec<RecordKind>,
+    /// Where the pods of records that name no namespace live.
+    pub default_namespace: Option<String>,
+    /// Record kinds whose ids are unique only within a namespace (besides sessions read
+    /// from a custom resource, which always are).
+    pub namespaced_ids: Vec<RecordKind>,
 }
 
 /// Polling the platform's PostgreSQL, read-only.
@@ -308,6 +313,20 @@ impl Default for Grace {
             absence: Duration::from_secs(120),
             leaked_pod: Duration::from_secs(600),
         }
+    }
+}
+
+impl Profile {
+    /// Whether records of this kind are identified by namespace and id (rather than by id
+    /// alone): sessions read from a custom resource, and the kinds `records.namespaced_ids`
+    /// lists.
+    pub fn namespaced_ids(&self, kind: RecordKind) -> bool {
+        self.records.namespaced_ids.contains(&kind)
+            || (kind == RecordKind::Session
+                && self
+                    .custom_resources
+                    .iter()
+                    .any(|c| c.role == ResourceRole::Session))
     }
 }
 

@@ -162,6 +162,15 @@ impl RecordDoc {
             )
         })?;
         let p = profiles.get(profile);
+        if namespace.is_none() && p.records.default_namespace.is_none() && p.namespaced_ids(kind) {
+            return Err(InputError::new(
+                "missing_field",
+                format!(
+                    "record.namespace: missing on {kind_text} {id:?}: profile {:?} identifies {kind_text}s by namespace and id",
+                    p.name
+                ),
+            ));
+        }
         let known = match kind {
             RecordKind::Session => p.sessions.classify(&state).is_some(),
             RecordKind::Execution => p.executions.classify(&state).is_some(),

@@ -49,6 +49,9 @@ pub fn run<W: Write>(
             .for_each_decoded(
                 |value| {
                     let result = replay.decoded(value, &mut transitions);
+                    for n in replay.engine.take_notices() {
+                        warn!(reason = n.reason, "{}", n.message);
+                    }
                     for t in transitions.drain(..) {
                         metric_sink.transition(&t);
                         if write_error.is_none() {
@@ -73,6 +76,7 @@ pub fn run<W: Write>(
         return Err(anyhow::anyhow!("writing the report: {e}"));
     }
     let counts = replay.counts;
+    metrics.set_rules_active(&replay.engine.rules_active());
     let out = report.finish(&counts)?;
     let mut text = String::new();
     prometheus_client::encoding::text::encode(&mut text, &registry)?;

@@ -19,16 +19,42 @@ impl Ts {
         Ts(jiff::Timestamp::now().as_millisecond())
     }
 
-    /// Parses an RFC 3339 timestamp such as Kubernetes writes (`2026-05-01T10:00:00Z`,
-    /// `2026-05-01T10:00:08.123456Z`) or PostgreSQL prints (`2026-05-01 10:00:00+00`).
+    /// The earliest and latest instants accepted from outside: 1970-01-01T00:00:00Z, and
+    /// 2100-01-01T00:00:00Z (a later date is a sentinel such as 9999-12-31 or a corrupt
+    /// value; taken as a time it would move a replay's clock decades ahead, or keep a grace
+    /// period from ever ending).
+    pub const EARLIEST: Ts = Ts(0);
+    pub const LATEST: Ts = Ts(4_102_444_800_000);
+
+    /// The one timestamp parser for everything read from outside (watch events, records,
+    /// replay files, the ingest API): RFC 3339 with an offset, as Kubernetes writes it
+    /// (`2026-05-01T10:00:00Z`, `2026-05-01T10:00:08.123456Z`) or PostgreSQL prints it
+    /// (`2026-05-01 10:00:00+00`), between [`Ts::EARLIEST`] and [`Ts::LATEST`].
     pub fn parse(text: &str) -> Result<Ts, String> {
-        if let Some(t) = Ts::parse_kubernetes(text.as_bytes()) {
-            return Ok(t);
+        let t = match Ts::parse_kubernetes(text.as_bytes()) {
+            Some(t) => t,
+            None => text
+                .trim()
+                .parse::<jiff::Timestamp>()
+                .map(|t| Ts(t.as_millisecond()))
+                .map_err(|e| format!("{text:?} is not an RFC 3339 timestamp ({e})"))?,
+        };
+        Ts::plausible(t).map_err(|e| format!("{text:?} {e}"))
+    }
+
+    /// Milliseconds since the epoch from outside (a database column), within the same bounds.
+    pub fn from_millis(ms: i64) -> Result<Ts, String> {
+        Ts::plausible(Ts(ms)).map_err(|e| format!("{} {e}", Ts(ms)))
+    }
+
+    fn plausible(t: Ts) -> Result<Ts, String> {
+        if t < Ts::EARLIEST {
+            Err("is before 1970: not a plausible time".into())
+        } else if t >= Ts::LATEST {
+            Err("is after 2100: a far-future date is taken as a sentinel or a corrupt value, not a time".into())
+        } else {
+            Ok(t)
         }
-        text.trim()
-            .parse::<jiff::Timestamp>()
-            .map(|t| Ts(t.as_millisecond()))
-            .map_err(|e| format!("{text:?} is not an RFC 3339 timestamp ({e})"))
     }
 
     /// The exact form the API server writes (`2026-05-01T10:00:00Z`), without a general
@@ -137,12 +163,26 @@ mod tests {
             "1970-01-01T00:00:00Z",
             "2024-02-29T23:59:59Z",
             "2026-12-31T00:00:01Z",
-            "1969-07-20T20:17:40Z",
+            "1999-07-20T20:17:40Z",
         ] {
             let general = t.parse::<jiff::Timestamp>().unwrap().as_millisecond();
             assert_eq!(Ts::parse_kubernetes(t.as_bytes()), Some(Ts(general)), "{t}");
         }
         assert_eq!(Ts::parse_kubernetes(b"2026-02-30T00:00:00Z"), None);
         assert!(Ts::parse("2026-02-30T00:00:00Z").is_err());
+        // Far-future sentinels and times before the epoch are not times.
+        for bad in [
+            "9999-12-31T23:59:59Z",
+            "2100-01-01T00:00:00Z",
+            "1969-07-20T20:17:40Z",
+        ] {
+            let e = Ts::parse(bad).unwrap_err();
+            assert!(
+                e.contains(bad) && e.contains("plausible") || e.contains("far-future"),
+                "{e}"
+            );
+        }
+        assert!(Ts::parse("2099-12-31T23:59:59Z").is_ok());
+        assert!(Ts::from_millis(Ts::LATEST.0).is_err());
     }
 }

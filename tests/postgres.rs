@@ -604,8 +604,8 @@ async fn the_ingest_api_needs_its_token_and_limits_bodies() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_notification_on_the_listen_channel_polls_at_once() {
     let (db, sql, server) = setup().await;
-    server.create(centaur_pod("other").stored()); // the pod source is live
-    sql.batch_execute("INSERT INTO sandbox_sessions (thread_key, sandbox_id, state) VALUES ('t-1', 'centaur-sandbox-t-1', 'creating')")
+    server.create(centaur_pod("other").stored()); // the pod source is live, its pod owned
+    sql.batch_execute("INSERT INTO sandbox_sessions (thread_key, sandbox_id, state) VALUES ('t-1', 'centaur-sandbox-t-1', 'creating'), ('other', 'centaur-sandbox-other', 'running')")
         .await
         .unwrap();
     // Polls are an hour apart: only the notification can bring the change in time.

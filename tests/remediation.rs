@@ -849,6 +849,7 @@ async fn deleting_a_pod_spares_a_replacement_of_the_same_name() {
         opened_at: sandwatch::time::Ts(0),
         evidence_at: sandwatch::time::Ts(0),
         retries_after_death: 0,
+        seen_live: true,
         subject: Subject::Pod {
             namespace: "agents".into(),
             name: "sandbox-s-1".into(),

@@ -401,9 +401,17 @@ fn nothing_absence_based_opens_or_resolves_while_the_pod_source_is_unsynced() {
         s.events().is_empty(),
         "unsynced pods say nothing about absence"
     );
+    // Once synced, its complete list lacks the pod: the session has been suspended since 0,
+    // long past the grace, so the finding opens at once, dated from the record.
     s.source("pods", &[Feed::Pods], true);
+    assert_eq!(s.events(), ["opened orphaned_suspended_session@10000"]);
+    assert_eq!(s.log[0].finding.evidence_at, ts(0));
+    assert_eq!(
+        s.log[0].detection_latency_secs(),
+        None,
+        "it held before the pods were synced: not a detection latency"
+    );
     s.at(10_120);
-    assert_eq!(s.events(), ["opened orphaned_suspended_session@10120"]);
     // The source goes stale: the finding holds, even though the record changes.
     s.source("pods", &[Feed::Pods], false);
     s.at(10_200)
@@ -478,13 +486,12 @@ fn a_records_source_of_one_profile_does_not_vouch_for_another() {
     let mut s = Sim::bare(sandwatch::config::load_str(TWO_PLATFORMS).unwrap());
     s.source("pods", &[Feed::Pods], true);
     // Sessions are known for the first profile only.
-    s.apply(Change::Source(SourceStatus {
-        name: "postgres/with-records".into(),
-        profile: Some(ProfileId(0)),
-        feeds: vec![Feed::Sessions, Feed::Executions],
-        synced: true,
-        fresh: true,
-    }));
+    s.apply(Change::Source(SourceStatus::new(
+        "postgres/with-records",
+        Some(ProfileId(0)),
+        vec![Feed::Sessions, Feed::Executions],
+        true,
+    )));
     let theirs = pod("other", "sandbox-b")
         .label("sandwatch.io/session", "b")
         .container("agent", C::Running(1));

@@ -295,6 +295,7 @@ mod tests {
             opened_at: Ts(1000),
             evidence_at: Ts(900),
             retries_after_death: 3,
+            seen_live: true,
             subject: Subject::Record(RecordKey {
                 kind: RecordKind::Execution,
                 profile: ProfileId(0),

@@ -271,18 +271,40 @@ struct Circuit {
     open_until: Option<Instant>,
 }
 
-/// Whether every source a finding of this kind (of this profile) rests on is synced and fresh.
-fn trusted(sources: &[SourceStatus], profile: ProfileId, kind: FindingKind) -> bool {
-    let Some(rule) = crate::rules::ALL.iter().find(|r| r.kind() == kind) else {
+/// Whether every source a finding rests on is synced and fresh, and, for a finding that rests
+/// on something missing, whether that absence is still evidence where the finding is
+/// (the same verdict the rules use, [`crate::trust::absence`]).
+fn trusted(sources: &[SourceStatus], profile: ProfileId, f: &crate::finding::Finding) -> bool {
+    let Some(rule) = crate::rules::ALL.iter().find(|r| r.kind() == f.kind) else {
         return false;
     };
     let needs = rule.needs();
-    let ok = |feed: &Feed, required: bool| match crate::world::trust(sources, profile, *feed) {
+    let ok = |feed: &Feed, required: bool| match crate::trust::trust(sources, profile, *feed) {
         Trust::Trusted => true,
         Trust::Unconfigured => !required,
         Trust::Untrusted => false,
     };
-    needs.required.iter().all(|f| ok(f, true)) && needs.optional.iter().all(|f| ok(f, false))
+    if !(needs.required.iter().all(|f| ok(f, true)) && needs.optional.iter().all(|f| ok(f, false)))
+    {
+        return false;
+    }
+    let missing = match &*f.reason {
+        "PodGone" => Some(Feed::Pods),
+        "NoSession" | "SessionTerminal" => Some(Feed::Sessions),
+        "ResourceGone" => Some(Feed::ResumeTargets),
+        _ => None,
+    };
+    missing.is_none_or(|feed| {
+        crate::trust::absence(
+            sources,
+            crate::shard::Shard::ALL,
+            profile,
+            feed,
+            f.namespace.as_deref(),
+            crate::trust::Holder::Everywhere,
+        )
+        .is_ok()
+    })
 }
 
 /// The remediation task.
@@ -409,7 +431,7 @@ impl Controller {
             open_ids.insert(f.id);
             open_keys.insert(key.clone());
             if wall < f.opened_at.saturating_add(action.grace)
-                || !trusted(&snap.sources, action.profile, f.finding.kind)
+                || !trusted(&snap.sources, action.profile, &f.finding)
             {
                 continue;
             }
@@ -472,7 +494,7 @@ impl Controller {
     fn still_needed(&self, f: &OpenFinding, index: usize) -> bool {
         let snap = self.snapshot.borrow();
         snap.findings.iter().any(|g| g.id == f.id)
-            && trusted(&snap.sources, self.list[index].profile, f.finding.kind)
+            && trusted(&snap.sources, self.list[index].profile, &f.finding)
     }
 
     fn circuit_open(&mut self, index: usize, now: Instant) -> bool {

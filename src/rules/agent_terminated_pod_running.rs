@@ -62,7 +62,7 @@ impl super::Rule for Rule {
         finding.exit_code = Some(agent.exit_code);
         Some(Candidate {
             finding,
-            evidence_at: Some(agent.finished_at),
+            evidence_at: agent.finished_at,
             hold_for: std::time::Duration::ZERO,
             not_before: (!plain_sidecar).then(|| agent.finished_at.saturating_add(grace)),
             attempt: None,

@@ -3,7 +3,8 @@
 //!
 //! Opens when an execution is in an active state and its agent is dead: its external sandbox
 //! is in a dead state, its pod's agent container has terminated for good, or its pod is gone
-//! (absence: only while the pod source is trusted, and after the absence grace). The agent is
+//! (absence: only where the pod source sees, and after the absence grace, counted from the
+//! later of the execution's and its session's `updated_at` and the pod's departure). The agent is
 //! found through the execution's sandbox, its explicit pod, a pod keyed by its id, or its
 //! session's pod. The engine counts every attempt increment seen after the death: that is the
 //! reclaim / retry loop the platform runs against a corpse. Resolves when the execution
@@ -13,9 +14,9 @@ use std::time::Duration;
 
 use crate::finding::{Candidate, Finding, FindingKind};
 use crate::profile::{ExecutionClass, SandboxClass};
-use crate::rules::{Needs, SubjectKind, SubjectView};
+use crate::rules::{Needs, SubjectKind, SubjectView, pod_holder};
 use crate::time::Ts;
-use crate::world::{Feed, PodLink, StateClass, Trust, World};
+use crate::world::{Feed, PodLink, StateClass, World};
 
 pub struct Rule;
 
@@ -46,7 +47,7 @@ impl super::Rule for Rule {
         let mut finding = Finding {
             kind: self.kind(),
             profile: profile.name.clone(),
-            namespace: key.namespace.clone(),
+            namespace: rec.namespace.clone(),
             pod: rec.pod.clone(),
             session: rec.session.clone(),
             execution: Some(key.id.clone()),
@@ -57,7 +58,7 @@ impl super::Rule for Rule {
             state: Some(rec.state.clone()),
             pod_uid: None,
         };
-        let candidate = |finding: Finding, evidence_at: Option<Ts>, hold_for: Duration| {
+        let candidate = |finding: Finding, evidence_at: Ts, hold_for: Duration| {
             Some(Candidate {
                 finding,
                 evidence_at,
@@ -73,19 +74,39 @@ impl super::Rule for Rule {
                 return None;
             }
             finding.reason = "SandboxDead".into();
-            return candidate(finding, Some(sandbox.since), Duration::ZERO);
+            return candidate(finding, sandbox.since, Duration::ZERO);
         }
         match world.pod_of_execution(key, rec) {
-            PodLink::None => None,
+            PodLink::None | PodLink::Ambiguous => None,
             PodLink::Missing => {
-                if world.trust(key.profile, Feed::Pods) != Trust::Trusted {
-                    return None;
-                }
-                if finding.pod.is_none() {
-                    finding.pod = world.session_of(key, rec).and_then(|(_, s)| s.pod.clone());
-                }
+                // Where its pod would be: the execution's own link, else its session's.
+                let session = world.found_session_of(key, rec);
+                let srec = session.as_ref().map(|(_, s)| *s);
+                let namespace = rec
+                    .namespace
+                    .clone()
+                    .or_else(|| srec.and_then(|s| s.namespace.clone()));
+                let pod = rec.pod.clone().or_else(|| srec.and_then(|s| s.pod.clone()));
+                let session_id = session.as_ref().map(|(k, _)| k.id.clone());
+                let holder = pod_holder(world, key.profile, session_id.as_deref(), pod.as_deref());
+                world
+                    .absence(key.profile, Feed::Pods, namespace.as_deref(), holder)
+                    .ok()?;
+                let departed = world.pod_departed(
+                    key.profile,
+                    pod.as_ref(),
+                    session_id.as_ref(),
+                    Some(&key.id),
+                );
+                let evidence = [Some(rec.since), srec.map(|s| s.since), departed]
+                    .into_iter()
+                    .flatten()
+                    .max()
+                    .unwrap_or(rec.since);
+                finding.namespace = namespace;
+                finding.pod = pod;
                 finding.reason = "PodGone".into();
-                candidate(finding, None, profile.grace.absence)
+                candidate(finding, evidence, profile.grace.absence)
             }
             PodLink::Found(pod) => {
                 let death = pod.agent_death()?;
@@ -95,7 +116,7 @@ impl super::Rule for Rule {
                 finding.reason = death.reason;
                 finding.container = Some(death.container.clone());
                 finding.exit_code = death.exit_code;
-                candidate(finding, death.at, Duration::ZERO)
+                candidate(finding, death.at.unwrap_or(rec.since), Duration::ZERO)
             }
         }
     }

@@ -3,14 +3,17 @@
 //! Opens when a sandbox pod that is not terminating has no session record in an active,
 //! suspended or transitional state (none at all, or only finished ones) for longer than the
 //! profile's leak grace (default 10 minutes). Rests on the absence of a record, so it needs
-//! the session source to be trusted. Resolves when the pod is deleted or starts terminating,
+//! the session source to be trusted and to see the pod's namespace (and, when sharded, the pod
+//! to carry the session key that puts its sessions on this shard). The grace counts from the
+//! later of the pod's creation, its last session's end and the departure of a session record
+//! that claimed it. Resolves when the pod is deleted or starts terminating,
 //! or a live session claims it.
 
 use crate::finding::{Candidate, FindingKind};
 use crate::profile::SessionClass;
 use crate::rules::{Needs, SubjectKind, SubjectView, pod_identity};
 use crate::time::Ts;
-use crate::world::{Feed, StateClass, World};
+use crate::world::{Feed, Holder, StateClass, World};
 
 pub struct Rule;
 
@@ -44,7 +47,12 @@ impl super::Rule for Rule {
         {
             return None;
         }
-        let last = sessions.first();
+        // No live session claims it: evidence only if a claim would be seen here.
+        let holder = pod.session.as_deref().map_or(Holder::Unknown, Holder::Key);
+        world
+            .absence(pod.profile, Feed::Sessions, Some(&pod.namespace), holder)
+            .ok()?;
+        let last = sessions.iter().max_by_key(|(_, s)| s.since);
         let reason = if last.is_some() {
             "SessionTerminal"
         } else {
@@ -55,9 +63,20 @@ impl super::Rule for Rule {
             finding.session = Some(key.id.clone());
             finding.state = Some(rec.state.clone());
         }
+        // Unowned since the later of its creation, its last session's end, and the
+        // departure of a session record that claimed it.
+        let evidence_at = [
+            Some(pod.created_at),
+            last.map(|(_, s)| s.since),
+            world.session_departed(pod),
+        ]
+        .into_iter()
+        .flatten()
+        .max()
+        .unwrap_or(pod.created_at);
         Some(Candidate {
             finding,
-            evidence_at: None,
+            evidence_at,
             hold_for: world.profiles().get(pod.profile).grace.leaked_pod,
             not_before: None,
             attempt: None,

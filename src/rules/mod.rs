@@ -7,13 +7,17 @@
 //!
 //! Before a rule runs, the engine checks the feeds it declares: if a required feed has no
 //! source the rule does not run at all; if any feed it rests on is unsynced or stale, its
-//! findings hold as they are (absence is not evidence).
+//! findings hold as they are. A rule that rests on something *missing* asks
+//! [`World::absence`] whether the absence is evidence (the sources that would show it are
+//! trusted, see where it would be, and this shard would hold it), and dates its evidence from
+//! what the sources said: a record's `updated_at`, a pod's observed departure.
 //!
 //! Adding a rule: one new file here, and one line in [`ALL`].
 
 use crate::finding::{Candidate, FindingKind};
+use crate::profile::ProfileId;
 use crate::time::Ts;
-use crate::world::{Feed, Pod, RecordKey, StoredRecord, World};
+use crate::world::{Feed, Holder, Pod, RecordKey, StoredRecord, World};
 
 mod agent_terminated_pod_running;
 mod execution_on_dead_agent;
@@ -79,5 +83,26 @@ pub(crate) fn pod_identity(
         exit_code: None,
         state: None,
         pod_uid: Some(pod.uid.to_string().into()),
+    }
+}
+
+/// Which shard would hold a session's pod: the one owning its session key when the profile's
+/// pods carry one, else the one owning the pod's name; not known without either.
+pub(crate) fn pod_holder<'a>(
+    world: &World,
+    profile: ProfileId,
+    session: Option<&'a str>,
+    pod: Option<&'a str>,
+) -> Holder<'a> {
+    let keyed = world
+        .profiles()
+        .get(profile)
+        .pods
+        .as_ref()
+        .is_some_and(|m| m.session_key.is_some());
+    match (keyed, session, pod) {
+        (true, Some(s), _) => Holder::Key(s),
+        (false, _, Some(p)) => Holder::Key(p),
+        _ => Holder::Unknown,
     }
 }

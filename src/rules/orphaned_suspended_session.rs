@@ -4,15 +4,16 @@
 //! Opens when a session is in a suspended state and the place it resumes from is gone: its
 //! pod, for bare-pod backends, or (when the profile says `resume_from: custom_resource`) the
 //! custom resource named by its pod link, e.g. a Sandbox scaled to zero. Both are absences, so
-//! the finding needs the source that would show the pod or resource to be trusted, and the
-//! absence to last the profile's absence grace. Resolves when the session leaves the suspended
+//! the finding needs the source that would show the pod or resource to be trusted and to see
+//! where it would be, and the absence to have lasted the profile's absence grace, counted from
+//! the later of the session's `updated_at` and the pod's (or resource's) observed departure. Resolves when the session leaves the suspended
 //! state or its pod / resource exists again.
 
 use crate::finding::{Candidate, Finding, FindingKind};
 use crate::profile::{ResumeFrom, SessionClass};
-use crate::rules::{Needs, SubjectKind, SubjectView};
+use crate::rules::{Needs, SubjectKind, SubjectView, pod_holder};
 use crate::time::Ts;
-use crate::world::{Feed, PodLink, StateClass, Trust, World};
+use crate::world::{Feed, Holder, PodLink, StateClass, World};
 
 pub struct Rule;
 
@@ -40,31 +41,37 @@ impl super::Rule for Rule {
             return None;
         }
         let profile = world.profiles().get(key.profile);
-        let reason = match profile.sessions.resume_from() {
+        let ns = rec.namespace.as_deref();
+        let (reason, departed) = match profile.sessions.resume_from() {
             ResumeFrom::Pod => {
-                if world.trust(key.profile, Feed::Pods) != Trust::Trusted {
+                let PodLink::Missing = world.pod_of_session(key, rec) else {
                     return None;
-                }
-                match world.pod_of_session(key, rec) {
-                    PodLink::Missing => "PodGone",
-                    PodLink::Found(_) | PodLink::None => return None,
-                }
+                };
+                let holder = pod_holder(world, key.profile, Some(&key.id), rec.pod.as_deref());
+                world.absence(key.profile, Feed::Pods, ns, holder).ok()?;
+                let departed =
+                    world.pod_departed(key.profile, rec.pod.as_ref(), Some(&key.id), None);
+                ("PodGone", departed)
             }
             ResumeFrom::CustomResource => {
-                if world.trust(key.profile, Feed::ResumeTargets) != Trust::Trusted {
+                if world.resume_target_exists(key, rec) != Some(false) {
                     return None;
                 }
-                match world.resume_target_exists(key, rec) {
-                    Some(false) => "ResourceGone",
-                    Some(true) | None => return None,
-                }
+                world
+                    .absence(key.profile, Feed::ResumeTargets, ns, Holder::Everywhere)
+                    .ok()?;
+                let departed = rec
+                    .pod
+                    .as_ref()
+                    .and_then(|name| world.resume_target_departed(key.profile, name));
+                ("ResourceGone", departed)
             }
         };
         Some(Candidate {
             finding: Finding {
                 kind: self.kind(),
                 profile: profile.name.clone(),
-                namespace: key.namespace.clone(),
+                namespace: rec.namespace.clone(),
                 pod: rec.pod.clone(),
                 session: Some(key.id.clone()),
                 execution: None,
@@ -75,7 +82,7 @@ impl super::Rule for Rule {
                 state: Some(rec.state.clone()),
                 pod_uid: None,
             },
-            evidence_at: None,
+            evidence_at: departed.map_or(rec.since, |d| d.max(rec.since)),
             hold_for: profile.grace.absence,
             not_before: None,
             attempt: None,

@@ -2,15 +2,16 @@
 //! (incident 03: the AgenticSession stays Running while its runner is OOM-killed).
 //!
 //! Opens when a session is in an active state and its pod's agent container has terminated
-//! for good (or the pod has finished), or its pod is gone (absence: only while the pod source
-//! is trusted, and after the absence grace, which covers a pod being re-created). Resolves when
+//! for good (or the pod has finished), or its pod is gone (absence: only where the pod source
+//! sees, and after the absence grace, which covers a pod being re-created, counted from the
+//! later of the session's `updated_at` and the pod's observed departure). Resolves when
 //! the session leaves the active state or a live agent is back.
 
 use std::time::Duration;
 
 use crate::finding::{Candidate, Finding, FindingKind};
 use crate::profile::SessionClass;
-use crate::rules::{Needs, SubjectKind, SubjectView};
+use crate::rules::{Needs, SubjectKind, SubjectView, pod_holder};
 use crate::time::Ts;
 use crate::world::{Feed, PodLink, StateClass, World};
 
@@ -43,7 +44,7 @@ impl super::Rule for Rule {
         let mut finding = Finding {
             kind: self.kind(),
             profile: profile.name.clone(),
-            namespace: key.namespace.clone(),
+            namespace: rec.namespace.clone(),
             pod: rec.pod.clone(),
             session: Some(key.id.clone()),
             execution: None,
@@ -55,8 +56,19 @@ impl super::Rule for Rule {
             pod_uid: None,
         };
         let (evidence_at, hold_for) = match world.pod_of_session(key, rec) {
-            PodLink::None => return None,
-            PodLink::Missing => (None, profile.grace.absence),
+            PodLink::None | PodLink::Ambiguous => return None,
+            PodLink::Missing => {
+                let holder = pod_holder(world, key.profile, Some(&key.id), rec.pod.as_deref());
+                world
+                    .absence(key.profile, Feed::Pods, rec.namespace.as_deref(), holder)
+                    .ok()?;
+                let departed =
+                    world.pod_departed(key.profile, rec.pod.as_ref(), Some(&key.id), None);
+                (
+                    departed.map_or(rec.since, |d| d.max(rec.since)),
+                    profile.grace.absence,
+                )
+            }
             PodLink::Found(pod) => {
                 let death = pod.agent_death()?;
                 finding.namespace = Some(pod.namespace.clone());
@@ -65,7 +77,7 @@ impl super::Rule for Rule {
                 finding.reason = death.reason;
                 finding.container = Some(death.container.clone());
                 finding.exit_code = death.exit_code;
-                (death.at, Duration::ZERO)
+                (death.at.unwrap_or(rec.since), Duration::ZERO)
             }
         };
         Some(Candidate {

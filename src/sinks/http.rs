@@ -37,6 +37,8 @@ pub struct Snapshot {
     /// Sandbox pods and records held in memory.
     pub pods: usize,
     pub records: usize,
+    /// Which rules run for which profile.
+    pub rules: Vec<(Arc<str>, FindingKind, bool)>,
 }
 
 #[derive(Clone)]
@@ -58,9 +60,13 @@ pub fn router(snapshot: watch::Receiver<Arc<Snapshot>>, registry: Arc<Registry>)
 #[derive(Serialize)]
 struct SourceView<'a> {
     name: &'a str,
-    feeds: Vec<String>,
+    feeds: Vec<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    namespace: Option<&'a str>,
     synced: bool,
     fresh: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<&'a str>,
 }
 
 #[derive(Serialize)]
@@ -68,8 +74,16 @@ struct Readiness<'a> {
     ready: bool,
     not_ready: Vec<&'a str>,
     sources: Vec<SourceView<'a>>,
+    /// Per profile, the rules that run and those that do not (a required source is missing).
+    rules: std::collections::BTreeMap<&'a str, RulesView>,
     pods: usize,
     records: usize,
+}
+
+#[derive(Serialize, Default)]
+struct RulesView {
+    running: Vec<FindingKind>,
+    off: Vec<FindingKind>,
 }
 
 async fn readyz(State(s): State<AppState>) -> Response {
@@ -89,15 +103,25 @@ async fn readyz(State(s): State<AppState>) -> Response {
             .iter()
             .map(|s| SourceView {
                 name: &s.name,
-                feeds: s
-                    .feeds
-                    .iter()
-                    .map(|f| format!("{f:?}").to_lowercase())
-                    .collect(),
+                feeds: s.feeds.iter().map(|f| f.as_str()).collect(),
+                namespace: s.namespace.as_deref(),
                 synced: s.synced,
                 fresh: s.fresh,
+                error: s.error.as_deref(),
             })
             .collect(),
+        rules: {
+            let mut by: std::collections::BTreeMap<&str, RulesView> = Default::default();
+            for (profile, kind, on) in &snap.rules {
+                let v = by.entry(profile).or_default();
+                if *on {
+                    v.running.push(*kind);
+                } else {
+                    v.off.push(*kind);
+                }
+            }
+            by
+        },
         pods: snap.pods,
         records: snap.records,
     };

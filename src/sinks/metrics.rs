@@ -24,6 +24,12 @@ pub struct KindLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ProfileKindLabels {
+    pub profile: String,
+    pub kind: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ProfileLabels {
     pub profile: String,
 }
@@ -77,6 +83,7 @@ pub struct FindingMetrics {
     opened: Family<KindLabels, Counter>,
     resolved: Family<KindLabels, Counter>,
     latency: HistogramFamily<KindLabels>,
+    rule_active: Family<ProfileKindLabels, Gauge>,
 }
 
 /// The sink: the metric families plus which series each open finding counts in. Label sets
@@ -100,6 +107,7 @@ impl FindingMetrics {
             opened: Family::default(),
             resolved: Family::default(),
             latency: Family::new_with_constructor(latency_histogram),
+            rule_active: Family::default(),
         };
         for (_, p) in profiles.iter() {
             let profile = ProfileLabels {
@@ -115,12 +123,21 @@ impl FindingMetrics {
                 });
             }
         }
+        for (_, p) in profiles.iter() {
+            for kind in FindingKind::ALL {
+                m.rule_active.get_or_create_owned(&ProfileKindLabels {
+                    profile: p.name.to_string(),
+                    kind: kind.as_str().to_string(),
+                });
+            }
+        }
         for kind in FindingKind::ALL {
             let k = KindLabels {
                 kind: kind.as_str().to_string(),
             };
             m.opened.get_or_create_owned(&k);
             m.resolved.get_or_create_owned(&k);
+            let _ = m.latency.get_or_create_owned(&k);
         }
         m
     }
@@ -167,10 +184,28 @@ impl FindingMetrics {
             self.resolved.clone(),
         );
         registry.register(
+            "sandwatch_rule_active",
+            "1 when the rule runs for the profile, 0 when a source it requires is not configured (the rule's gauges then read 0 because sandwatch cannot judge, not because all is well): configure the records source the README names for the rule",
+            self.rule_active.clone(),
+        );
+        registry.register(
             "sandwatch_detection_latency_seconds",
             "Time from the evidence (e.g. the agent container's finishedAt) to the finding opening, including grace periods",
             self.latency.clone(),
         );
+    }
+
+    /// Which rules run for which profile (a rule runs when each feed it requires has a
+    /// source for the profile).
+    pub fn set_rules_active(&self, rules: &[(std::sync::Arc<str>, FindingKind, bool)]) {
+        for (profile, kind, on) in rules {
+            self.rule_active
+                .get_or_create(&ProfileKindLabels {
+                    profile: profile.to_string(),
+                    kind: kind.as_str().to_string(),
+                })
+                .set(i64::from(*on));
+        }
     }
 
     pub fn sink(&self) -> FindingSink {
@@ -184,6 +219,10 @@ impl FindingMetrics {
 }
 
 impl FindingSink {
+    pub fn set_rules_active(&self, rules: &[(std::sync::Arc<str>, FindingKind, bool)]) {
+        self.metrics.set_rules_active(rules);
+    }
+
     /// The index of a series' gauge, creating it on first use.
     fn series(&mut self, s: Series) -> u32 {
         if let Some(i) = self.series_index.get(&s) {
@@ -247,10 +286,9 @@ impl FindingSink {
             Event::Opened => {
                 retries(t.finding.retries_after_death);
                 self.metrics.opened.get_or_create(&kind).inc();
-                self.metrics
-                    .latency
-                    .get_or_create(&kind)
-                    .observe(t.detection_latency_secs());
+                if let Some(latency) = t.detection_latency_secs() {
+                    self.metrics.latency.get_or_create(&kind).observe(latency);
+                }
                 let i = self.series(series);
                 self.series[i as usize].inc();
                 self.open.insert(t.finding.id, i);
@@ -279,6 +317,12 @@ pub struct SourceLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ProfileReasonLabels {
+    pub profile: String,
+    pub reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct SourceReasonLabels {
     pub source: String,
     pub reason: String,
@@ -296,6 +340,7 @@ pub struct HealthMetrics {
     polls: Family<PollLabels, Counter>,
     poll_rows: Family<PollLabels, Counter>,
     poll_duration: HistogramFamily<SourceLabels>,
+    notices: Family<ProfileReasonLabels, Counter>,
 }
 
 impl Default for HealthMetrics {
@@ -310,6 +355,7 @@ impl Default for HealthMetrics {
             polls: Family::default(),
             poll_rows: Family::default(),
             poll_duration: Family::new_with_constructor(poll_histogram),
+            notices: Family::default(),
         }
     }
 }
@@ -357,6 +403,11 @@ impl HealthMetrics {
             self.poll_duration.clone(),
         );
         registry.register(
+            "sandwatch_unjoined_references",
+            "References that could not be joined and were not guessed (reason ambiguous_reference: an execution or a tombstone names an id that exists in several namespaces without saying which); the log names them: give those records their namespace",
+            self.notices.clone(),
+        );
+        registry.register(
             "sandwatch_rejected_inputs",
             "Input that could not be used (bad JSON, unknown record kind or state, objects without metadata), by source and reason; it was logged and skipped",
             self.rejected.clone(),
@@ -385,6 +436,16 @@ impl HealthMetrics {
             let _ = self.watch_restarts.get_or_create_owned(&l);
             let _ = self.watch_errors.get_or_create_owned(&l);
         }
+    }
+
+    /// Something the World could not act on (an ambiguous reference), counted by profile.
+    pub fn notice(&self, n: &crate::world::Notice) {
+        self.notices
+            .get_or_create(&ProfileReasonLabels {
+                profile: n.profile.to_string(),
+                reason: n.reason.to_string(),
+            })
+            .inc();
     }
 
     pub fn source_status(&self, name: &str, synced: bool) {

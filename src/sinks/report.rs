@@ -117,7 +117,8 @@ impl<W: Write> Report<W> {
                     exit_code: f.exit_code,
                     state: opt(&f.state),
                     detection_latency_seconds: (t.event == Event::Opened)
-                        .then(|| t.detection_latency_secs()),
+                        .then(|| t.detection_latency_secs())
+                        .flatten(),
                     open_for_seconds: (t.event == Event::Resolved).then(|| t.open_for_secs()),
                 };
                 serde_json::to_writer(&mut self.out, &line)?;

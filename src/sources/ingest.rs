@@ -60,18 +60,16 @@ impl Ingest {
             .iter()
             .filter(|(_, p)| !p.records.ingest.is_empty())
             .map(|(id, p)| {
-                Change::Source(SourceStatus {
-                    name: format!("{SOURCE}/{}", p.name),
-                    profile: Some(id),
-                    feeds: p
-                        .records
+                Change::Source(SourceStatus::new(
+                    crate::sources::name(SOURCE, &p.name, None),
+                    Some(id),
+                    p.records
                         .ingest
                         .iter()
                         .map(|k| Feed::of_record(*k))
                         .collect(),
-                    synced: true,
-                    fresh: true,
-                })
+                    true,
+                ))
             })
             .collect()
     }
@@ -166,25 +164,27 @@ async fn ingest(State(ingest): State<Ingest>, headers: HeaderMap, body: Bytes) -
 fn parse(body: &[u8]) -> Result<Vec<Result<RecordDoc, InputError>>, InputError> {
     let text = std::str::from_utf8(body)
         .map_err(|_| InputError::new("invalid_json", "the body is not UTF-8"))?;
-    let one = |v: serde_json::Value| {
-        serde_json::from_value::<RecordDoc>(v)
-            .map_err(|e| InputError::new("invalid_value", format!("record: {e}")))
-    };
-    if text.trim_start().starts_with('[') {
-        let values: Vec<serde_json::Value> = serde_json::from_str(text).map_err(|e| {
-            InputError::new("invalid_json", format!("the body is not a JSON array: {e}"))
-        })?;
-        return Ok(values.into_iter().map(one).collect());
-    }
-    Ok(text
-        .lines()
-        .filter(|l| !l.trim().is_empty())
-        .map(|l| {
-            serde_json::from_str::<serde_json::Value>(l)
-                .map_err(|e| InputError::new("invalid_json", format!("not valid JSON: {e}")))
-                .and_then(one)
+    let values = crate::json::values(text).map_err(|e| InputError::new("invalid_json", e))?;
+    Ok(values
+        .into_iter()
+        .map(|v| {
+            let raw = v.map_err(|e| InputError::new("invalid_json", e))?;
+            // The same decoder, and so the same policy, as replay files.
+            let mut de = serde_json::Deserializer::from_str(raw.get());
+            serde_path_to_error::deserialize::<_, RecordDoc>(&mut de).map_err(|e| {
+                let path = e.path().to_string();
+                let msg = strip_position(&e.into_inner().to_string());
+                InputError::new("invalid_value", format!("record.{path}: {msg}"))
+            })
         })
         .collect())
+}
+
+fn strip_position(msg: &str) -> String {
+    match msg.rfind(" at line ") {
+        Some(i) => msg[..i].to_string(),
+        None => msg.to_string(),
+    }
 }
 
 /// Checks the record's profile takes its kind from the ingest API, then validates it.
@@ -215,7 +215,25 @@ mod tests {
     fn arrays_and_ndjson_parse_value_by_value() {
         let a = parse(br#"[{"kind":"sandbox","id":"a","state":"running"}, 5]"#).unwrap();
         assert!(a[0].is_ok());
-        assert!(a[1].as_ref().unwrap_err().message.starts_with("record:"));
+        assert!(a[1].as_ref().unwrap_err().message.starts_with("record"));
+        let d =
+            parse(br#"[{"kind":"sandbox","id":"a","state":"running","state":"dead"}]"#).unwrap();
+        let e = d[0].as_ref().unwrap_err();
+        assert!(
+            e.message.contains("duplicate field `state`"),
+            "{}",
+            e.message
+        );
+        let t = parse(
+            br#"{"kind":"sandbox","id":"a","state":"x","updated_at":"9999-12-31T00:00:00Z"}"#,
+        )
+        .unwrap();
+        let e = t[0].as_ref().unwrap_err();
+        assert!(
+            e.message.contains("record.updated_at") && e.message.contains("far-future"),
+            "{}",
+            e.message
+        );
         let n = parse(b"{\"kind\":\"sandbox\",\"id\":\"a\",\"state\":\"running\"}\n\nnot json\n")
             .unwrap();
         assert_eq!(n.len(), 2);

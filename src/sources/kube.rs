@@ -27,7 +27,7 @@ use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
 use crate::engine::Change;
-use crate::kubernetes::{CustomObject, Object};
+use crate::kubernetes::{CustomObject, Lenient, Object};
 use crate::profile::{ProfileId, Profiles, ResourceRole};
 use crate::sources::{InputError, SourceCounters, WatchType, object_change, resource_change};
 use crate::time::Ts;
@@ -54,14 +54,12 @@ pub fn watches(profiles: &Profiles) -> Vec<Watch> {
             Some(list) if !list.is_empty() => list.iter().cloned().map(Some).collect(),
             _ => vec![None],
         };
-        let scoped = |base: String, ns: &Option<String>| match ns {
-            Some(ns) => format!("{base}/{ns}"),
-            None => base,
-        };
+        let scoped =
+            |kind: String, ns: &Option<String>| crate::sources::name(&kind, &p.name, ns.as_deref());
         if let Some(pods) = &p.pods {
             for ns in &namespaces {
                 out.push(Watch {
-                    name: scoped(format!("pods/{}", p.name), ns),
+                    name: scoped("pods".into(), ns),
                     feed: Feed::Pods,
                     profile: id,
                     resource: ApiResource::erase::<k8s_openapi::api::core::v1::Pod>(&()),
@@ -84,7 +82,7 @@ pub fn watches(profiles: &Profiles) -> Vec<Watch> {
             };
             for ns in &namespaces {
                 out.push(Watch {
-                    name: scoped(format!("{}.{}/{}", cr.plural, cr.group, p.name), ns),
+                    name: scoped(format!("{}.{}", cr.plural, cr.group), ns),
                     feed,
                     profile: id,
                     resource: resource.clone(),
@@ -110,16 +108,18 @@ pub struct Context {
 
 impl Watch {
     fn status(&self, synced: bool) -> Change {
-        Change::Source(SourceStatus {
-            name: self.name.clone(),
-            profile: Some(self.profile),
-            feeds: vec![self.feed],
-            synced,
-            fresh: synced,
-        })
+        Change::Source(
+            SourceStatus::new(
+                self.name.clone(),
+                Some(self.profile),
+                vec![self.feed],
+                synced,
+            )
+            .in_namespace(self.namespace.clone()),
+        )
     }
 
-    fn api<K: Watched>(&self, client: Client) -> Api<K> {
+    fn api<K: Watched>(&self, client: Client) -> Api<Lenient<K>> {
         match &self.namespace {
             Some(ns) => Api::namespaced_with(client, ns, &self.resource),
             None => Api::all_with(client, &self.resource),
@@ -231,7 +231,9 @@ impl Watch {
                     }
                     Event::InitApply(obj) => {
                         if let Some(seen) = listed.as_mut() {
-                            seen.insert(obj.key());
+                            // An object that cannot be read is still there: what was known
+                            // of it stays.
+                            seen.insert(key(kube::Resource::meta(&obj)));
                         }
                         self.change(WatchType::Added, obj, &cx)
                     }
@@ -248,16 +250,39 @@ impl Watch {
     }
 
     /// Turns one object into a change; objects that cannot be used are logged and counted.
-    fn change<K: Watched>(&self, kind: WatchType, obj: K, cx: &Context) -> Option<Change> {
-        match obj.change(kind, self, &cx.profiles) {
+    /// One the slim decoder could not read is skipped (what was known of it stays), unless
+    /// it is being deleted: its identity is enough for that.
+    fn change<K: Watched>(&self, kind: WatchType, obj: Lenient<K>, cx: &Context) -> Option<Change> {
+        let result = match obj.decoded {
+            Ok(t) => t.change(kind, self, &cx.profiles),
+            Err((meta, _)) if kind == WatchType::Deleted => K::deleted(&meta, self, &cx.profiles),
+            Err((meta, why)) => Err(InputError::new(
+                "invalid_value",
+                format!(
+                    "{} {}/{}: {why}; what was known of it stays",
+                    self.resource.kind,
+                    meta.namespace.as_deref().unwrap_or("-"),
+                    meta.name.as_deref().unwrap_or("-"),
+                ),
+            )),
+        };
+        match result {
             Ok(change) => change,
             Err(e) => {
                 cx.counters.rejected(&self.name, e.reason);
-                warn!(source = %self.name, reason = e.reason, "skipped an object: {}", e.message);
+                warn!(source = %self.name, reason = e.reason, "skipped an object: {}", crate::text::clip(&e.message));
                 None
             }
         }
     }
+}
+
+/// (namespace, name) of an object, as a full list reports it.
+fn key(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> (String, String) {
+    (
+        meta.namespace.clone().unwrap_or_default(),
+        meta.name.clone().unwrap_or_default(),
+    )
 }
 
 /// What the watch loop decodes each object into: the slim pod, or a custom resource's
@@ -271,17 +296,16 @@ trait Watched:
     + Sync
     + 'static
 {
-    fn key(&self) -> (String, String) {
-        let meta = self.meta();
-        (
-            meta.namespace.clone().unwrap_or_default(),
-            meta.name.clone().unwrap_or_default(),
-        )
-    }
-
     fn change(
         self,
         kind: WatchType,
+        watch: &Watch,
+        profiles: &Profiles,
+    ) -> Result<Option<Change>, InputError>;
+
+    /// The deletion of an object known only by its identity.
+    fn deleted(
+        meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
         watch: &Watch,
         profiles: &Profiles,
     ) -> Result<Option<Change>, InputError>;
@@ -301,6 +325,23 @@ impl Watched for Object {
         }
         Ok(object_change(kind, Box::new(self), profiles, Some(watch.profile))?.map(|(_, c)| c))
     }
+
+    fn deleted(
+        meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
+        watch: &Watch,
+        _profiles: &Profiles,
+    ) -> Result<Option<Change>, InputError> {
+        let (namespace, name) = crate::sources::identity(
+            &watch.resource.kind,
+            meta.namespace.as_deref().filter(|n| !n.is_empty()),
+            meta.name.as_deref().filter(|n| !n.is_empty()),
+        )?;
+        Ok(Some(Change::PodDeleted {
+            namespace: namespace.to_string(),
+            name: name.to_string(),
+            uid: meta.uid.clone(),
+        }))
+    }
 }
 
 impl Watched for CustomObject {
@@ -311,6 +352,7 @@ impl Watched for CustomObject {
         profiles: &Profiles,
     ) -> Result<Option<Change>, InputError> {
         let phase = self.phase();
+        let changed_at = self.changed_at();
         let (namespace, name) = crate::sources::identity(
             &watch.resource.kind,
             self.metadata.namespace.as_deref().filter(|n| !n.is_empty()),
@@ -324,9 +366,22 @@ impl Watched for CustomObject {
             namespace,
             name,
             phase,
+            changed_at,
             profiles,
             Some(watch.profile),
         )?
         .map(|(_, c)| c))
+    }
+
+    fn deleted(
+        meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
+        watch: &Watch,
+        profiles: &Profiles,
+    ) -> Result<Option<Change>, InputError> {
+        CustomObject {
+            metadata: meta.clone(),
+            ..CustomObject::default()
+        }
+        .change(WatchType::Deleted, watch, profiles)
     }
 }

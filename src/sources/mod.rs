@@ -9,6 +9,27 @@ pub mod kube;
 pub mod postgres;
 pub mod replay;
 
+/// The one place source names are built, as readiness, metrics and logs show them:
+/// `KIND/PROFILE` or `KIND/PROFILE/NAMESPACE` (`pods/sandbox-api`,
+/// `agenticsessions.vteam.ambient-code/ambient/project-a`, `postgres/sandbox-api`,
+/// `ingest/offload-modal`).
+pub fn name(kind: &str, profile: &str, namespace: Option<&str>) -> String {
+    match namespace {
+        Some(ns) => format!("{kind}/{profile}/{ns}"),
+        None => format!("{kind}/{profile}"),
+    }
+}
+
+/// An I/O error for people, once: `No such file or directory`, not
+/// `No such file or directory (os error 2)` (which chains repeat).
+pub fn io_reason(e: &std::io::Error) -> String {
+    let text = e.to_string();
+    match text.rfind(" (os error ") {
+        Some(i) if text.ends_with(')') => text[..i].to_string(),
+        _ => text,
+    }
+}
+
 /// Self-health counters sources report (the metrics sink keeps them).
 pub trait SourceCounters: Send + Sync {
     /// A watch event or list item arrived: the source is talking to its backend.
@@ -24,6 +45,7 @@ use crate::engine::Change;
 use crate::kubernetes::Object;
 use crate::profile::{ProfileId, Profiles, ResourceRole};
 use crate::record::{InputError, RecordDoc};
+use crate::time::Ts;
 use crate::world::Feed;
 
 /// The kind of a watch event, as the API server sends it.
@@ -47,13 +69,28 @@ impl WatchType {
 
 /// Turns one watched object into a change and the feed it belongs to. A custom resource goes
 /// to `profile` when the watch that delivered it belongs to one, else to the first profile
-/// that names its kind. Objects no profile cares about give `Ok(None)`.
+/// that names its kind. An object that is neither a pod nor a custom resource some profile
+/// names is an error (it is counted, not silently dropped); a custom resource of a kind its
+/// watch's profile does not name gives `Ok(None)`.
 pub fn object_change(
     kind: WatchType,
     obj: Box<Object>,
     profiles: &Profiles,
     profile: Option<ProfileId>,
 ) -> Result<Option<(Feed, Change)>, InputError> {
+    if !obj.is_pod() && profiles.for_resource(&obj.api_version, &obj.kind).is_none() {
+        return Err(InputError::new(
+            "unknown_kind",
+            if obj.kind.is_empty() {
+                "object.kind: missing (a Pod, or a custom resource a profile names)".to_string()
+            } else {
+                format!(
+                    "object.kind: {:?} (apiVersion {:?}) is neither a Pod nor a custom resource a profile names",
+                    obj.kind, obj.api_version
+                )
+            },
+        ));
+    }
     let (namespace, name) = identity(&obj.kind, obj.namespace(), obj.name())?;
     if obj.is_pod() {
         let change = if kind == WatchType::Deleted {
@@ -75,6 +112,7 @@ pub fn object_change(
         namespace,
         name,
         phase,
+        obj.newest_timestamp(),
         profiles,
         profile,
     )
@@ -101,7 +139,8 @@ pub(crate) fn identity<'a>(
     }
 }
 
-/// Turns one custom resource (its identity and `status.phase`) into a change.
+/// Turns one custom resource (its identity, `status.phase`, and when it last changed) into a
+/// change.
 #[allow(clippy::too_many_arguments)]
 pub fn resource_change(
     kind: WatchType,
@@ -110,6 +149,7 @@ pub fn resource_change(
     namespace: &str,
     name: &str,
     phase: Option<String>,
+    changed_at: Option<Ts>,
     profiles: &Profiles,
     profile: Option<ProfileId>,
 ) -> Result<Option<(Feed, Change)>, InputError> {
@@ -143,6 +183,7 @@ pub fn resource_change(
                 state: phase.or_else(|| resource.state_when_unset.clone()),
                 profile: Some(profiles.get(profile).name.to_string()),
                 namespace: Some(namespace.to_string()),
+                updated_at: changed_at,
                 deleted,
                 ..RecordDoc::default()
             };

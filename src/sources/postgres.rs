@@ -59,8 +59,15 @@ pub struct Postgres {
     pub name: String,
     pub profile: ProfileId,
     pub settings: PostgresRecords,
-    /// The connection URL (secret: never logged).
-    url: String,
+    /// Where the connection URL (a secret: never logged) is read from, at each connection.
+    url_from: UrlFrom,
+}
+
+/// Where a connection URL comes from.
+#[derive(Clone, Debug)]
+enum UrlFrom {
+    File(std::path::PathBuf),
+    Env(String),
 }
 
 impl std::fmt::Debug for Postgres {
@@ -82,11 +89,12 @@ pub struct Context {
 
 #[derive(Debug, thiserror::Error)]
 pub enum UrlError {
-    #[error("reading the database URL from {path}: {source}")]
-    File {
-        path: String,
-        source: std::io::Error,
-    },
+    #[error(
+        "no database URL: ${0} is not set (set it, or give --database-url-file or records.postgres.url_file)"
+    )]
+    Missing(String),
+    #[error("reading the database URL from {path}: {reason}")]
+    File { path: String, reason: String },
     #[error("the database URL in {0} is empty")]
     Empty(String),
     #[error(
@@ -96,28 +104,44 @@ pub enum UrlError {
 }
 
 impl Postgres {
-    /// The source for a profile: its URL from `url_file` (or `override_file`, from the command
-    /// line), else from the `url_env` variable. `Ok(None)` when neither gives one.
+    /// The source for a profile. Its URL is read at each connection from `override_file`
+    /// (the command line) or `url_file`, else from the `url_env` variable, so that a Secret
+    /// created or rotated later is picked up; until one is readable the source is reported
+    /// down, naming why.
     pub fn new(
         profile: ProfileId,
         profile_name: &str,
         settings: PostgresRecords,
         override_file: Option<&std::path::Path>,
-    ) -> Result<Option<Postgres>, UrlError> {
-        let file = override_file
+    ) -> Postgres {
+        let url_from = match override_file
             .map(|p| p.to_path_buf())
-            .or(settings.url_file.clone());
-        let (url, origin) = match &file {
-            Some(path) => {
-                let text = std::fs::read_to_string(path).map_err(|source| UrlError::File {
+            .or(settings.url_file.clone())
+        {
+            Some(path) => UrlFrom::File(path),
+            None => UrlFrom::Env(settings.url_env.clone()),
+        };
+        Postgres {
+            name: crate::sources::name("postgres", profile_name, None),
+            profile,
+            settings,
+            url_from,
+        }
+    }
+
+    /// The connection URL, read now.
+    pub fn url(&self) -> Result<String, UrlError> {
+        let (url, origin) = match &self.url_from {
+            UrlFrom::File(path) => {
+                let text = std::fs::read_to_string(path).map_err(|e| UrlError::File {
                     path: path.display().to_string(),
-                    source,
+                    reason: crate::sources::io_reason(&e),
                 })?;
                 (text.trim().to_string(), path.display().to_string())
             }
-            None => match std::env::var(&settings.url_env) {
-                Ok(v) => (v.trim().to_string(), format!("${}", settings.url_env)),
-                Err(_) => return Ok(None),
+            UrlFrom::Env(var) => match std::env::var(var) {
+                Ok(v) => (v.trim().to_string(), format!("${var}")),
+                Err(_) => return Err(UrlError::Missing(var.clone())),
             },
         };
         if url.is_empty() {
@@ -126,12 +150,7 @@ impl Postgres {
         if url.parse::<tokio_postgres::Config>().is_err() {
             return Err(UrlError::Invalid(origin));
         }
-        Ok(Some(Postgres {
-            name: format!("postgres/{profile_name}"),
-            profile,
-            settings,
-            url,
-        }))
+        Ok(url)
     }
 
     pub fn feeds(&self) -> Vec<Feed> {
@@ -144,7 +163,11 @@ impl Postgres {
 
     /// Where it connects, for logs: host, port and database, never the credentials.
     pub fn target(&self) -> String {
-        let Ok(c) = self.url.parse::<tokio_postgres::Config>() else {
+        let Some(c) = self
+            .url()
+            .ok()
+            .and_then(|u| u.parse::<tokio_postgres::Config>().ok())
+        else {
             return "?".into();
         };
         let host = match c.get_hosts().first() {
@@ -157,13 +180,12 @@ impl Postgres {
         format!("{host}:{port}/{}", c.get_dbname().unwrap_or("-"))
     }
 
-    fn status(&self, synced: bool, fresh: bool) -> Change {
+    fn status(&self, synced: bool, fresh: bool, error: Option<String>) -> Change {
         Change::Source(SourceStatus {
-            name: self.name.clone(),
-            profile: Some(self.profile),
-            feeds: self.feeds(),
             synced,
             fresh,
+            error,
+            ..SourceStatus::new(self.name.clone(), Some(self.profile), self.feeds(), false)
         })
     }
 
@@ -173,17 +195,31 @@ impl Postgres {
             let tx = cx.changes.clone();
             async move { tx.send((Ts::now(), c)).await.is_ok() }
         };
-        if !send(self.status(false, false)).await {
+        if !send(self.status(false, false, None)).await {
             return;
         }
         let mut state = PollState::default();
-        let mut backoff = Duration::from_millis(500);
+        let mut backoff = INITIAL_BACKOFF;
+        let mut last_error = String::new();
         loop {
-            match self.session(&cx, &mut state, &send).await {
-                Ok(()) => return,
-                Err(e) => {
-                    warn!(source = %self.name, database = %self.target(), error = %e, "database poll failed; reconnecting in {backoff:?}");
+            let polls_before = state.polls;
+            let error = match self.url() {
+                Err(e) => e.to_string(),
+                Ok(url) => match self.session(&url, &cx, &mut state, &send).await {
+                    Ok(()) => return,
+                    Err(e) => e.to_string(),
+                },
+            };
+            // A session that polled successfully was healthy: the next reconnect is prompt.
+            if state.polls > polls_before {
+                backoff = INITIAL_BACKOFF;
+            }
+            if error != last_error {
+                warn!(source = %self.name, database = %self.target(), error = %error, "database unavailable; retrying in {backoff:?}");
+                if !state.trusted && !send(self.status(false, false, Some(error.clone()))).await {
+                    return;
                 }
+                last_error = error.clone();
             }
             // Reconnect with backoff; report the source stale once its last success is too old.
             let until = Instant::now() + jitter(backoff);
@@ -196,19 +232,20 @@ impl Postgres {
                     warn!(source = %self.name, "no successful poll for {:?}: reporting the source stale; it will reload everything when the database answers", self.settings.stale_after);
                     state.trusted = false;
                     state.need_full = true;
-                    if !send(self.status(false, false)).await {
+                    if !send(self.status(false, false, Some(error.clone()))).await {
                         return;
                     }
                 }
                 tokio::time::sleep((until - Instant::now()).min(Duration::from_millis(100))).await;
             }
-            backoff = (backoff * 2).min(Duration::from_secs(30));
+            backoff = (backoff * 2).min(MAX_BACKOFF);
         }
     }
 
     /// One connection's life: prepare the queries, then poll until an error.
     async fn session<F, Fut>(
         &self,
+        url: &str,
         cx: &Context,
         state: &mut PollState,
         send: &F,
@@ -217,7 +254,7 @@ impl Postgres {
         F: Fn(Change) -> Fut,
         Fut: std::future::Future<Output = bool>,
     {
-        let (client, notified) = self.within("connecting", self.connect()).await?;
+        let (client, notified) = self.within("connecting", self.connect(url)).await?;
         let result = self
             .poll_until_error(&client, notified, cx, state, send)
             .await;
@@ -283,6 +320,7 @@ impl Postgres {
                 .poll(&self.name, full, took.as_secs_f64(), rows, true);
             debug!(source = %self.name, full, rows, ?took, "polled");
             state.last_success = Some(Instant::now());
+            state.polls += 1;
             if full {
                 state.last_full = Some(Instant::now());
                 state.need_full = false;
@@ -292,7 +330,7 @@ impl Postgres {
             }
             if !state.trusted && !state.need_full {
                 state.trusted = true;
-                if !send(self.status(true, true)).await {
+                if !send(self.status(true, true, None)).await {
                     return Ok(());
                 }
             }
@@ -395,9 +433,12 @@ impl Postgres {
         }
     }
 
-    async fn connect(&self) -> Result<(Client, mpsc::Receiver<()>), tokio_postgres::Error> {
+    async fn connect(
+        &self,
+        url: &str,
+    ) -> Result<(Client, mpsc::Receiver<()>), tokio_postgres::Error> {
         let tls = tls_connector(self.settings.ca_file.as_deref());
-        let mut config: tokio_postgres::Config = self.url.parse()?;
+        let mut config: tokio_postgres::Config = url.parse()?;
         if config.get_connect_timeout().is_none() {
             config.connect_timeout(self.wait_limit());
         }
@@ -472,20 +513,36 @@ impl Postgres {
                 session: row.get(4),
                 sandbox: row.get(5),
                 attempt: None,
-                updated_at: row.get::<_, Option<i64>>(7).map(Ts),
-                deadline: row.get::<_, Option<i64>>(8).map(Ts),
+                updated_at: None,
+                deadline: None,
                 deleted: false,
             };
             let attempt: Option<i64> = row.get(6);
             let id = doc.id.clone().unwrap_or_default();
             let namespace = doc.namespace.clone().unwrap_or_default();
-            let result = match attempt {
-                Some(a) if a < 0 => Err(crate::record::InputError::new(
+            // The same bounds on times as every other input.
+            let time = |i: usize, field: &str| {
+                row.get::<_, Option<i64>>(i)
+                    .map(|ms| {
+                        Ts::from_millis(ms).map_err(|e| {
+                            crate::record::InputError::new(
+                                "invalid_value",
+                                format!("record.{field}: {e}"),
+                            )
+                        })
+                    })
+                    .transpose()
+            };
+            let result = match (attempt, time(7, "updated_at"), time(8, "deadline")) {
+                (_, Err(e), _) | (_, _, Err(e)) => Err(e),
+                (Some(a), _, _) if a < 0 => Err(crate::record::InputError::new(
                     "invalid_value",
                     format!("record.attempt: {a} is negative"),
                 )),
-                a => RecordDoc {
+                (a, Ok(updated_at), Ok(deadline)) => RecordDoc {
                     attempt: a.map(|a| a as u64),
+                    updated_at,
+                    deadline,
                     ..doc
                 }
                 .validate(&cx.profiles),
@@ -546,8 +603,13 @@ enum PollError {
     Timeout { what: &'static str, after: Duration },
 }
 
+const INITIAL_BACKOFF: Duration = Duration::from_millis(500);
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+
 #[derive(Default)]
 struct PollState {
+    /// Successful polls so far.
+    polls: u64,
     /// The database's clock (ms) when the last successful poll started.
     last_poll_started: Option<i64>,
     last_success: Option<Instant>,

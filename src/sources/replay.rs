@@ -212,7 +212,13 @@ impl<R: Read> Splitter<R> {
                 // A value ends beyond the buffer: read more and start again at it.
                 Some(e) if e.is_eof() && !self.eof => {
                     if !self.fill()? {
-                        self.rest(|bytes, p| rejected(explain(bytes, e), p));
+                        // Cut short at the end of the input (a recording that was stopped
+                        // mid-value): reported and counted like any bad value.
+                        self.rest(|bytes, p| {
+                            let error = explain(bytes, e);
+                            let _ = apply(Err(error.clone()));
+                            rejected(error, p)
+                        });
                         return Ok(());
                     }
                 }
@@ -497,13 +503,12 @@ impl<'a> Replay<'a> {
             self.started.push(feed);
             out.extend(self.engine.apply(
                 at,
-                Change::Source(SourceStatus {
-                    profile: None,
-                    name: format!("replay:{feed:?}").to_lowercase(),
-                    feeds: vec![feed],
-                    synced: true,
-                    fresh: true,
-                }),
+                Change::Source(SourceStatus::new(
+                    format!("replay:{}", feed.as_str()),
+                    None,
+                    vec![feed],
+                    true,
+                )),
             ));
         }
     }

@@ -236,13 +236,12 @@ impl Sim {
     }
 
     pub fn source(&mut self, name: &str, feeds: &[Feed], healthy: bool) -> &mut Self {
-        self.apply(Change::Source(SourceStatus {
-            name: name.into(),
-            profile: None,
-            feeds: feeds.to_vec(),
-            synced: healthy,
-            fresh: healthy,
-        }))
+        self.apply(Change::Source(SourceStatus::new(
+            name,
+            None,
+            feeds.to_vec(),
+            healthy,
+        )))
     }
 
     pub fn pod(&mut self, p: &PodB) -> &mut Self {

@@ -1,0 +1,713 @@
+//! The World: pods and records joined in memory, owned by the engine task.
+//!
+//! It keeps compact projections, never whole API objects ([`pod`]: a pod's identity, phase,
+//! deletion flag, the keys that link it to records, and per container its state; [`records`]:
+//! a record's state and links). Repeated strings (namespaces, container names, reasons,
+//! states) are interned and shared. Indexes answer the joins the rules ask for (pod by name,
+//! pods by session or execution key, records by key, records by pod, executions by session or
+//! sandbox) in O(1), and each mutation reports the [`Subject`]s it touched so that the engine
+//! re-runs rules for those alone.
+//!
+//! The World also knows which sources feed it, what each sees and whether each is synced and
+//! fresh ([`crate::trust`]): a missing pod or record only means something when the source that
+//! would show it is trusted and sees where it would be. And it remembers, for the length of a
+//! grace period, when pods and records departed: an absence counts from the later of that and
+//! the record's own `updated_at`, so evidence comes from what the sources said, not from when
+//! this process looked.
+
+mod index;
+pub mod pod;
+mod records;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::kubernetes::Object;
+use crate::profile::{ProfileId, Profiles};
+use crate::record::RecordKind;
+use crate::shard::Shard;
+use crate::time::Ts;
+
+use index::{Departed, Departures, PodIndex};
+pub use pod::{
+    AgentDeath, Container, ContainerState, Phase, Pod, PodEnd, RestartPolicy, Role, Uid,
+};
+pub use records::{Notice, RecordKey, Resolved, StateClass, StoredRecord};
+
+pub use crate::trust::{Blind, Feed, Holder, SourceStatus, Trust, TrustedSince, trust};
+
+/// A shared, immutable string.
+pub type Sym = Arc<str>;
+
+/// The World's maps: foldhash is several times faster than SipHash on these short keys, and
+/// its per-process random seed keeps it resistant to crafted collisions.
+pub type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
+type HashSet<K> = std::collections::HashSet<K, foldhash::fast::RandomState>;
+
+/// Something a rule can judge: a pod (by uid, so a re-created pod is a new subject) or a record.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Subject {
+    Pod { namespace: Sym, name: Sym, uid: Uid },
+    Record(RecordKey),
+}
+
+/// Where a record's agent is, as far as the World can tell.
+#[derive(Debug)]
+pub enum PodLink<'a> {
+    /// Nothing links the record to a pod (no pod name, no session key).
+    None,
+    /// A pod is named or keyed, and no such pod exists.
+    Missing,
+    Found(&'a Pod),
+    /// It names a session id that exists in several namespaces: not guessed.
+    Ambiguous,
+}
+
+/// Of several pods for one agent (a replacement next to a terminating one), the live one,
+/// else the newest.
+fn best_pod<'a>(pods: impl Iterator<Item = &'a Pod>) -> Option<&'a Pod> {
+    pods.max_by(|a, b| {
+        (!a.terminating, a.created_at, &a.uid).cmp(&(!b.terminating, b.created_at, &b.uid))
+    })
+}
+
+pub struct World {
+    profiles: Arc<Profiles>,
+    strings: HashSet<Sym>,
+    pods: Vec<Option<Pod>>,
+    free: Vec<u32>,
+    pods_by_name: PodIndex<Sym>,
+    pods_by_session: PodIndex<(ProfileId, Sym)>,
+    pods_by_execution: PodIndex<(ProfileId, Sym)>,
+    records: HashMap<RecordKey, StoredRecord>,
+    /// Sessions and executions that name a pod (or resume target) explicitly, by that name.
+    records_by_pod: HashMap<Sym, Vec<RecordKey>>,
+    executions_by_session: HashMap<(ProfileId, Sym), Vec<RecordKey>>,
+    executions_by_sandbox: HashMap<(ProfileId, Sym), Vec<RecordKey>>,
+    /// For kinds whose ids are unique per namespace: the namespaces each id is in.
+    scoped_ids: HashMap<(RecordKind, ProfileId, Sym), Vec<Sym>>,
+    /// Resume targets that exist: (profile, name) → namespaces.
+    resume_targets: HashMap<(ProfileId, Sym), Vec<Sym>>,
+    departures: Departures,
+    notices: Vec<Notice>,
+    sources: Vec<SourceStatus>,
+    trusted_since: TrustedSince,
+    pod_count: usize,
+    shard: Shard,
+}
+
+impl World {
+    pub fn new(profiles: Arc<Profiles>) -> World {
+        World::sharded(profiles, Shard::ALL)
+    }
+
+    /// A World that keeps only what `shard` owns (see `shard.rs`).
+    pub fn sharded(profiles: Arc<Profiles>, shard: Shard) -> World {
+        // Departures matter for as long as the longest grace that counts from them.
+        let keep = profiles
+            .iter()
+            .map(|(_, p)| p.grace.absence.max(p.grace.leaked_pod))
+            .max()
+            .unwrap_or_default()
+            .max(Duration::from_secs(60));
+        World {
+            shard,
+            profiles,
+            strings: Default::default(),
+            pods: Vec::new(),
+            free: Vec::new(),
+            pods_by_name: PodIndex::new(),
+            pods_by_session: PodIndex::new(),
+            pods_by_execution: PodIndex::new(),
+            records: Default::default(),
+            records_by_pod: Default::default(),
+            executions_by_session: Default::default(),
+            executions_by_sandbox: Default::default(),
+            scoped_ids: Default::default(),
+            resume_targets: Default::default(),
+            departures: Departures::new(keep),
+            notices: Vec::new(),
+            sources: Vec::new(),
+            trusted_since: TrustedSince::default(),
+            pod_count: 0,
+        }
+    }
+
+    pub fn profiles(&self) -> &Profiles {
+        &self.profiles
+    }
+
+    pub fn shard(&self) -> Shard {
+        self.shard
+    }
+
+    fn intern(&mut self, s: &str) -> Sym {
+        if let Some(existing) = self.strings.get(s) {
+            return existing.clone();
+        }
+        let sym: Sym = Arc::from(s);
+        self.strings.insert(sym.clone());
+        sym
+    }
+
+    pub fn pod_count(&self) -> usize {
+        self.pod_count
+    }
+
+    pub fn record_count(&self) -> usize {
+        self.records.len()
+    }
+
+    /// How many departures are remembered (bounded by the churn of one grace period).
+    pub fn departures_remembered(&self) -> usize {
+        self.departures.len()
+    }
+
+    pub fn pods(&self) -> impl Iterator<Item = &Pod> {
+        self.pods.iter().flatten()
+    }
+
+    pub fn records(&self) -> impl Iterator<Item = (&RecordKey, &StoredRecord)> {
+        self.records.iter()
+    }
+
+    /// Forgets departures too old to matter (called as the clock advances).
+    pub fn advance(&mut self, now: Ts) {
+        self.departures.forget_before(now);
+    }
+
+    // ----------------------------------------------------------------------------------------
+    // Sources
+
+    /// Records a source's status at `at`; returns whether any profile's trust in a feed
+    /// changed.
+    pub fn set_source(&mut self, status: SourceStatus, at: Ts) -> bool {
+        let all = |w: &World| -> Vec<Trust> {
+            w.profiles
+                .iter()
+                .flat_map(|(p, _)| Feed::ALL.map(|f| w.trust(p, f)))
+                .collect()
+        };
+        let before = all(self);
+        self.trusted_since.update(&status, at);
+        match self.sources.iter_mut().find(|s| s.name == status.name) {
+            Some(s) => *s = status,
+            None => self.sources.push(status),
+        }
+        before != all(self)
+    }
+
+    pub fn sources(&self) -> &[SourceStatus] {
+        &self.sources
+    }
+
+    /// How far a profile can rely on a feed, from the sources that provide it to that profile.
+    pub fn trust(&self, profile: ProfileId, feed: Feed) -> Trust {
+        trust(&self.sources, profile, feed)
+    }
+
+    /// Whether a missing pod or record is evidence (see [`crate::trust::absence`]).
+    pub fn absence(
+        &self,
+        profile: ProfileId,
+        feed: Feed,
+        namespace: Option<&str>,
+        holder: Holder<'_>,
+    ) -> Result<(), Blind> {
+        crate::trust::absence(&self.sources, self.shard, profile, feed, namespace, holder)
+    }
+
+    /// Since when every source of these feeds for `profile` has been trusted without a break.
+    pub fn trusted_since(&self, profile: ProfileId, feeds: &[Feed]) -> Option<Ts> {
+        self.trusted_since
+            .of(&self.sources, profile, feeds.iter().copied())
+    }
+
+    // ----------------------------------------------------------------------------------------
+    // Pods
+
+    fn pod_index(&self, namespace: &str, name: &str) -> Option<u32> {
+        self.pods_by_name.get(name).find(|&i| {
+            self.pods[i as usize]
+                .as_ref()
+                .is_some_and(|p| &*p.namespace == namespace)
+        })
+    }
+
+    pub fn pod_by_name(&self, namespace: &str, name: &str) -> Option<&Pod> {
+        self.pod_index(namespace, name)
+            .and_then(|i| self.pods[i as usize].as_ref())
+    }
+
+    pub fn pod_of(&self, subject: &Subject) -> Option<&Pod> {
+        match subject {
+            Subject::Pod {
+                namespace,
+                name,
+                uid,
+            } => self.pod_by_name(namespace, name).filter(|p| p.uid == *uid),
+            Subject::Record(_) => None,
+        }
+    }
+
+    /// Adds or replaces a pod. Pods that match no profile are not kept (and a pod that stops
+    /// matching is removed).
+    pub fn upsert_pod(&mut self, obj: &Object, at: Ts, touched: &mut Vec<Subject>) {
+        let (Some(namespace), Some(name)) = (obj.namespace(), obj.name()) else {
+            return;
+        };
+        let Some(profile) = self
+            .profiles
+            .for_pod(namespace, obj.metadata.labels.as_ref())
+        else {
+            self.delete_pod(namespace, name, None, at, touched);
+            return;
+        };
+        let profiles = self.profiles.clone();
+        let pods = profiles
+            .get(profile)
+            .pods
+            .as_ref()
+            .expect("a profile that takes pods has a pod section");
+        if self.shard.total > 1 {
+            let meta = &obj.metadata;
+            let session = pods
+                .session_key
+                .as_ref()
+                .and_then(|k| k.read(meta.labels.as_ref(), meta.annotations.as_ref()));
+            if !self.shard.owns(session.unwrap_or(name)) {
+                self.delete_pod(namespace, name, None, at, touched);
+                return;
+            }
+        }
+        let pod = pod::project(obj, profile, pods, at, &mut |s| self.intern(s));
+        if let Some(idx) = self.pod_index(namespace, name) {
+            let old = self.pods[idx as usize].take().expect("indexed pod exists");
+            self.affected_by_pod(&old, touched);
+            self.unindex_pod(&old, idx);
+            if old.uid != pod.uid {
+                self.depart_pod(&old, at);
+            }
+            self.index_pod(&pod, idx);
+            self.affected_by_pod(&pod, touched);
+            self.pods[idx as usize] = Some(pod);
+        } else {
+            let idx = match self.free.pop() {
+                Some(i) => i,
+                None => {
+                    self.pods.push(None);
+                    (self.pods.len() - 1) as u32
+                }
+            };
+            self.pods_by_name.insert(pod.name.clone(), idx);
+            self.index_pod(&pod, idx);
+            self.affected_by_pod(&pod, touched);
+            self.pods[idx as usize] = Some(pod);
+            self.pod_count += 1;
+        }
+    }
+
+    /// Removes a pod. With a uid, only the pod with that uid goes (a DELETED event for an old
+    /// incarnation must not remove its successor).
+    pub fn delete_pod(
+        &mut self,
+        namespace: &str,
+        name: &str,
+        uid: Option<&str>,
+        at: Ts,
+        touched: &mut Vec<Subject>,
+    ) {
+        let Some(idx) = self.pod_index(namespace, name) else {
+            return;
+        };
+        if let Some(uid) = uid.filter(|u| !u.is_empty()) {
+            let uid = Uid::parse(uid);
+            if self.pods[idx as usize]
+                .as_ref()
+                .is_some_and(|p| p.uid != uid)
+            {
+                return;
+            }
+        }
+        let old = self.pods[idx as usize].take().expect("indexed pod exists");
+        self.affected_by_pod(&old, touched);
+        self.unindex_pod(&old, idx);
+        self.depart_pod(&old, at);
+        self.pods_by_name.remove(&old.name, idx);
+        self.free.push(idx);
+        self.pod_count -= 1;
+    }
+
+    fn depart_pod(&mut self, pod: &Pod, at: Ts) {
+        let p = pod.profile;
+        self.departures
+            .record(Departed::PodName(p, pod.name.clone()), at);
+        if let Some(s) = &pod.session {
+            self.departures
+                .record(Departed::PodSession(p, s.clone()), at);
+        }
+        if let Some(e) = &pod.execution {
+            self.departures
+                .record(Departed::PodExecution(p, e.clone()), at);
+        }
+    }
+
+    fn index_pod(&mut self, pod: &Pod, idx: u32) {
+        if let Some(s) = &pod.session {
+            self.pods_by_session.insert((pod.profile, s.clone()), idx);
+        }
+        if let Some(e) = &pod.execution {
+            self.pods_by_execution.insert((pod.profile, e.clone()), idx);
+        }
+    }
+
+    fn unindex_pod(&mut self, pod: &Pod, idx: u32) {
+        if let Some(s) = &pod.session {
+            self.pods_by_session.remove(&(pod.profile, s.clone()), idx);
+        }
+        if let Some(e) = &pod.execution {
+            self.pods_by_execution
+                .remove(&(pod.profile, e.clone()), idx);
+        }
+    }
+
+    /// Everything a change to this pod can change the verdict of.
+    fn affected_by_pod(&self, pod: &Pod, touched: &mut Vec<Subject>) {
+        touched.push(pod.subject());
+        let mut sessions = Vec::new();
+        if let Some(keys) = self.records_by_pod.get(&pod.name) {
+            for k in keys {
+                if k.profile == pod.profile
+                    && self
+                        .records
+                        .get(k)
+                        .is_some_and(|r| r.admits(&pod.namespace))
+                {
+                    touched.push(Subject::Record(k.clone()));
+                    if k.kind == RecordKind::Session {
+                        sessions.push(k.id.clone());
+                    }
+                }
+            }
+        }
+        for (kind, id) in [
+            (RecordKind::Session, &pod.session),
+            (RecordKind::Execution, &pod.execution),
+        ] {
+            let Some(id) = id else { continue };
+            if let Resolved::Found(k) = self.resolve(kind, pod.profile, Some(&pod.namespace), id) {
+                touched.push(Subject::Record(k));
+            }
+            if kind == RecordKind::Session {
+                sessions.push(id.clone());
+            }
+        }
+        for s in sessions {
+            if let Some(execs) = self.executions_by_session.get(&(pod.profile, s)) {
+                touched.extend(execs.iter().cloned().map(Subject::Record));
+            }
+        }
+    }
+
+    // ----------------------------------------------------------------------------------------
+    // Resume targets (custom resources a suspended session resumes from)
+
+    pub fn set_resume_target(
+        &mut self,
+        profile: ProfileId,
+        namespace: &str,
+        name: &str,
+        exists: bool,
+        at: Ts,
+        touched: &mut Vec<Subject>,
+    ) {
+        let ns = self.intern(namespace);
+        let key = (profile, Sym::from(name));
+        let list = self.resume_targets.entry(key.clone()).or_default();
+        let had = list.contains(&ns);
+        if exists && !had {
+            list.push(ns.clone());
+        } else if !exists {
+            list.retain(|n| *n != ns);
+        }
+        if list.is_empty() {
+            self.resume_targets.remove(&key);
+        }
+        if had && !exists {
+            self.departures
+                .record(Departed::ResumeTarget(profile, key.1.clone()), at);
+        }
+        if had != exists
+            && let Some(keys) = self.records_by_pod.get(name)
+        {
+            for k in keys {
+                if k.profile == profile
+                    && k.kind == RecordKind::Session
+                    && self.records.get(k).is_some_and(|r| r.admits(&ns))
+                {
+                    touched.push(Subject::Record(k.clone()));
+                }
+            }
+        }
+    }
+
+    /// Whether the resource a session resumes from exists (named by the session's pod link).
+    pub fn resume_target_exists(&self, key: &RecordKey, rec: &StoredRecord) -> Option<bool> {
+        let name = rec.pod.as_ref()?;
+        let namespaces = self.resume_targets.get(&(key.profile, name.clone()));
+        Some(namespaces.is_some_and(|list| match &rec.namespace {
+            Some(ns) => list.contains(ns),
+            None => !list.is_empty(),
+        }))
+    }
+
+    // ----------------------------------------------------------------------------------------
+    // Joins the rules use
+
+    fn pods_at<'a>(
+        &'a self,
+        slots: impl Iterator<Item = u32> + 'a,
+    ) -> impl Iterator<Item = &'a Pod> + 'a {
+        slots.filter_map(move |i| self.pods[i as usize].as_ref())
+    }
+
+    /// Every pod that belongs to a session: named by the record, or carrying its session key,
+    /// in the session's profile and in the namespace the session places itself in.
+    pub fn pods_of_session(&self, key: &RecordKey, rec: &StoredRecord) -> Vec<&Pod> {
+        let in_scope = |p: &&Pod| p.profile == key.profile && rec.admits(&p.namespace);
+        let mut out: Vec<&Pod> = Vec::new();
+        if let Some(name) = &rec.pod {
+            out.extend(self.pods_at(self.pods_by_name.get(name)).filter(in_scope));
+        }
+        for p in self
+            .pods_at(self.pods_by_session.get(&(key.profile, key.id.clone())))
+            .filter(in_scope)
+        {
+            if !out.iter().any(|q| std::ptr::eq(*q, p)) {
+                out.push(p);
+            }
+        }
+        out
+    }
+
+    /// The pod a session's agent runs in: the live one if a replacement is coming up next to
+    /// a terminating one, else the newest.
+    pub fn pod_of_session(&self, key: &RecordKey, rec: &StoredRecord) -> PodLink<'_> {
+        if let Some(best) = best_pod(self.pods_of_session(key, rec).into_iter()) {
+            return PodLink::Found(best);
+        }
+        if rec.pod.is_some() || self.keyed(key.profile) {
+            PodLink::Missing
+        } else {
+            PodLink::None
+        }
+    }
+
+    /// Whether the profile's pods carry a session key.
+    fn keyed(&self, profile: ProfileId) -> bool {
+        self.profiles
+            .get(profile)
+            .pods
+            .as_ref()
+            .is_some_and(|m| m.session_key.is_some())
+    }
+
+    /// The session record an execution names.
+    pub fn session_of(&self, key: &RecordKey, rec: &StoredRecord) -> Option<Resolved> {
+        let id = rec.session.as_ref()?;
+        Some(self.resolve(RecordKind::Session, key.profile, rec.namespace.as_ref(), id))
+    }
+
+    /// The session record an execution names, when it is found.
+    pub fn found_session_of(
+        &self,
+        key: &RecordKey,
+        rec: &StoredRecord,
+    ) -> Option<(RecordKey, &StoredRecord)> {
+        match self.session_of(key, rec)? {
+            Resolved::Found(k) => self.records.get(&k).map(|r| (k, r)),
+            _ => None,
+        }
+    }
+
+    /// The pod an execution's agent runs in: named by the execution, keyed by its id, or its
+    /// session's pod.
+    pub fn pod_of_execution(&self, key: &RecordKey, rec: &StoredRecord) -> PodLink<'_> {
+        let in_scope = |p: &&Pod| p.profile == key.profile && rec.admits(&p.namespace);
+        if let Some(name) = &rec.pod {
+            return match best_pod(self.pods_at(self.pods_by_name.get(name)).filter(in_scope)) {
+                Some(p) => PodLink::Found(p),
+                None => PodLink::Missing,
+            };
+        }
+        if let Some(p) = best_pod(
+            self.pods_at(self.pods_by_execution.get(&(key.profile, key.id.clone())))
+                .filter(in_scope),
+        ) {
+            return PodLink::Found(p);
+        }
+        match self.session_of(key, rec) {
+            Some(Resolved::Found(k)) => match self.records.get(&k) {
+                Some(s) => self.pod_of_session(&k, s),
+                None => PodLink::None,
+            },
+            Some(Resolved::Ambiguous(_)) => PodLink::Ambiguous,
+            Some(Resolved::Missing) | None => PodLink::None,
+        }
+    }
+
+    /// The sandbox record an execution runs against: its id, and the record if it is known.
+    pub fn sandbox_of(
+        &self,
+        key: &RecordKey,
+        rec: &StoredRecord,
+    ) -> Option<(Sym, Option<&StoredRecord>)> {
+        let id = rec.sandbox.as_ref()?;
+        let found = match self.resolve(RecordKind::Sandbox, key.profile, rec.namespace.as_ref(), id)
+        {
+            Resolved::Found(k) => self.records.get(&k),
+            Resolved::Missing | Resolved::Ambiguous(_) => None,
+        };
+        Some((id.clone(), found))
+    }
+
+    /// Session records that claim a pod: named by it, or named by its session key.
+    pub fn sessions_of_pod(&self, pod: &Pod) -> Vec<(RecordKey, &StoredRecord)> {
+        let mut keys: Vec<RecordKey> = Vec::new();
+        if let Some(list) = self.records_by_pod.get(&pod.name) {
+            keys.extend(
+                list.iter()
+                    .filter(|k| k.kind == RecordKind::Session && k.profile == pod.profile)
+                    .cloned(),
+            );
+        }
+        if let Some(s) = &pod.session
+            && let Resolved::Found(k) =
+                self.resolve(RecordKind::Session, pod.profile, Some(&pod.namespace), s)
+            && !keys.contains(&k)
+        {
+            keys.push(k);
+        }
+        keys.into_iter()
+            .filter_map(|k| self.records.get(&k).map(|r| (k, r)))
+            .filter(|(_, r)| r.admits(&pod.namespace))
+            .collect()
+    }
+
+    // ----------------------------------------------------------------------------------------
+    // When things departed
+
+    /// When the World last saw a pod of this name, session key or execution key go.
+    pub fn pod_departed(
+        &self,
+        profile: ProfileId,
+        name: Option<&Sym>,
+        session: Option<&Sym>,
+        execution: Option<&Sym>,
+    ) -> Option<Ts> {
+        let keys: Vec<Departed> = [
+            name.map(|n| Departed::PodName(profile, n.clone())),
+            session.map(|s| Departed::PodSession(profile, s.clone())),
+            execution.map(|e| Departed::PodExecution(profile, e.clone())),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        self.departures.latest(&keys)
+    }
+
+    /// When the World last saw a session record that claimed this pod go.
+    pub fn session_departed(&self, pod: &Pod) -> Option<Ts> {
+        let mut keys = vec![Departed::SessionNaming(pod.profile, pod.name.clone())];
+        if let Some(s) = &pod.session {
+            keys.push(Departed::Record(
+                RecordKind::Session,
+                pod.profile,
+                s.clone(),
+            ));
+        }
+        self.departures.latest(&keys)
+    }
+
+    /// When the World last saw a resume target of this name go.
+    pub fn resume_target_departed(&self, profile: ProfileId, name: &Sym) -> Option<Ts> {
+        self.departures
+            .latest(&[Departed::ResumeTarget(profile, name.clone())])
+    }
+
+    // ----------------------------------------------------------------------------------------
+    // Full lists
+
+    /// After a source's full list: removes what it no longer lists within its scope (the
+    /// pods, records of one kind, or resume targets of a profile, in one namespace or all),
+    /// because those vanished while nobody was watching. `listed` holds (namespace, name) of
+    /// every object listed; records without a namespace are listed as ("", id), and records
+    /// whose ids are unique per profile are matched by id alone.
+    pub fn retain_listed(
+        &mut self,
+        feed: Feed,
+        profile: ProfileId,
+        namespace: Option<&str>,
+        listed: &std::collections::HashSet<(String, String)>,
+        at: Ts,
+        touched: &mut Vec<Subject>,
+    ) {
+        let in_scope = |ns: &str| namespace.is_none_or(|n| n == ns);
+        let missing = |ns: &str, name: &str| !listed.contains(&(ns.to_string(), name.to_string()));
+        let kind = match feed {
+            Feed::Pods => {
+                let gone: Vec<(Sym, Sym)> = self
+                    .pods()
+                    .filter(|p| p.profile == profile && in_scope(&p.namespace))
+                    .filter(|p| missing(&p.namespace, &p.name))
+                    .map(|p| (p.namespace.clone(), p.name.clone()))
+                    .collect();
+                for (ns, name) in gone {
+                    self.delete_pod(&ns, &name, None, at, touched);
+                }
+                return;
+            }
+            Feed::ResumeTargets => {
+                let gone: Vec<(Sym, Sym)> = self
+                    .resume_targets
+                    .iter()
+                    .filter(|((p, _), _)| *p == profile)
+                    .flat_map(|((_, name), nss)| {
+                        nss.iter().map(move |ns| (ns.clone(), name.clone()))
+                    })
+                    .filter(|(ns, name)| in_scope(ns) && missing(ns, name))
+                    .collect();
+                for (ns, name) in gone {
+                    self.set_resume_target(profile, &ns, &name, false, at, touched);
+                }
+                return;
+            }
+            Feed::Sessions => RecordKind::Session,
+            Feed::Executions => RecordKind::Execution,
+            Feed::Sandboxes => RecordKind::Sandbox,
+        };
+        let ids: std::collections::HashSet<&str> =
+            listed.iter().map(|(_, id)| id.as_str()).collect();
+        let gone: Vec<RecordKey> = self
+            .records
+            .keys()
+            .filter(|k| k.kind == kind && k.profile == profile)
+            .filter(|k| match &k.namespace {
+                Some(ns) => in_scope(ns) && missing(ns, &k.id),
+                None => !ids.contains(&*k.id),
+            })
+            .cloned()
+            .collect();
+        for k in gone {
+            self.remove_record(&k, at, touched);
+        }
+    }
+
+    /// Every subject in the World (for a full re-evaluation when a source's trust changes).
+    pub fn all_subjects(&self) -> Vec<Subject> {
+        self.pods()
+            .map(Pod::subject)
+            .chain(self.records.keys().cloned().map(Subject::Record))
+            .collect()
+    }
+}
