@@ -613,3 +613,72 @@ async fn native_sidecars_crash_loops_and_graceful_deletion_through_the_api() {
     );
     daemon.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_pod_the_decoder_cannot_read_is_skipped_and_counted_and_the_watch_still_syncs() {
+    let server = TestApiServer::start().await;
+    let dead = sandbox("dead").set("agent", C::Terminated(137, "OOMKilled", 5));
+    server.create(dead.stored());
+    // A status the slim decoder cannot read (an exit code that is not a number), in the
+    // initial list.
+    let mut odd = sandbox("odd").stored();
+    odd["status"]["containerStatuses"][0]["state"] =
+        json!({"terminated": {"exitCode": "one hundred", "finishedAt": common::rfc(5)}});
+    server.create(odd);
+    let daemon = start(&server, generic(), Duration::from_secs(5)).await;
+    wait_ready(&daemon, true).await;
+    wait_for(
+        Duration::from_secs(5),
+        "the readable pod judged",
+        || async { findings(&daemon).await.len() == 1 },
+    )
+    .await;
+    let m = reqwest::get(format!("http://{}/metrics", daemon.addr))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        m.contains(
+            "sandwatch_rejected_inputs_total{source=\"pods/generic\",reason=\"invalid_value\"} 1"
+        ),
+        "{m}"
+    );
+    assert!(
+        m.contains(
+            "sandwatch_rule_active{profile=\"generic\",kind=\"agent_terminated_pod_running\"} 1"
+        ) && m.contains("sandwatch_rule_active{profile=\"generic\",kind=\"leaked_sandbox_pod\"} 0"),
+        "with pods only, the record rules do not run, and the metric says so:\n{m}"
+    );
+    let (_, ready) = get(&daemon, "/readyz").await;
+    assert_eq!(
+        ready["rules"]["generic"]["running"],
+        json!(["agent_terminated_pod_running"]),
+        "{ready}"
+    );
+    // A known pod that turns unreadable keeps what was known of it (its finding stays
+    // open), and its deletion is still seen: its identity is enough.
+    let mut current = server.get("", "v1", "pods", "agents", "dead").unwrap();
+    current["status"]["containerStatuses"][0]["state"]["terminated"]["exitCode"] = json!("x");
+    server.update(current);
+    wait_for(Duration::from_secs(5), "the update rejected", || async {
+        let m = reqwest::get(format!("http://{}/metrics", daemon.addr))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        m.contains(
+            "sandwatch_rejected_inputs_total{source=\"pods/generic\",reason=\"invalid_value\"} 2",
+        )
+    })
+    .await;
+    assert_eq!(findings(&daemon).await.len(), 1, "kept as last known");
+    server.delete("", "v1", "pods", "agents", "dead");
+    wait_for(Duration::from_secs(5), "the deletion seen", || async {
+        findings(&daemon).await.is_empty()
+    })
+    .await;
+    daemon.shutdown().await;
+}

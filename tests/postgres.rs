@@ -628,3 +628,168 @@ async fn a_notification_on_the_listen_channel_polls_at_once() {
     .await;
     d.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_reports_long_standing_orphans_at_once_with_the_same_evidence() {
+    let (db, sql, server) = setup().await;
+    server.create(centaur_pod("other").stored()); // the pod source is live, its pod owned
+    // Suspended an hour ago; their pods were deleted then (incident 02).
+    sql.batch_execute(
+        "INSERT INTO sandbox_sessions (thread_key, sandbox_id, state, updated_at) VALUES
+           ('other', 'centaur-sandbox-other', 'running', now()),
+           ('t-1', 'centaur-sandbox-t-1', 'suspended', now() - interval '1 hour'),
+           ('t-2', 'centaur-sandbox-t-2', 'suspended', now() - interval '1 hour')",
+    )
+    .await
+    .unwrap();
+    // A grace far longer than the test: a finding that waited for it again would never come.
+    let yaml = SANDBOX_API_FAST.replace("absence: 0s", "absence: 10m");
+    let evidence = |fs: &[Value]| {
+        let mut v: Vec<(String, String)> = fs
+            .iter()
+            .map(|f| {
+                (
+                    f["session"].as_str().unwrap().to_string(),
+                    f["evidence_at"].as_str().unwrap().to_string(),
+                )
+            })
+            .collect();
+        v.sort();
+        v
+    };
+    let first = daemon(&server, &db, &yaml).await;
+    wait_for(Duration::from_secs(10), "both orphans", || async {
+        findings(&first).await.len() == 2
+    })
+    .await;
+    let before = evidence(&findings(&first).await);
+    first.shutdown().await;
+
+    let started = Instant::now();
+    let second = daemon(&server, &db, &yaml).await;
+    wait_for(Duration::from_secs(10), "both orphans again", || async {
+        findings(&second).await.len() == 2
+    })
+    .await;
+    assert!(started.elapsed() < Duration::from_secs(10));
+    assert_eq!(
+        evidence(&findings(&second).await),
+        before,
+        "the same evidence time"
+    );
+    let m = metrics(&second).await;
+    assert!(
+        m.contains(
+            "sandwatch_detection_latency_seconds_count{kind=\"orphaned_suspended_session\"} 0"
+        ),
+        "what held before the start is no detection latency:\n{m}"
+    );
+    second.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_namespace_scoped_watch_reports_no_pod_gone_for_rows_that_name_no_namespace() {
+    let (db, sql, server) = setup().await;
+    // The watch sees namespace agents only; these sessions' pods run in centaur.
+    server.create(centaur_pod("t-1").stored());
+    let mut inside = centaur_pod("t-3");
+    inside.ns = "agents".into();
+    server.create(inside.stored());
+    sql.batch_execute(
+        "INSERT INTO sandbox_sessions (thread_key, sandbox_id, state) VALUES
+           ('t-1', 'centaur-sandbox-t-1', 'running'),
+           ('t-2', 'centaur-sandbox-t-2', 'suspended'),
+           ('t-3', 'centaur-sandbox-t-3', 'running')",
+    )
+    .await
+    .unwrap();
+    let scoped = format!("{SANDBOX_API_FAST}    pods:\n      namespaces: [agents]\n");
+    let d = daemon(&server, &db, &scoped).await;
+    wait_ready(&d, true).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        findings(&d).await,
+        Vec::<Value>::new(),
+        "a missing pod outside the watched namespaces is no evidence"
+    );
+    d.shutdown().await;
+
+    // Told where the rows' pods live, the same profile judges them.
+    let placed = scoped.replace(
+        "    records:\n",
+        "    records:\n      default_namespace: agents\n",
+    );
+    let d = daemon(&server, &db, &placed).await;
+    wait_for(
+        Duration::from_secs(10),
+        "the two findings in agents",
+        || async {
+            let mut kinds: Vec<String> = findings(&d)
+                .await
+                .iter()
+                .map(|f| format!("{} {}", f["kind"].as_str().unwrap(), f["session"]))
+                .collect();
+            kinds.sort();
+            kinds
+                == [
+                    "orphaned_suspended_session \"t-2\"",
+                    "session_active_without_agent \"t-1\"",
+                ]
+        },
+    )
+    .await;
+    d.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_without_a_url_makes_the_daemon_not_ready_until_one_is_there() {
+    let (db, sql, server) = setup().await;
+    server.create(centaur_pod("t-1").stored());
+    sql.batch_execute("INSERT INTO sandbox_sessions (thread_key, sandbox_id, state) VALUES ('t-1', 'centaur-sandbox-t-1', 'running')")
+        .await
+        .unwrap();
+    // The Secret is not mounted yet.
+    let url_file = std::env::temp_dir().join(format!("sandwatch-url-{}", std::process::id()));
+    let _ = std::fs::remove_file(&url_file);
+    let file = url_file.clone();
+    let d = start_with(
+        &server,
+        sandwatch::config::load_str(SANDBOX_API_FAST).unwrap(),
+        |s| s.database_url_file = Some(file),
+    )
+    .await;
+    wait_for(Duration::from_secs(5), "the pods synced", || async {
+        let (_, r) = get(&d, "/readyz").await;
+        r["sources"].as_array().is_some_and(|s| {
+            s.iter()
+                .any(|s| s["name"] == "pods/sandbox-api" && s["synced"] == true)
+        })
+    })
+    .await;
+    let (code, r) = get(&d, "/readyz").await;
+    assert_eq!(code, 503, "{r}");
+    assert_eq!(r["not_ready"], json!(["postgres/sandbox-api"]), "{r}");
+    let pg = r["sources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == "postgres/sandbox-api")
+        .unwrap()
+        .clone();
+    let error = pg["error"].as_str().unwrap_or_default();
+    assert!(
+        error.contains(&url_file.display().to_string()) && error.contains("No such file"),
+        "{pg}"
+    );
+    assert!(!error.contains("os error"), "said once: {error}");
+    let m = metrics(&d).await;
+    assert!(
+        m.contains("sandwatch_source_synced{source=\"postgres/sandbox-api\"} 0"),
+        "{m}"
+    );
+    // The Secret appears: the source connects by itself.
+    std::fs::copy(db.url_file("sandwatch_ro"), &url_file).unwrap();
+    wait_ready(&d, true).await;
+    d.shutdown().await;
+    let _ = std::fs::remove_file(&url_file);
+}

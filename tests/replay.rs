@@ -233,6 +233,46 @@ fn malformed_values_are_reported_with_their_position_counted_and_skipped() {
 }
 
 #[test]
+fn every_value_that_is_dropped_is_counted() {
+    let dir = std::env::temp_dir().join(format!("sandwatch-dropped-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("dropped.json");
+    std::fs::write(
+        &file,
+        concat!(
+            "{\"at\":\"2026-01-01T00:00:00Z\",\"record\":{\"kind\":\"sandbox\",\"id\":\"sb-1\",\"state\":\"running\"}}\n",
+            // Not a pod, nor a resource any profile names.
+            "{\"type\":\"ADDED\",\"object\":{\"apiVersion\":\"v1\",\"kind\":\"Service\",\"metadata\":{\"name\":\"api\",\"namespace\":\"default\"}}}\n",
+            // A key given twice.
+            "{\"at\":\"2026-01-01T00:00:01Z\",\"record\":{\"kind\":\"sandbox\",\"id\":\"sb-1\",\"state\":\"running\",\"state\":\"failure\"}}\n",
+            // A far-future sentinel where a time belongs.
+            "{\"at\":\"9999-12-31T23:59:59Z\"}\n",
+            // Cut short at the end of the recording.
+            "{\"at\":\"2026-01-01T00:00:02Z\",\"record\":{\"kind\":\"sandbox\",\"id\":\"sb-1\",\"sta",
+        ),
+    )
+    .unwrap();
+    let (lines, stderr) = replay("offload-modal", &[file.to_str().unwrap()], &[]);
+    let s = summary(&lines);
+    assert_eq!(s["rejected"], 4, "{stderr}");
+    assert_eq!(
+        s["events"], 0,
+        "the Service is not a watch event sandwatch used"
+    );
+    for needle in [
+        "value 2 (line 2)",
+        "object.kind: \"Service\" (apiVersion \"v1\") is neither a Pod nor a custom resource",
+        "value 3 (line 3)",
+        "duplicate field `state`",
+        "value 4 (line 4)",
+        "far-future",
+        "value 5 (line 5)",
+    ] {
+        assert!(stderr.contains(needle), "missing {needle:?} in:\n{stderr}");
+    }
+}
+
+#[test]
 fn reads_standard_input_and_writes_metrics() {
     let dir = std::env::temp_dir().join(format!("sandwatch-metrics-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
