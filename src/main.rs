@@ -282,6 +282,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 lease_name
             };
             let config = profiles.load_config()?;
+            for w in config::warnings(&config.profiles) {
+                tracing::warn!(field = %w.field, "{}", w.message);
+            }
             let profiles = Arc::new(config.profiles);
             let identity = identity.unwrap_or_else(|| {
                 let host = std::fs::read_to_string("/etc/hostname").unwrap_or_default();
@@ -361,6 +364,13 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                         profiles.len(),
                         profiles.names().join(", ")
                     );
+                    let warnings = config::warnings(&profiles);
+                    if !warnings.is_empty() {
+                        eprintln!("{}: {} warning(s)", file.display(), warnings.len());
+                        for w in &warnings {
+                            eprintln!("  {w}");
+                        }
+                    }
                     Ok(ExitCode::SUCCESS)
                 }
                 Err(errors) => {

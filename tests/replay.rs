@@ -356,3 +356,34 @@ fn check_config_explains_errors_and_accepts_good_files() {
         String::from_utf8_lossy(&out.stdout).contains("OK, 2 profile(s): sandbox-api, ambient")
     );
 }
+
+/// The text of the fenced block that follows `marker` in the README.
+fn readme_block(marker: &str) -> String {
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let after = &readme[readme.find(marker).expect("marker in README") + marker.len()..];
+    let start = after.find("```").unwrap();
+    let body = &after[start..];
+    let body = &body[body.find('\n').unwrap() + 1..];
+    body[..body.find("```").unwrap()].to_string()
+}
+
+#[test]
+fn the_readme_record_examples_replayed_as_written_give_the_findings_it_shows() {
+    let input = readme_block("<!-- records-example -->");
+    let file = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/records.json");
+    assert_eq!(
+        std::fs::read_to_string(file).unwrap().trim(),
+        input.trim(),
+        "examples/records.json is the README's example"
+    );
+    let out = Command::new(env!("CARGO_BIN_EXE_sandwatch"))
+        .args(["replay", "--preset", "generic", file])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert_eq!(
+        String::from_utf8(out.stdout).unwrap().trim(),
+        readme_block("<!-- records-example-output -->").trim()
+    );
+}
