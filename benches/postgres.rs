@@ -36,6 +36,7 @@ impl SourceCounters for Polls {
     fn watch_event(&self, _: &str) {}
     fn watch_restart(&self, _: &str) {}
     fn watch_error(&self, _: &str) {}
+    fn pushed(&self, _: &str, _: u64) {}
     fn rejected(&self, _: &str, _: &str) {}
     fn poll(&self, _: &str, full: bool, seconds: f64, rows: u64, ok: bool) {
         if ok {

@@ -15,7 +15,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use prometheus_client::registry::Registry;
 use tokio::sync::{broadcast, mpsc, watch};
 use tokio::task::JoinSet;
 use tracing::{info, warn};
@@ -29,7 +28,7 @@ use crate::remediation::{self, Controller, Leadership, Remediation, RemediationM
 use crate::shard::Shard;
 use crate::sinks::http::{self, Snapshot};
 use crate::sinks::log;
-use crate::sinks::metrics::{FindingMetrics, HealthMetrics};
+use crate::sinks::metrics::{FindingMetrics, HealthMetrics, SourceKind};
 use crate::sources::ingest::{self, Ingest};
 use crate::sources::kube::{self as kube_source, Context};
 use crate::sources::postgres::{Context as RecordsContext, Postgres};
@@ -91,7 +90,7 @@ impl Daemon {
         let profiles = settings.profiles.clone();
         let findings = FindingMetrics::new(&profiles);
         let health = HealthMetrics::default();
-        let mut registry = Registry::default();
+        let mut registry = crate::sinks::metrics::registry(settings.shard);
         findings.register(&mut registry);
         health.register(&mut registry);
         let remediation_metrics = RemediationMetrics::new(&profiles);
@@ -146,8 +145,10 @@ impl Daemon {
         let addr = listener.local_addr()?;
         let mut app = http::router(snapshot_rx.clone(), Arc::new(registry));
         if let Some(ingest) = &ingest {
-            health.register_source(ingest::SOURCE, false);
             for status in ingest.statuses() {
+                if let Change::Source(s) = &status {
+                    health.register_source(&s.name, SourceKind::Push);
+                }
                 changes_tx.send((Ts::now(), status)).await?;
             }
             app = app.merge(ingest.clone().router());
@@ -195,7 +196,12 @@ impl Daemon {
             let (controller_done, controller_done_rx) = watch::channel(false);
             match settings.leader_election.clone() {
                 Some(elector) => {
-                    tasks.spawn(elector.run(client.clone(), lead_tx, controller_done_rx));
+                    tasks.spawn(elector.run(
+                        client.clone(),
+                        lead_tx,
+                        controller_done_rx,
+                        remediation_metrics.lease_errors.clone(),
+                    ));
                 }
                 None => drop(lead_tx),
             }
@@ -231,7 +237,7 @@ impl Daemon {
         };
         for db in databases {
             info!(source = %db.name, database = %db.target(), "polling records");
-            health.register_source(&db.name, true);
+            health.register_source(&db.name, SourceKind::Poll);
             let mut stop = stop_rx.clone();
             let records = records.clone();
             tasks.spawn(async move {
@@ -243,7 +249,7 @@ impl Daemon {
         }
         for w in kube_source::watches(&profiles) {
             info!(source = %w.name, selector = w.label_selector.as_deref().unwrap_or(""), "watching");
-            health.register_source(&w.name, false);
+            health.register_source(&w.name, SourceKind::Watch);
             let mut stop = stop_rx.clone();
             let cx = cx.clone();
             tasks.spawn(async move {
@@ -322,7 +328,7 @@ impl EngineTask {
             }
             for n in self.engine.take_notices() {
                 self.health.notice(&n);
-                warn!(reason = n.reason, "{}", n.message);
+                warn!(reason = n.reason, "{}", crate::text::clip(&n.message));
             }
             for t in &out {
                 self.findings.transition(t);

@@ -317,6 +317,35 @@ impl Default for Grace {
 }
 
 impl Profile {
+    /// The feeds this profile's configuration provides in live mode: pods when it has a pod
+    /// section, the record kinds its database queries and ingest API take, and its custom
+    /// resources.
+    pub fn feeds(&self) -> Vec<crate::trust::Feed> {
+        use crate::trust::Feed;
+        let mut out = Vec::new();
+        if self.pods.is_some() {
+            out.push(Feed::Pods);
+        }
+        for kind in self
+            .records
+            .postgres
+            .iter()
+            .flat_map(|pg| pg.queries.iter().map(|(k, _)| *k))
+            .chain(self.records.ingest.iter().copied())
+        {
+            out.push(Feed::of_record(kind));
+        }
+        for cr in &self.custom_resources {
+            out.push(match cr.role {
+                ResourceRole::Session => Feed::Sessions,
+                ResourceRole::ResumeTarget => Feed::ResumeTargets,
+            });
+        }
+        out.sort();
+        out.dedup();
+        out
+    }
+
     /// Whether records of this kind are identified by namespace and id (rather than by id
     /// alone): sessions read from a custom resource, and the kinds `records.namespaced_ids`
     /// lists.

@@ -4,7 +4,6 @@
 use std::io::{Read, Write};
 use std::sync::Arc;
 
-use prometheus_client::registry::Registry;
 use tracing::warn;
 
 use crate::engine::Engine;
@@ -36,7 +35,7 @@ pub fn run<W: Write>(
     out: W,
 ) -> anyhow::Result<Outcome<W>> {
     let metrics = FindingMetrics::new(&profiles);
-    let mut registry = Registry::default();
+    let mut registry = crate::sinks::metrics::registry(crate::shard::Shard::ALL);
     metrics.register(&mut registry);
     let mut metric_sink = metrics.sink();
     let mut report = Report::new(out, format);
@@ -50,7 +49,7 @@ pub fn run<W: Write>(
                 |value| {
                     let result = replay.decoded(value, &mut transitions);
                     for n in replay.engine.take_notices() {
-                        warn!(reason = n.reason, "{}", n.message);
+                        warn!(reason = n.reason, "{}", crate::text::clip(&n.message));
                     }
                     for t in transitions.drain(..) {
                         metric_sink.transition(&t);
@@ -66,7 +65,7 @@ pub fn run<W: Write>(
                         "skipped value {} (line {}) of {name}: {}",
                         position.value,
                         position.line,
-                        e.message
+                        crate::text::clip(&e.message)
                     );
                 },
             )

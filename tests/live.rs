@@ -12,6 +12,7 @@ use common::{C, PodB, pod};
 use sandwatch::finding::Event;
 use support::apiserver::TestApiServer;
 use support::daemon::*;
+use support::metrics::has;
 
 fn sandbox(name: &str) -> PodB {
     pod("agents", name)
@@ -245,11 +246,17 @@ async fn an_api_server_outage_holds_findings_and_the_daemon_recovers_by_itself()
         .await
         .unwrap();
     assert!(
-        metrics.contains("sandwatch_watch_restarts_total{source=\"pods/ambient\"}"),
+        has(
+            &metrics,
+            "sandwatch_watch_restarts_total{source=\"pods/ambient\"}"
+        ),
         "{metrics}"
     );
     assert!(
-        metrics.contains("sandwatch_source_synced{source=\"pods/ambient\"} 1"),
+        has(
+            &metrics,
+            "sandwatch_source_synced{source=\"pods/ambient\"} 1"
+        ),
         "{metrics}"
     );
     daemon.shutdown().await;
@@ -640,15 +647,20 @@ async fn a_pod_the_decoder_cannot_read_is_skipped_and_counted_and_the_watch_stil
         .await
         .unwrap();
     assert!(
-        m.contains(
+        has(
+            &m,
             "sandwatch_rejected_inputs_total{source=\"pods/generic\",reason=\"invalid_value\"} 1"
         ),
         "{m}"
     );
     assert!(
-        m.contains(
+        has(
+            &m,
             "sandwatch_rule_active{profile=\"generic\",kind=\"agent_terminated_pod_running\"} 1"
-        ) && m.contains("sandwatch_rule_active{profile=\"generic\",kind=\"leaked_sandbox_pod\"} 0"),
+        ) && has(
+            &m,
+            "sandwatch_rule_active{profile=\"generic\",kind=\"leaked_sandbox_pod\"} 0"
+        ),
         "with pods only, the record rules do not run, and the metric says so:\n{m}"
     );
     let (_, ready) = get(&daemon, "/readyz").await;
@@ -669,7 +681,8 @@ async fn a_pod_the_decoder_cannot_read_is_skipped_and_counted_and_the_watch_stil
             .text()
             .await
             .unwrap();
-        m.contains(
+        has(
+            &m,
             "sandwatch_rejected_inputs_total{source=\"pods/generic\",reason=\"invalid_value\"} 2",
         )
     })

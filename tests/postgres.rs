@@ -12,6 +12,7 @@ use common::centaur_pod;
 use sandwatch::finding::Event;
 use support::apiserver::TestApiServer;
 use support::daemon::*;
+use support::metrics::has;
 use support::postgres::{SCHEMA, TestPostgres};
 use support::proxy::FreezingProxy;
 
@@ -103,7 +104,13 @@ async fn an_update_is_picked_up_within_one_poll_interval() {
     );
     eprintln!("the update was seen {took:?} after its commit");
     let m = metrics(&d).await;
-    assert!(m.contains("sandwatch_record_polls_total{source=\"postgres/sandbox-api\",mode=\"incremental\",outcome=\"success\"}"), "{m}");
+    assert!(
+        has(
+            &m,
+            "sandwatch_record_polls_total{source=\"postgres/sandbox-api\",mode=\"incremental\",outcome=\"success\"}"
+        ),
+        "{m}"
+    );
     d.shutdown().await;
 }
 
@@ -170,7 +177,10 @@ async fn a_database_restart_opens_no_absence_finding_and_loses_no_update() {
     .await;
     let m = metrics(&d).await;
     assert!(
-        m.contains("sandwatch_source_synced{source=\"postgres/sandbox-api\"} 1"),
+        has(
+            &m,
+            "sandwatch_source_synced{source=\"postgres/sandbox-api\"} 1"
+        ),
         "{m}"
     );
     d.shutdown().await;
@@ -192,8 +202,20 @@ async fn rows_it_cannot_understand_are_reported_counted_and_skipped() {
     let (_, ready) = get(&d, "/readyz").await;
     assert_eq!(ready["records"], 3, "good-1, good-2 and exe-1: {ready}");
     let m = metrics(&d).await;
-    assert!(m.contains("sandwatch_rejected_inputs_total{source=\"postgres/sandbox-api\",reason=\"unknown_state\"}"), "{m}");
-    assert!(m.contains("sandwatch_rejected_inputs_total{source=\"postgres/sandbox-api\",reason=\"missing_field\"}"), "{m}");
+    assert!(
+        has(
+            &m,
+            "sandwatch_rejected_inputs_total{source=\"postgres/sandbox-api\",reason=\"unknown_state\"}"
+        ),
+        "{m}"
+    );
+    assert!(
+        has(
+            &m,
+            "sandwatch_rejected_inputs_total{source=\"postgres/sandbox-api\",reason=\"missing_field\"}"
+        ),
+        "{m}"
+    );
     // The daemon carries on: later rows are read.
     sql.execute("INSERT INTO sandbox_sessions (thread_key, sandbox_id, state) VALUES ('good-3', 'p-5', 'idle')", &[])
         .await
@@ -271,7 +293,10 @@ async fn a_database_that_stops_answering_is_reported_stale_and_read_again_after(
     assert_eq!(records(&d).await, 2);
     let m = metrics(&d).await;
     assert!(
-        m.contains("sandwatch_record_polls_total{source=\"postgres/sandbox-api\",mode=\"incremental\",outcome=\"error\"} 1"),
+        has(
+            &m,
+            "sandwatch_record_polls_total{source=\"postgres/sandbox-api\",mode=\"incremental\",outcome=\"error\"} 1"
+        ),
         "the stalled poll counts as one failure:\n{m}"
     );
     d.shutdown().await;
@@ -297,7 +322,10 @@ async fn a_full_load_may_take_longer_than_the_statement_timeout() {
     assert_eq!(records(&d).await, 20);
     let m = metrics(&d).await;
     assert!(
-        m.contains("sandwatch_record_polls_total{source=\"postgres/sandbox-api\",mode=\"full\",outcome=\"error\"} 0"),
+        has(
+            &m,
+            "sandwatch_record_polls_total{source=\"postgres/sandbox-api\",mode=\"full\",outcome=\"error\"} 0"
+        ),
         "{m}"
     );
     d.shutdown().await;
@@ -360,10 +388,11 @@ async fn a_row_that_turns_unreadable_keeps_what_was_known_of_it() {
         .unwrap();
     let full_loads = || async {
         let m = metrics(&d).await;
-        m.lines()
-            .find(|l| l.starts_with("sandwatch_record_polls_total{source=\"postgres/sandbox-api\",mode=\"full\",outcome=\"success\"}"))
-            .and_then(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
-            .unwrap_or(0)
+        support::metrics::value(
+            &m,
+            "sandwatch_record_polls_total{source=\"postgres/sandbox-api\",mode=\"full\",outcome=\"success\"}",
+        )
+        .unwrap_or(0.0) as u64
     };
     let before = full_loads().await;
     wait_for(
@@ -379,7 +408,13 @@ async fn a_row_that_turns_unreadable_keeps_what_was_known_of_it() {
         log.lines()
     );
     let m = metrics(&d).await;
-    assert!(m.contains("sandwatch_rejected_inputs_total{source=\"postgres/sandbox-api\",reason=\"unknown_state\"}"), "{m}");
+    assert!(
+        has(
+            &m,
+            "sandwatch_rejected_inputs_total{source=\"postgres/sandbox-api\",reason=\"unknown_state\"}"
+        ),
+        "{m}"
+    );
     d.shutdown().await;
 }
 
@@ -442,16 +477,20 @@ async fn incident_02_every_orphaned_suspended_session_and_nothing_else() {
     assert_eq!(only["count"], ORPHANS);
     let m = metrics(&d).await;
     assert!(
-        m.contains(&format!(
-            "sandwatch_orphaned_suspended_sessions{{profile=\"sandbox-api\"}} {ORPHANS}"
-        )),
+        has(
+            &m,
+            &format!("sandwatch_orphaned_suspended_sessions{{profile=\"sandbox-api\"}} {ORPHANS}")
+        ),
         "{m}"
     );
     // Nothing else, even after a few more polls.
     tokio::time::sleep(Duration::from_millis(800)).await;
     assert_eq!(get(&d, "/api/v1/findings").await.1["count"], ORPHANS);
     assert!(
-        m.contains("sandwatch_findings_opened_total{kind=\"orphaned_suspended_session\"} 2206"),
+        has(
+            &m,
+            "sandwatch_findings_opened_total{kind=\"orphaned_suspended_session\"} 2206"
+        ),
         "{m}"
     );
     for kind in [
@@ -461,9 +500,10 @@ async fn incident_02_every_orphaned_suspended_session_and_nothing_else() {
         "leaked_sandbox_pod",
     ] {
         assert!(
-            m.contains(&format!(
-                "sandwatch_findings_opened_total{{kind=\"{kind}\"}} 0"
-            )),
+            has(
+                &m,
+                &format!("sandwatch_findings_opened_total{{kind=\"{kind}\"}} 0")
+            ),
             "{kind}: {m}"
         );
     }
@@ -559,7 +599,10 @@ async fn incident_04_retries_against_a_dead_modal_sandbox_through_the_ingest_api
     assert_eq!(f["findings"][0]["reason"], "SandboxDead");
     let m = metrics(&d).await;
     assert!(
-        m.contains("sandwatch_retries_against_dead_agent_total{profile=\"offload-modal\"} 3"),
+        has(
+            &m,
+            "sandwatch_retries_against_dead_agent_total{profile=\"offload-modal\"} 3"
+        ),
         "{m}"
     );
 
@@ -679,7 +722,8 @@ async fn a_restart_reports_long_standing_orphans_at_once_with_the_same_evidence(
     );
     let m = metrics(&second).await;
     assert!(
-        m.contains(
+        has(
+            &m,
             "sandwatch_detection_latency_seconds_count{kind=\"orphaned_suspended_session\"} 0"
         ),
         "what held before the start is no detection latency:\n{m}"
@@ -784,7 +828,10 @@ async fn a_database_without_a_url_makes_the_daemon_not_ready_until_one_is_there(
     assert!(!error.contains("os error"), "said once: {error}");
     let m = metrics(&d).await;
     assert!(
-        m.contains("sandwatch_source_synced{source=\"postgres/sandbox-api\"} 0"),
+        has(
+            &m,
+            "sandwatch_source_synced{source=\"postgres/sandbox-api\"} 0"
+        ),
         "{m}"
     );
     // The Secret appears: the source connects by itself.

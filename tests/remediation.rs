@@ -87,11 +87,7 @@ async fn metric(d: &Daemon, line_start: &str) -> f64 {
         .text()
         .await
         .unwrap();
-    text.lines()
-        .find(|l| l.starts_with(line_start))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(f64::NAN)
+    support::metrics::value(&text, line_start).unwrap_or(f64::NAN)
 }
 
 fn orphan(id: &str) -> Value {

@@ -2,6 +2,10 @@
 
 use std::process::Command;
 
+#[allow(dead_code)]
+#[path = "support/metrics.rs"]
+mod metrics;
+
 use serde_json::Value;
 
 fn replay(preset: &str, files: &[&str], extra: &[&str]) -> (Vec<Value>, String) {
@@ -313,7 +317,7 @@ fn reads_standard_input_and_writes_metrics() {
         "sandwatch_sessions_active_without_agent{profile=\"sandbox-api\"} 0",
         "sandwatch_detection_latency_seconds_count{kind=\"orphaned_suspended_session\"} 5",
     ] {
-        assert!(text.contains(line), "missing {line:?} in:\n{text}");
+        assert!(metrics::has(&text, line), "missing {line:?} in:\n{text}");
     }
 }
 

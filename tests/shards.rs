@@ -11,6 +11,7 @@ use common::{C, centaur_pod};
 use sandwatch::shard::Shard;
 use support::apiserver::TestApiServer;
 use support::daemon::*;
+use support::metrics::has;
 use support::postgres::{SCHEMA, TestPostgres};
 
 const CONFIG: &str = r#"
@@ -150,7 +151,7 @@ async fn each_finding_is_reported_by_exactly_one_of_three_shards() {
         .await
         .unwrap();
     assert!(
-        text.contains("sandwatch_shard_ordinal 2") && text.contains("sandwatch_total_shards 3"),
+        has(&text, "sandwatch_shard_ordinal 2") && has(&text, "sandwatch_total_shards 3"),
         "{text}"
     );
     for d in shards {

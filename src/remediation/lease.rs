@@ -69,6 +69,7 @@ impl Elector {
         client: kube::Client,
         tx: watch::Sender<Leadership>,
         mut stop: watch::Receiver<bool>,
+        errors: prometheus_client::metrics::counter::Counter,
     ) {
         let api: Api<Lease> = Api::namespaced(client, &self.namespace);
         let mut observed: Option<(String, Instant)> = None;
@@ -87,7 +88,10 @@ impl Elector {
                         warn!(lease = %self.name, "lost the remediation lease");
                     }
                 }
-                Err(e) => warn!(lease = %self.name, error = %e, "lease update failed"),
+                Err(e) => {
+                    errors.inc();
+                    warn!(lease = %self.name, error = %e, "lease update failed");
+                }
             }
             let leadership = match leading_since_renew {
                 Some(t) if attempt.duration_since(t) < self.renew_deadline => Leadership {

@@ -136,6 +136,8 @@ pub struct RemediationMetrics {
     circuit_open: Family<ActionLabels, Gauge>,
     backlog: Family<ActionLabels, Gauge>,
     leader: Gauge,
+    /// Failed Lease reads and writes.
+    pub lease_errors: Counter,
 }
 
 fn duration_histogram() -> Histogram {
@@ -160,6 +162,7 @@ impl RemediationMetrics {
             circuit_open: Family::default(),
             backlog: Family::default(),
             leader: Gauge::default(),
+            lease_errors: Counter::default(),
         };
         let mut names: Vec<ActionName> = actions(profiles).iter().map(|a| a.name).collect();
         names.sort();
@@ -184,12 +187,12 @@ impl RemediationMetrics {
     pub fn register(&self, registry: &mut Registry) {
         registry.register(
             "sandwatch_remediations",
-            "Remediation calls by action and outcome: success, refused (4xx, not retried), error (retried with backoff), dry_run (logged only), ineffective (the finding outlived a successful call), invalid (the call could not be built), circuit_open (the receiver kept failing)",
+            "Remediation calls by action and outcome: success, refused (4xx, not retried), error (retried with backoff), dry_run (logged only), ineffective (the finding outlived a successful call), invalid (the call could not be built), circuit_open (the receiver kept failing). Errors and refusals are logged with the receiver's answer: check the receiver",
             self.calls.clone(),
         );
         registry.register(
             "sandwatch_remediation_duration_seconds",
-            "How long remediation calls took, by action",
+            "How long remediation calls took, by action; calls near the timeout mean a slow receiver",
             self.duration.clone(),
         );
         registry.register(
@@ -199,13 +202,18 @@ impl RemediationMetrics {
         );
         registry.register(
             "sandwatch_remediation_backlog",
-            "Findings due for remediation that wait for their turn under the rate limits, by action",
+            "Findings due for remediation that wait for their turn under the rate limits (or an open circuit), by action, on the replica that remediates (0 elsewhere); a backlog that does not drain means per_minute is too low for the incident",
             self.backlog.clone(),
         );
         registry.register(
             "sandwatch_leader",
-            "1 on the replica that holds the remediation Lease (or when leader election is off)",
+            "1 on the replica that holds the remediation Lease (or when leader election is off); per shard, exactly one replica should read 1",
             self.leader.clone(),
+        );
+        registry.register(
+            "sandwatch_lease_errors",
+            "Failed reads or writes of the remediation Lease (retried every 2 s); a steady rate means no replica can lead: check the Lease RBAC (get, create, update on leases) and the API server",
+            self.lease_errors.clone(),
         );
     }
 
@@ -448,8 +456,12 @@ impl Controller {
             backlog.insert(a.name, 0);
         }
         if !acting {
-            for (_, _, index) in &due {
-                *backlog.entry(self.action(*index).name).or_default() += 1;
+            // Only the replica that remediates has a backlog: another one counts nothing, so
+            // that adding replicas does not add backlog.
+            if self.leadership.borrow().leader {
+                for (_, _, index) in &due {
+                    *backlog.entry(self.action(*index).name).or_default() += 1;
+                }
             }
             self.set_backlog(&backlog);
             return;
@@ -510,6 +522,14 @@ impl Controller {
         let action = self.action(index).clone();
         let name = action.name;
         let d = &f.finding;
+        // Values from outside, escaped and bounded for the logs.
+        let text = |s: Option<&str>| s.map(crate::text::clip).map(|c| c.into_owned());
+        let (session, execution, pod) = (
+            text(d.session.as_deref()),
+            text(d.execution.as_deref()),
+            text(d.pod.as_deref()),
+        );
+        let (session, execution, pod) = (session.as_deref(), execution.as_deref(), pod.as_deref());
         let resend = self
             .state
             .get(&key)
@@ -517,8 +537,7 @@ impl Controller {
         if resend {
             self.metrics.count(name, "ineffective");
             warn!(
-                action = name.as_str(), key = %key, kind = %d.kind, session = d.session.as_deref(),
-                execution = d.execution.as_deref(), pod = d.pod.as_deref(),
+                action = name.as_str(), key = %key, kind = %d.kind, session, execution, pod,
                 "the finding is still open {:?} after a successful remediation: calling again (remediation_ineffective)",
                 self.settings.resend_after
             );
@@ -561,7 +580,7 @@ impl Controller {
         match outcome {
             Outcome::DryRun(what) => {
                 self.metrics.count(name, "dry_run");
-                info!(action = name.as_str(), key = %key, kind = %d.kind, session = d.session.as_deref(), execution = d.execution.as_deref(), pod = d.pod.as_deref(), "dry run: would {what}");
+                info!(action = name.as_str(), key = %key, kind = %d.kind, session, execution, pod, "dry run: would {what}");
                 st.done = true;
             }
             Outcome::Success(status) => {
@@ -570,7 +589,7 @@ impl Controller {
                     .duration
                     .get_or_create(&label)
                     .observe(took.as_secs_f64());
-                info!(action = name.as_str(), key = %key, kind = %d.kind, session = d.session.as_deref(), execution = d.execution.as_deref(), pod = d.pod.as_deref(), status, "remediated");
+                info!(action = name.as_str(), key = %key, kind = %d.kind, session, execution, pod, status, "remediated");
                 st.failures = 0;
                 st.delivered_at = Some(now);
                 let factor = 2u32.saturating_pow(st.resends.min(6));
@@ -585,7 +604,7 @@ impl Controller {
                     .duration
                     .get_or_create(&label)
                     .observe(took.as_secs_f64());
-                warn!(action = name.as_str(), key = %key, kind = %d.kind, session = d.session.as_deref(), execution = d.execution.as_deref(), status, response = %body, "the receiver refused the remediation; not retrying");
+                warn!(action = name.as_str(), key = %key, kind = %d.kind, session, execution, status, response = %crate::text::clip(&body), "the receiver refused the remediation; not retrying");
                 st.done = true;
                 c.failures = 0;
                 c.open_until = None;
@@ -603,7 +622,7 @@ impl Controller {
                 let wait = retry_after.map_or(backoff, |r| r.min(MAX_RETRY_AFTER).max(backoff));
                 st.next_at = Some(later(now, wait));
                 c.failures += 1;
-                warn!(action = name.as_str(), key = %key, error = %error, attempt = st.failures, "remediation failed; retrying in {wait:?}");
+                warn!(action = name.as_str(), key = %key, error = %crate::text::clip(&error), attempt = st.failures, "remediation failed; retrying in {wait:?}");
                 if c.failures >= settings.circuit_failures && c.open_until.is_none_or(|u| u <= now)
                 {
                     c.open_until = Some(now + settings.circuit_open_for);
@@ -619,7 +638,7 @@ impl Controller {
             }
             Outcome::Invalid(error) => {
                 self.metrics.count(name, "invalid");
-                warn!(action = name.as_str(), key = %key, error = %error, "cannot build the remediation call; retrying later");
+                warn!(action = name.as_str(), key = %key, error = %crate::text::clip(&error), "cannot build the remediation call; retrying later");
                 st.next_at = Some(later(now, settings.retry_max));
             }
         }

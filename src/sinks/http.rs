@@ -17,7 +17,7 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::{Query, State};
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{Html, IntoResponse, Json, Response};
 use axum::routing::get;
 use prometheus_client::registry::Registry;
@@ -25,6 +25,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 use crate::finding::{FindingKind, OpenFinding};
+use crate::sinks::metrics::Exposition;
 use crate::time::Ts;
 use crate::world::SourceStatus;
 
@@ -220,23 +221,16 @@ async fn findings(State(s): State<AppState>, Query(filter): Query<Filter>) -> Re
     .into_response()
 }
 
-async fn metrics(State(s): State<AppState>) -> Response {
-    let mut text = String::new();
-    if let Err(e) = prometheus_client::encoding::text::encode(&mut text, &s.registry) {
-        return (
+async fn metrics(State(s): State<AppState>, headers: HeaderMap) -> Response {
+    let format = Exposition::negotiate(headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()));
+    match crate::sinks::metrics::encode(&s.registry, format) {
+        Ok(text) => ([(header::CONTENT_TYPE, format.content_type())], text).into_response(),
+        Err(e) => (
             StatusCode::INTERNAL_SERVER_ERROR,
             format!("encoding metrics: {e}\n"),
         )
-            .into_response();
+            .into_response(),
     }
-    (
-        [(
-            header::CONTENT_TYPE,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-        )],
-        text,
-    )
-        .into_response()
 }
 
 fn escape(s: &str) -> String {

@@ -125,21 +125,24 @@ impl<W: Write> Report<W> {
                 writeln!(self.out)
             }
             Format::Table => {
-                let dash = |s: Option<&str>| s.unwrap_or("-").to_string();
+                // Cells come from outside: escaped and bounded, so that no value can break
+                // the table or forge a line.
+                let clip = |s: &str| crate::text::clip(s).into_owned();
+                let dash = |s: Option<&str>| s.map_or_else(|| "-".to_string(), clip);
                 let target = match (opt(&f.namespace), opt(&f.pod)) {
-                    (Some(ns), Some(p)) => format!("{ns}/{p}"),
-                    (None, Some(p)) => p.to_string(),
+                    (Some(ns), Some(p)) => format!("{}/{}", clip(ns), clip(p)),
+                    (None, Some(p)) => clip(p),
                     _ => "-".to_string(),
                 };
                 let mut detail = Vec::new();
                 if let Some(c) = &f.container {
-                    detail.push(format!("container={c}"));
+                    detail.push(format!("container={}", clip(c)));
                 }
                 if let Some(x) = f.exit_code {
                     detail.push(format!("exit={x}"));
                 }
                 if let Some(s) = &f.state {
-                    detail.push(format!("state={s}"));
+                    detail.push(format!("state={}", clip(s)));
                 }
                 if t.finding.retries_after_death > 0 {
                     detail.push(format!("retries={}", t.finding.retries_after_death));
@@ -148,19 +151,19 @@ impl<W: Write> Report<W> {
                     detail.push(format!("open_for={}s", t.open_for_secs()));
                 }
                 let work = match (opt(&f.execution), opt(&f.sandbox)) {
-                    (Some(e), Some(s)) => format!("{e}@{s}"),
-                    (Some(e), None) => e.to_string(),
+                    (Some(e), Some(s)) => format!("{}@{}", clip(e), clip(s)),
+                    (Some(e), None) => clip(e),
                     (None, s) => dash(s),
                 };
                 self.rows.push([
                     t.at.to_string(),
                     format!("{:?}", t.event).to_lowercase(),
                     f.kind.to_string(),
-                    f.profile.to_string(),
+                    clip(&f.profile),
                     target,
                     dash(opt(&f.session)),
                     work,
-                    f.reason.to_string(),
+                    clip(&f.reason),
                     detail.join(" "),
                 ]);
                 Ok(())

@@ -25,7 +25,7 @@ use serde::Serialize;
 use tokio::sync::mpsc;
 
 use crate::engine::Change;
-use crate::profile::Profiles;
+use crate::profile::{ProfileId, Profiles};
 use crate::record::{InputError, RecordChange, RecordDoc, RecordKind};
 use crate::sources::SourceCounters;
 use crate::time::Ts;
@@ -54,6 +54,11 @@ pub fn kinds(profiles: &Profiles) -> Vec<RecordKind> {
 }
 
 impl Ingest {
+    /// The name of the source that feeds a profile (`ingest/PROFILE`).
+    pub fn source_name(&self, profile: ProfileId) -> String {
+        crate::sources::name(SOURCE, &self.profiles.get(profile).name, None)
+    }
+
     /// The source's status for each profile it feeds: always synced (nothing to list).
     pub fn statuses(&self) -> Vec<Change> {
         self.profiles
@@ -132,9 +137,21 @@ async fn ingest(State(ingest): State<Ingest>, headers: HeaderMap, body: Bytes) -
         accepted: 0,
         rejected: Vec::new(),
     };
+    let mut pushed: std::collections::BTreeMap<ProfileId, u64> = Default::default();
     for (index, doc) in docs.into_iter().enumerate() {
+        // Rejections count under the profile's source when the record names a known one.
+        let source = doc
+            .as_ref()
+            .ok()
+            .and_then(|d| ingest.profiles.for_record(d.profile.as_deref()))
+            .map_or_else(|| SOURCE.to_string(), |p| ingest.source_name(p));
         match doc.and_then(|d| admit(&ingest.profiles, d)) {
             Ok(change) => {
+                let profile = match &change {
+                    RecordChange::Upsert(r) => r.profile,
+                    RecordChange::Delete { profile, .. } => *profile,
+                };
+                *pushed.entry(profile).or_default() += 1;
                 if ingest
                     .changes
                     .send((Ts::now(), Change::Record(change)))
@@ -146,7 +163,7 @@ async fn ingest(State(ingest): State<Ingest>, headers: HeaderMap, body: Bytes) -
                 outcome.accepted += 1;
             }
             Err(e) => {
-                ingest.counters.rejected(SOURCE, e.reason);
+                ingest.counters.rejected(&source, e.reason);
                 outcome.rejected.push(Rejected {
                     index,
                     reason: e.reason,
@@ -155,7 +172,9 @@ async fn ingest(State(ingest): State<Ingest>, headers: HeaderMap, body: Bytes) -
             }
         }
     }
-    ingest.counters.watch_event(SOURCE);
+    for (profile, n) in pushed {
+        ingest.counters.pushed(&ingest.source_name(profile), n);
+    }
     Json(outcome).into_response()
 }
 

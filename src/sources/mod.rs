@@ -36,6 +36,8 @@ pub trait SourceCounters: Send + Sync {
     fn watch_event(&self, source: &str);
     fn watch_restart(&self, source: &str);
     fn watch_error(&self, source: &str);
+    /// Records were pushed to the source (the ingest API) and accepted.
+    fn pushed(&self, source: &str, records: u64);
     fn rejected(&self, source: &str, reason: &str);
     /// A poll of a records database finished (`full`: a complete load).
     fn poll(&self, source: &str, full: bool, seconds: f64, rows: u64, ok: bool);

@@ -203,6 +203,7 @@ impl Postgres {
         let mut last_error = String::new();
         loop {
             let polls_before = state.polls;
+            let failures_before = state.failed_polls;
             let error = match self.url() {
                 Err(e) => e.to_string(),
                 Ok(url) => match self.session(&url, &cx, &mut state, &send).await {
@@ -210,6 +211,13 @@ impl Postgres {
                     Err(e) => e.to_string(),
                 },
             };
+            // A connection (or URL) that failed before any poll counts as a failed poll of
+            // the kind that was due: a full load when the source is not trusted yet.
+            if state.failed_polls == failures_before {
+                let full = !state.trusted || state.need_full;
+                cx.counters.poll(&self.name, full, 0.0, 0, false);
+                state.failed_polls += 1;
+            }
             // A session that polled successfully was healthy: the next reconnect is prompt.
             if state.polls > polls_before {
                 backoff = INITIAL_BACKOFF;
@@ -309,6 +317,7 @@ impl Postgres {
                 Ok(None) => return Ok(()),
                 Err(e) => {
                     cx.counters.poll(&self.name, full, 0.0, 0, false);
+                    state.failed_polls += 1;
                     return Err(e);
                 }
             };
@@ -610,6 +619,8 @@ const MAX_BACKOFF: Duration = Duration::from_secs(30);
 struct PollState {
     /// Successful polls so far.
     polls: u64,
+    /// Failed polls counted so far.
+    failed_polls: u64,
     /// The database's clock (ms) when the last successful poll started.
     last_poll_started: Option<i64>,
     last_success: Option<Instant>,

@@ -2,6 +2,7 @@
 
 pub mod apiserver;
 pub mod daemon;
+pub mod metrics;
 pub mod postgres;
 pub mod proxy;
 pub mod receiver;
