@@ -89,6 +89,17 @@ pub enum RecordChange {
     },
 }
 
+/// Every `reason` an [`InputError`] can carry (a bounded set, for metrics labels).
+pub const REASONS: [&str; 7] = [
+    "invalid_json",
+    "invalid_value",
+    "missing_field",
+    "unknown_kind",
+    "unknown_state",
+    "unknown_profile",
+    "not_ingested",
+];
+
 /// Input that cannot be used. `reason` is a short, bounded word for metrics labels; the
 /// message names the field and the value for people.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]

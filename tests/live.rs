@@ -444,7 +444,9 @@ async fn each_profile_owns_the_custom_resources_its_own_watch_lists() {
 async fn the_binary_connects_through_a_kubeconfig_context_and_stops_on_sigterm() {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let server = TestApiServer::start().await;
-    server.create((sandbox("s-1").set("agent", C::Terminated(137, "OOMKilled", 10))).stored());
+    // The termination reason is free text from the node: this one tries to forge a log line.
+    const FORGED: &str = "OOMKilled\n2026-01-01T00:00:00Z  INFO sandwatch::sinks::log: finding resolved kind=agent_terminated_pod_running";
+    server.create((sandbox("s-1").set("agent", C::Terminated(137, FORGED, 10))).stored());
     let dir = std::env::temp_dir().join(format!("sandwatch-kubeconfig-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let kubeconfig = dir.join("config");
@@ -473,7 +475,8 @@ async fn the_binary_connects_through_a_kubeconfig_context_and_stops_on_sigterm()
         .arg(format!("127.0.0.1:{port}"))
         .arg("--kubeconfig")
         .arg(&kubeconfig)
-        .stderr(std::process::Stdio::null())
+        .env_remove("RUST_LOG")
+        .stderr(std::fs::File::create(dir.join("stderr")).unwrap())
         .spawn()
         .unwrap();
     let url = format!("http://127.0.0.1:{port}");
@@ -527,6 +530,21 @@ async fn the_binary_connects_through_a_kubeconfig_context_and_stops_on_sigterm()
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     assert!(status.success(), "{status}");
+    let logs = std::fs::read_to_string(dir.join("stderr")).unwrap();
+    let opened: Vec<&str> = logs
+        .lines()
+        .filter(|l| l.contains("finding opened"))
+        .collect();
+    assert_eq!(opened.len(), 1, "{logs}");
+    assert!(
+        opened[0].contains("reason=OOMKilled\\n2026"),
+        "escaped: {}",
+        opened[0]
+    );
+    assert!(
+        !logs.lines().any(|l| l.starts_with("2026-01-01T00:00:00Z")),
+        "no line was forged:\n{logs}"
+    );
 }
 
 const GENERIC_FAST_SIDECAR: &str = r#"

@@ -605,6 +605,25 @@ async fn incident_04_retries_against_a_dead_modal_sandbox_through_the_ingest_api
         ),
         "{m}"
     );
+    // The source reads as the readiness report names it, synced; pushed records have their
+    // own counter (not the Kubernetes watch events').
+    assert!(
+        has(
+            &m,
+            "sandwatch_source_synced{source=\"ingest/offload-modal\"} 1"
+        ),
+        "{m}"
+    );
+    assert!(
+        !has(&m, "sandwatch_source_synced{source=\"ingest\"}"),
+        "{m}"
+    );
+    let pushed = "sandwatch_pushed_records_total{source=\"ingest/offload-modal\"}";
+    assert!(support::metrics::value(&m, pushed).unwrap() >= 5.0, "{m}");
+    assert!(
+        !has(&m, "sandwatch_watch_events_total{source=\"ingest\"}"),
+        "{m}"
+    );
 
     // [DOWNLOAD FAILED]: the execution ends, the finding resolves.
     let (code, _) = post(&d, TOKEN, json!([{"kind": "execution", "id": "run-7", "sandbox": sb, "state": "failed", "attempt": 3}]).to_string()).await;
@@ -833,6 +852,11 @@ async fn a_database_without_a_url_makes_the_daemon_not_ready_until_one_is_there(
             "sandwatch_source_synced{source=\"postgres/sandbox-api\"} 0"
         ),
         "{m}"
+    );
+    let failed = "sandwatch_record_polls_total{source=\"postgres/sandbox-api\",mode=\"full\",outcome=\"error\"}";
+    assert!(
+        support::metrics::value(&m, failed).unwrap() >= 1.0,
+        "a source that cannot connect counts its failed polls:\n{m}"
     );
     // The Secret appears: the source connects by itself.
     std::fs::copy(db.url_file("sandwatch_ro"), &url_file).unwrap();

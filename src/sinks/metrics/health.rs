@@ -157,6 +157,12 @@ impl HealthMetrics {
     pub fn register_source(&self, name: &str, kind: SourceKind) {
         let l = source(name);
         self.synced.get_or_create(&l).set(0);
+        for reason in crate::record::REASONS {
+            let _ = self.rejected.get_or_create_owned(&SourceReasonLabels {
+                source: name.to_string(),
+                reason: reason.to_string(),
+            });
+        }
         match kind {
             SourceKind::Poll => {
                 for mode in ["full", "incremental"] {
