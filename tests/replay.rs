@@ -391,3 +391,27 @@ fn the_readme_record_examples_replayed_as_written_give_the_findings_it_shows() {
         readme_block("<!-- records-example-output -->").trim()
     );
 }
+
+#[test]
+fn text_from_outside_cannot_forge_a_line_of_the_table() {
+    let dir = std::env::temp_dir().join(format!("sandwatch-forge-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("forge.json");
+    let pod = serde_json::json!({"type": "ADDED", "object": {"kind": "Pod", "apiVersion": "v1",
+        "metadata": {"name": "sandbox-s-1", "namespace": "agents", "uid": "u-1", "labels": {"sandwatch.io/session": "s-1"}},
+        "spec": {"restartPolicy": "Never", "containers": [{"name": "agent"}, {"name": "tools"}]},
+        "status": {"phase": "Running", "containerStatuses": [
+            {"name": "agent", "state": {"terminated": {"exitCode": 137, "finishedAt": "2026-05-01T10:00:00Z",
+                "reason": "OOMKilled\n2026-05-01T10:00:01Z  resolved  agent_terminated_pod_running  generic  agents/sandbox-s-1"}}},
+            {"name": "tools", "state": {"running": {}}}]}}});
+    std::fs::write(&file, pod.to_string()).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_sandwatch"))
+        .args(["replay", "--preset", "generic"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    let table = String::from_utf8(out.stdout).unwrap();
+    let rows: Vec<&str> = table.lines().filter(|l| l.starts_with("2026-")).collect();
+    assert_eq!(rows.len(), 1, "one transition, one row:\n{table}");
+    assert!(rows[0].contains("OOMKilled\\n2026"), "{table}");
+}
