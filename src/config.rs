@@ -228,6 +228,9 @@ pub struct QueriesSpec {
 #[serde(deny_unknown_fields)]
 pub struct IngestSpec {
     pub kinds: Option<Vec<String>>,
+    pub stale_after: Option<String>,
+    pub max_records: Option<usize>,
+    pub expire_after: Option<String>,
 }
 
 #[derive(Debug, Default, Clone, Deserialize)]
@@ -349,12 +352,20 @@ fn remediation(spec: RemediationSpec, errors: &mut Vec<ConfigError>) -> Remediat
             format!("{timeout:?}: must be above zero and below 10s, the remediation Lease's renew deadline (a call must finish while its replica still leads)"),
         );
     }
+    let retry_initial = v.duration("retry_initial", spec.retry_initial, d.retry_initial);
+    let retry_max = v.duration("retry_max", spec.retry_max, d.retry_max);
+    if retry_initial > retry_max {
+        v.err(
+            "retry_initial",
+            format!("{retry_initial:?} is more than retry_max ({retry_max:?}): the backoff starts at retry_initial and grows up to retry_max"),
+        );
+    }
     Remediation {
         live,
         max_per_minute,
         timeout,
-        retry_initial: v.duration("retry_initial", spec.retry_initial, d.retry_initial),
-        retry_max: v.duration("retry_max", spec.retry_max, d.retry_max),
+        retry_initial,
+        retry_max,
         circuit_failures,
         circuit_open_for: v.duration(
             "circuit_open_for",
@@ -371,6 +382,33 @@ pub fn warnings(profiles: &Profiles) -> Vec<ConfigError> {
     let mut out = Vec::new();
     for (id, p) in profiles.iter() {
         let at = format!("profiles[{}]", id.0);
+        // An absence must not outlive the moment the records behind it become untrusted: a
+        // records source is reported stale only stale_after after its last good poll, which
+        // came up to a poll interval after the change.
+        if let Some(pg) = &p.records.postgres {
+            let bound = pg.stale_after + pg.poll_interval;
+            if p.grace.absence <= bound {
+                out.push(ConfigError {
+                    field: format!("{at}.grace.absence"),
+                    message: format!(
+                        "{:?} is not longer than records.postgres.stale_after + poll_interval ({bound:?}): an absence may be judged on records that have already gone stale",
+                        p.grace.absence
+                    ),
+                });
+            }
+        }
+        for (field, path) in files(p) {
+            if let Err(e) = std::fs::File::open(&path) {
+                out.push(ConfigError {
+                    field: format!("{at}.{field}"),
+                    message: format!(
+                        "{} is not readable here: {}",
+                        path.display(),
+                        crate::sources::io_reason(&e)
+                    ),
+                });
+            }
+        }
         let Some(pods) = &p.pods else { continue };
         if pods.namespaces.is_empty() || p.records.default_namespace.is_some() {
             continue;
@@ -399,6 +437,48 @@ pub fn warnings(profiles: &Profiles) -> Vec<ConfigError> {
                     ),
                 });
             }
+        }
+    }
+    out
+}
+
+/// Every file a profile reads (secrets, header values, CA bundles, URL files), by field.
+fn files(p: &crate::profile::Profile) -> Vec<(String, std::path::PathBuf)> {
+    let mut out = Vec::new();
+    if let Some(pg) = &p.records.postgres {
+        if let Some(f) = &pg.url_file {
+            out.push(("records.postgres.url_file".to_string(), f.clone()));
+        }
+        if let Some(f) = &pg.ca_file {
+            out.push(("records.postgres.ca_file".to_string(), f.clone()));
+        }
+    }
+    for a in &p.remediation.actions {
+        let at = format!("remediation.actions.{}", a.name.as_str());
+        match &a.target {
+            Target::Webhook {
+                secret_file,
+                ca_file,
+                ..
+            } => {
+                out.push((format!("{at}.webhook.secret_file"), secret_file.clone()));
+                if let Some(f) = ca_file {
+                    out.push((format!("{at}.webhook.ca_file"), f.clone()));
+                }
+            }
+            Target::Http {
+                headers, ca_file, ..
+            } => {
+                for (name, value) in headers {
+                    if let HeaderValue::File(f) = value {
+                        out.push((format!("{at}.http.headers.{name}.file"), f.clone()));
+                    }
+                }
+                if let Some(f) = ca_file {
+                    out.push((format!("{at}.http.ca_file"), f.clone()));
+                }
+            }
+            Target::Kubernetes(_) => {}
         }
     }
     out
@@ -584,13 +664,39 @@ fn overlay(base: ProfileSpec, over: ProfileSpec) -> ProfileSpec {
                 actions: section(b.actions, o.actions, |b, o| {
                     let merge = |b: Option<ActionSpec>, o: Option<ActionSpec>| {
                         section(b, o, |b, o| {
-                            // A target given in the override replaces the preset's, whatever its type.
+                            // A target of the same type overrides the preset's field by field (a
+                            // header's file, say); a target of another type replaces it.
                             let own =
                                 o.webhook.is_some() || o.http.is_some() || o.kubernetes.is_some();
-                            let (webhook, http, kubernetes) = if own {
-                                (o.webhook, o.http, o.kubernetes)
-                            } else {
+                            let (webhook, http, kubernetes) = if !own {
                                 (b.webhook, b.http, b.kubernetes)
+                            } else if let (Some(bh), Some(oh), None, None) =
+                                (&b.http, &o.http, &o.webhook, &o.kubernetes)
+                            {
+                                let mut headers = bh.headers.clone().unwrap_or_default();
+                                headers.extend(oh.headers.clone().unwrap_or_default());
+                                let http = HttpSpec {
+                                    method: pick(oh.method.clone(), bh.method.clone()),
+                                    url: pick(oh.url.clone(), bh.url.clone()),
+                                    body: pick(oh.body.clone(), bh.body.clone()),
+                                    headers: (!headers.is_empty()).then_some(headers),
+                                    ca_file: pick(oh.ca_file.clone(), bh.ca_file.clone()),
+                                };
+                                (None, Some(http), None)
+                            } else if let (Some(bw), Some(ow), None, None) =
+                                (&b.webhook, &o.webhook, &o.http, &o.kubernetes)
+                            {
+                                let webhook = WebhookSpec {
+                                    url: pick(ow.url.clone(), bw.url.clone()),
+                                    secret_file: pick(
+                                        ow.secret_file.clone(),
+                                        bw.secret_file.clone(),
+                                    ),
+                                    ca_file: pick(ow.ca_file.clone(), bw.ca_file.clone()),
+                                };
+                                (Some(webhook), None, None)
+                            } else {
+                                (o.webhook, o.http, o.kubernetes)
                             };
                             ActionSpec {
                                 enabled: pick(o.enabled, b.enabled),
@@ -799,6 +905,22 @@ impl Validator<'_> {
                         "uses {base_url} but remediation.base_url is not set".into(),
                     );
                 }
+                for (field, template) in [("url", Some(&url)), ("body", h.body.as_ref())] {
+                    for name in template
+                        .map(|t| crate::remediation::action::unknown_placeholders(t))
+                        .unwrap_or_default()
+                    {
+                        self.err(
+                            &format!("{at}.http.{field}"),
+                            format!(
+                                "{{{name}}} is not a placeholder; use {}",
+                                crate::remediation::action::PLACEHOLDERS
+                                    .map(|p| format!("{{{p}}}"))
+                                    .join(", ")
+                            ),
+                        );
+                    }
+                }
                 let mut headers = Vec::new();
                 for (name, value) in h.headers.unwrap_or_default() {
                     match (value.value, value.file) {
@@ -916,6 +1038,13 @@ impl Validator<'_> {
                     "records.postgres.statement_timeout",
                     "must be more than zero (it also bounds how long sandwatch waits on the database)".into(),
                 );
+            } else if statement_timeout.as_millis() > i32::MAX as u128 {
+                self.err(
+                    "records.postgres.statement_timeout",
+                    format!(
+                        "{statement_timeout:?} is more than PostgreSQL accepts (2147483647ms, about 24 days)"
+                    ),
+                );
             }
             PostgresRecords {
                 url_env: pg.url_env.unwrap_or(d.url_env),
@@ -931,6 +1060,38 @@ impl Validator<'_> {
             }
         });
         let mut ingest = Vec::new();
+        let mut ingest_limits = crate::profile::IngestLimits::default();
+        if let Some(i) = &spec.ingest {
+            let d = crate::profile::IngestLimits::default();
+            ingest_limits.stale_after = self.duration(
+                "records.ingest.stale_after",
+                i.stale_after.clone(),
+                d.stale_after,
+            );
+            if ingest_limits.stale_after.is_zero() {
+                self.err(
+                    "records.ingest.stale_after",
+                    "must be more than zero".into(),
+                );
+            }
+            ingest_limits.max_records = i.max_records.unwrap_or(d.max_records);
+            if ingest_limits.max_records == 0 {
+                self.err(
+                    "records.ingest.max_records",
+                    "must be more than zero".into(),
+                );
+            }
+            ingest_limits.expire_after = i
+                .expire_after
+                .clone()
+                .map(|t| self.duration("records.ingest.expire_after", Some(t), Duration::ZERO));
+            if ingest_limits.expire_after.is_some_and(|d| d.is_zero()) {
+                self.err(
+                    "records.ingest.expire_after",
+                    "must be more than zero (leave it out for records that do not expire)".into(),
+                );
+            }
+        }
         if let Some(i) = spec.ingest {
             let kinds = i
                 .kinds
@@ -967,6 +1128,7 @@ impl Validator<'_> {
         Records {
             postgres,
             ingest,
+            ingest_limits,
             default_namespace,
             namespaced_ids,
         }

@@ -46,13 +46,15 @@ pub struct Settings {
     /// (instead of their `url_file` / `url_env`).
     pub database_url_file: Option<std::path::PathBuf>,
     /// The bearer token of the ingest API (required when a profile takes ingested records).
-    pub ingest_token: Option<String>,
+    pub ingest_token: Option<ingest::Token>,
     pub ingest_max_body: usize,
     pub remediation: Remediation,
     /// Compete for a Lease before remediating; `None`: this replica always may.
     pub leader_election: Option<Elector>,
     /// Which part of the pods and records this replica keeps.
     pub shard: Shard,
+    /// The HTTP server's bounds (connections, header timeout, shutdown grace).
+    pub http: crate::sinks::http::serve::Limits,
 }
 
 impl Settings {
@@ -68,6 +70,7 @@ impl Settings {
             remediation: Remediation::default(),
             leader_election: None,
             shard: Shard::ALL,
+            http: Default::default(),
         }
     }
 }
@@ -125,15 +128,15 @@ impl Daemon {
             }
         }
         let ingest_kinds = ingest::kinds(&profiles);
-        let ingest = match (&settings.ingest_token, ingest_kinds.is_empty()) {
+        let ingest = match (settings.ingest_token, ingest_kinds.is_empty()) {
             (_, true) => None,
-            (Some(token), false) => Some(Ingest {
-                profiles: profiles.clone(),
-                changes: changes_tx.clone(),
-                token: Arc::from(token.trim()),
-                max_body: settings.ingest_max_body,
-                counters: Arc::new(health.clone()),
-            }),
+            (Some(token), false) => Some(Ingest::new(
+                profiles.clone(),
+                changes_tx.clone(),
+                token,
+                settings.ingest_max_body,
+                Arc::new(health.clone()),
+            )),
             (None, false) => anyhow::bail!(
                 "a profile takes records from the ingest API (records.ingest), but no token is configured: give --ingest-token-file"
             ),
@@ -152,20 +155,15 @@ impl Daemon {
                 changes_tx.send((Ts::now(), status)).await?;
             }
             app = app.merge(ingest.clone().router());
+            tasks.spawn(ingest.clone().run(stop_rx.clone()));
             info!("accepting records at POST /api/v1/records");
         }
-        let mut http_stop = stop_rx.clone();
-        tasks.spawn(async move {
-            let shutdown = async move {
-                let _ = http_stop.wait_for(|s| *s).await;
-            };
-            if let Err(e) = axum::serve(listener, app)
-                .with_graceful_shutdown(shutdown)
-                .await
-            {
-                tracing::error!(error = %e, "the HTTP server stopped");
-            }
-        });
+        tasks.spawn(crate::sinks::http::serve::serve(
+            listener,
+            app,
+            settings.http,
+            stop_rx.clone(),
+        ));
         info!(%addr, "serving /healthz, /readyz, /api/v1/findings and /metrics");
 
         let spans = FindingSpans::default();
@@ -274,9 +272,29 @@ impl Daemon {
     }
 
     /// Stops everything and waits for the tasks to finish.
-    pub async fn shutdown(mut self) {
+    pub async fn shutdown(self) {
+        self.shutdown_within(Duration::from_secs(3600)).await;
+    }
+
+    /// Stops everything, waits up to `deadline` for the tasks to finish (calls under way,
+    /// the Lease release, HTTP requests), then drops whatever is left. Returns whether
+    /// everything finished in time.
+    pub async fn shutdown_within(mut self, deadline: Duration) -> bool {
         let _ = self.stop.send(true);
-        while self.tasks.join_next().await.is_some() {}
+        let finished = tokio::time::timeout(deadline, async {
+            while self.tasks.join_next().await.is_some() {}
+        })
+        .await
+        .is_ok();
+        if !finished {
+            warn!(
+                left = self.tasks.len(),
+                "shutdown did not finish within {deadline:?}: stopping what is left"
+            );
+            self.tasks.abort_all();
+            while self.tasks.join_next().await.is_some() {}
+        }
+        finished
     }
 
     /// Stops everything at once, as a crash would: no lease release, no graceful close.

@@ -62,9 +62,16 @@ enum Command {
         files: Vec<String>,
     },
     /// Validate a config file and explain every error by field and value.
+    ///
+    /// Warnings (records a scoped profile cannot place, a grace shorter than a source's
+    /// staleness, files the config names that are not readable where it runs) are printed but
+    /// do not fail the check, unless --strict.
     CheckConfig {
         /// The YAML config file.
         file: PathBuf,
+        /// Fail (exit 1) on warnings too: run it where the daemon runs, with its Secrets mounted.
+        #[arg(long)]
+        strict: bool,
     },
     /// List the built-in presets, or print one as a config profile to start from.
     Presets {
@@ -223,6 +230,9 @@ async fn shutdown_signal() {
     let _ = ctrl_c.await;
 }
 
+/// How long `sandwatch run` may take to stop after SIGTERM before it drops what is left.
+const SHUTDOWN_DEADLINE: std::time::Duration = std::time::Duration::from_secs(15);
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     // One TLS provider for every client (kube, the database, remediation, the trace exporter).
@@ -297,21 +307,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     &identity,
                 )
             });
-            let ingest_token = match ingest_token_file {
-                Some(path) => {
-                    let token = std::fs::read_to_string(&path)
-                        .with_context(|| format!("reading the ingest token {}", path.display()))?;
-                    anyhow::ensure!(
-                        !token.trim().is_empty(),
-                        "the ingest token file {} is empty",
-                        path.display()
-                    );
-                    Some(token)
-                }
-                None => None,
-            };
+            let ingest_token = ingest_token_file
+                .map(sandwatch::sources::ingest::Token::file)
+                .transpose()
+                .map_err(|e| anyhow::anyhow!(e))?;
             let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
-            runtime.block_on(async {
+            let result = runtime.block_on(async {
                 let client = kube_client(kubeconfig, context).await?;
                 let settings = sandwatch::live::Settings {
                     stale_after,
@@ -326,9 +327,15 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 let daemon = sandwatch::live::Daemon::start(settings, client).await?;
                 shutdown_signal().await;
                 tracing::info!("shutting down");
-                daemon.shutdown().await;
+                // Well inside the pod's termination grace (30 s): calls under way finish, the
+                // Lease is released if it can be, and whatever hangs is dropped.
+                daemon.shutdown_within(SHUTDOWN_DEADLINE).await;
                 Ok::<_, anyhow::Error>(ExitCode::SUCCESS)
-            })
+            });
+            // Blocking work still running (a DNS lookup, a stuck file read) does not hold the
+            // exit up.
+            runtime.shutdown_timeout(std::time::Duration::from_secs(2));
+            result
         }
         Command::Replay {
             profiles,
@@ -353,7 +360,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::CheckConfig { file } => {
+        Command::CheckConfig { file, strict } => {
             let text = std::fs::read_to_string(&file)
                 .with_context(|| format!("reading {}", file.display()))?;
             match config::load_str(&text) {
@@ -371,7 +378,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                             eprintln!("  {w}");
                         }
                     }
-                    Ok(ExitCode::SUCCESS)
+                    Ok(if strict && !warnings.is_empty() {
+                        ExitCode::FAILURE
+                    } else {
+                        ExitCode::SUCCESS
+                    })
                 }
                 Err(errors) => {
                     eprintln!("{}: {} error(s)", file.display(), errors.0.len());

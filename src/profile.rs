@@ -44,11 +44,36 @@ pub struct Records {
     pub postgres: Option<PostgresRecords>,
     /// The record kinds the ingest API accepts for this profile.
     pub ingest: Vec<RecordKind>,
+    /// How the ingest API holds this profile's pushed records.
+    pub ingest_limits: IngestLimits,
     /// Where the pods of records that name no namespace live.
     pub default_namespace: Option<String>,
     /// Record kinds whose ids are unique only within a namespace (besides sessions read
     /// from a custom resource, which always are).
     pub namespaced_ids: Vec<RecordKind>,
+}
+
+/// How pushed records are held (Alertmanager's client model: providers report to every
+/// replica, records expire, a snapshot replaces what was pushed before).
+#[derive(Clone, Debug)]
+pub struct IngestLimits {
+    /// The source is stale when no report came for this long.
+    pub stale_after: Duration,
+    /// At most this many pushed records of this profile are held; more are refused.
+    pub max_records: usize,
+    /// A pushed record that names no `expires_at` expires this long after it was last pushed
+    /// (`None`: it stays until deleted or left out of a snapshot).
+    pub expire_after: Option<Duration>,
+}
+
+impl Default for IngestLimits {
+    fn default() -> Self {
+        IngestLimits {
+            stale_after: Duration::from_secs(600),
+            max_records: 100_000,
+            expire_after: None,
+        }
+    }
 }
 
 /// Polling the platform's PostgreSQL, read-only.

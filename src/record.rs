@@ -58,6 +58,8 @@ pub struct RecordDoc {
     pub attempt: Option<u64>,
     pub updated_at: Option<Ts>,
     pub deadline: Option<Ts>,
+    /// Pushed records: when the record expires unless pushed again (the ingest API).
+    pub expires_at: Option<Ts>,
     #[serde(default)]
     pub deleted: bool,
 }
@@ -90,7 +92,7 @@ pub enum RecordChange {
 }
 
 /// Every `reason` an [`InputError`] can carry (a bounded set, for metrics labels).
-pub const REASONS: [&str; 7] = [
+pub const REASONS: [&str; 8] = [
     "invalid_json",
     "invalid_value",
     "missing_field",
@@ -98,6 +100,7 @@ pub const REASONS: [&str; 7] = [
     "unknown_state",
     "unknown_profile",
     "not_ingested",
+    "over_capacity",
 ];
 
 /// Input that cannot be used. `reason` is a short, bounded word for metrics labels; the

@@ -516,7 +516,7 @@ async fn incident_02_every_orphaned_suspended_session_and_nothing_else() {
 const TOKEN: &str = "s3cret-ingest-token";
 
 async fn ingest_daemon(server: &TestApiServer) -> sandwatch::live::Daemon {
-    start_with(
+    let d = start_with(
         server,
         sandwatch::config::preset("offload-modal").unwrap(),
         |s| {
@@ -524,7 +524,10 @@ async fn ingest_daemon(server: &TestApiServer) -> sandwatch::live::Daemon {
             s.ingest_max_body = 4096;
         },
     )
-    .await
+    .await;
+    // The adapter's first report is a snapshot of its sandboxes (none yet).
+    push_snapshot(&d, TOKEN, &[]).await;
+    d
 }
 
 async fn post(d: &sandwatch::live::Daemon, token: &str, body: String) -> (u16, Value) {

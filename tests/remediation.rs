@@ -55,12 +55,15 @@ fn http_target(url: &str) -> String {
 
 async fn daemon_with(server: &TestApiServer, yaml: &str) -> Daemon {
     let c = sandwatch::config::load(yaml).unwrap_or_else(|e| panic!("{e}"));
-    start_with(server, c.profiles, |s| {
+    let d = start_with(server, c.profiles, |s| {
         s.ingest_token = Some(TOKEN.into());
         s.remediation = c.remediation;
         s.stale_after = Duration::from_millis(300);
     })
-    .await
+    .await;
+    // The provider's first report is a snapshot: only then are pushed records trusted.
+    push_snapshot(&d, TOKEN, &[]).await;
+    d
 }
 
 async fn ingest(d: &Daemon, records: &[Value]) {
@@ -912,6 +915,7 @@ async fn a_graceful_shutdown_releases_the_lease_only_after_its_last_call_ends() 
         });
     })
     .await;
+    push_snapshot(&d, TOKEN, &[]).await;
     wait_ready(&d, true).await;
     let holder = || {
         server

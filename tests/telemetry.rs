@@ -106,6 +106,7 @@ remediation:
             s.remediation = c.remediation;
         })
         .await;
+        push_snapshot(&d, "t", &[]).await;
         wait_ready(&d, true).await;
         let post = |body: String| {
             let addr = d.addr;

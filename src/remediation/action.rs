@@ -189,15 +189,62 @@ pub fn sign(secret: &str, msg_id: &str, timestamp: i64, body: &[u8]) -> Result<S
     Ok(format!("v1,{sig}"))
 }
 
+/// Where a template's values land, and so how they are encoded.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Escape {
+    /// A URL (path segment or query value): percent-encoded, dots included; `""`, `.` and
+    /// `..` are refused, since URL parsers turn such a path segment, even encoded, into a
+    /// move up the path (`/executions/../cancel` is `/cancel`).
+    Url,
+    /// Inside a JSON string.
+    Json,
+}
+
+/// The placeholders a template may use.
+pub const PLACEHOLDERS: [&str; 9] = [
+    "execution",
+    "session",
+    "namespace",
+    "pod",
+    "sandbox",
+    "profile",
+    "kind",
+    "idempotency_key",
+    "base_url",
+];
+
+/// The `{name}` placeholders a template uses that are not [`PLACEHOLDERS`] (JSON braces,
+/// which hold a quote or a space, are not placeholders).
+pub fn unknown_placeholders(template: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut rest = template;
+    while let Some(start) = rest.find('{') {
+        let Some(len) = rest[start..].find('}') else {
+            break;
+        };
+        let name = &rest[start + 1..start + len];
+        let word = !name.is_empty()
+            && name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+        if word && !PLACEHOLDERS.contains(&name) {
+            out.push(name.to_string());
+        }
+        rest = &rest[start + 1..];
+    }
+    out
+}
+
 /// Fills `{execution}`, `{session}`, `{namespace}`, `{pod}`, `{sandbox}`, `{profile}`,
-/// `{kind}`, `{idempotency_key}` and `{base_url}`; `escape` encodes each value for where it
-/// lands (a URL or a JSON string). A placeholder the finding has no value for is an error.
+/// `{kind}`, `{idempotency_key}` and `{base_url}`, each value encoded for where it lands.
+/// A placeholder the finding has no value for, or a value that cannot be encoded safely, is
+/// an error.
 pub fn render(
     template: &str,
     f: &OpenFinding,
     key: &str,
     base_url: Option<&str>,
-    escape: fn(&str) -> String,
+    escape: Escape,
 ) -> Result<String, String> {
     let d = &f.finding;
     let mut out = String::with_capacity(template.len());
@@ -241,18 +288,27 @@ pub fn render(
                 "the finding has no {name} for the {{{name}}} placeholder"
             ));
         };
-        out.push_str(&escape(value));
+        match escape {
+            Escape::Url if matches!(value, "" | "." | "..") => {
+                return Err(format!(
+                    "the {name} {value:?} cannot be put in a URL safely (a path segment of it would move up the path)"
+                ));
+            }
+            Escape::Url => out.push_str(&url_escape(value)),
+            Escape::Json => out.push_str(&json_escape(value)),
+        }
         rest = &rest[start + len + 1..];
     }
     out.push_str(rest);
     Ok(out)
 }
 
-/// Percent-encodes a value for a URL path segment or query value.
+/// Percent-encodes a value for a URL path segment or query value: everything but letters,
+/// digits, `-`, `_` and `~` (dots too, so that no value reads as `.` or `..`).
 pub fn url_escape(v: &str) -> String {
     let mut out = String::new();
     for b in v.bytes() {
-        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+        if b.is_ascii_alphanumeric() || b"-_~".contains(&b) {
             out.push(b as char);
         } else {
             out.push_str(&format!("%{b:02X}"));
@@ -352,7 +408,7 @@ mod tests {
             &f,
             "k",
             Some("https://api.example/"),
-            url_escape,
+            Escape::Url,
         )
         .unwrap();
         assert_eq!(
@@ -364,15 +420,36 @@ mod tests {
             &f,
             "k",
             None,
-            json_escape,
+            Escape::Json,
         )
         .unwrap();
         assert_eq!(
             body,
             r#"{"thread_key": "slack:C0/1 x", "why": "execution_on_dead_agent"}"#
         );
-        let e = render("/x/{sandbox}", &f, "k", None, url_escape).unwrap_err();
+        let e = render("/x/{sandbox}", &f, "k", None, Escape::Url).unwrap_err();
         assert!(e.contains("no sandbox"), "{e}");
+        // An id that would move up the path is refused; dots inside a value are encoded.
+        let mut dots = finding();
+        dots.finding.execution = Some("..".into());
+        let e = render(
+            "/agent/executions/{execution}/cancel",
+            &dots,
+            "k",
+            None,
+            Escape::Url,
+        )
+        .unwrap_err();
+        assert!(e.contains("cannot be put in a URL"), "{e}");
+        dots.finding.execution = Some("a.b".into());
+        assert_eq!(
+            render("/e/{execution}", &dots, "k", None, Escape::Url).unwrap(),
+            "/e/a%2Eb"
+        );
+        assert_eq!(
+            unknown_placeholders(r#"{base_url}/x/{exection}?k={session} {"a": "{kind}"}"#),
+            ["exection"]
+        );
     }
 
     #[test]

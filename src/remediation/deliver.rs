@@ -11,7 +11,7 @@ use kube::core::ApiResource;
 use crate::finding::OpenFinding;
 use crate::profile::{Profile, ResourceRole};
 use crate::remediation::action::{
-    Action, HeaderValue, KubeAction, Payload, Target, json_escape, render, sign, url_escape,
+    Action, Escape, HeaderValue, KubeAction, Payload, Target, render, sign,
 };
 use crate::sinks::http::FindingView;
 use crate::time::Ts;
@@ -127,13 +127,13 @@ impl Deliverer {
                 ca_file,
             } => {
                 let base = profile.remediation.base_url.as_deref();
-                let url = match render(url, f, key, base, url_escape) {
+                let url = match render(url, f, key, base, Escape::Url) {
                     Ok(u) => u,
                     Err(e) => return Outcome::Invalid(format!("url: {e}")),
                 };
                 let body = match body
                     .as_deref()
-                    .map(|b| render(b, f, key, base, json_escape))
+                    .map(|b| render(b, f, key, base, Escape::Json))
                     .transpose()
                 {
                     Ok(b) => b,
@@ -287,18 +287,30 @@ async fn send(request: reqwest::RequestBuilder) -> Outcome {
         .get("retry-after")
         .and_then(|v| v.to_str().ok())
         .and_then(retry_after);
-    let body: String = response
-        .text()
-        .await
-        .unwrap_or_default()
-        .chars()
-        .take(300)
-        .collect();
+    let body = read_at_most(response, MAX_ERROR_BODY).await;
     match status {
         200..=299 => Outcome::Success(status),
         408 | 429 | 500..=599 => Outcome::Retry(format!("HTTP {status}: {body}"), retry_after),
         _ => Outcome::Refused(status, body),
     }
+}
+
+/// At most this much of a receiver's answer is read (it goes into a log line).
+const MAX_ERROR_BODY: usize = 4096;
+
+/// The start of a response body, at most `limit` bytes of it; the rest is never read.
+async fn read_at_most(mut response: reqwest::Response, limit: usize) -> String {
+    let mut body = Vec::new();
+    while body.len() < limit {
+        match response.chunk().await {
+            Ok(Some(chunk)) => {
+                body.extend_from_slice(&chunk[..chunk.len().min(limit - body.len())])
+            }
+            _ => break,
+        }
+    }
+    let text = String::from_utf8_lossy(&body);
+    crate::text::clip(&text).chars().take(300).collect()
 }
 
 /// `Retry-After` as seconds, or as an HTTP date.

@@ -76,7 +76,21 @@ impl Elector {
         let mut leading_since_renew: Option<Instant> = None;
         loop {
             let attempt = Instant::now();
-            match self.step(&api, &mut observed).await {
+            // A call that does not answer (packets dropped on the way to the API server) is
+            // given up on: after half the renew deadline, or at once on shutdown.
+            let step =
+                tokio::time::timeout(self.renew_deadline / 2, self.step(&api, &mut observed));
+            let result = tokio::select! {
+                r = step => r.unwrap_or_else(|_| Err(kube::Error::Service("the Lease call timed out".into()))),
+                _ = stopped(&mut stop) => {
+                    tx.send_replace(Leadership { leader: false, until: None });
+                    if leading_since_renew.is_some() {
+                        self.release_within(&api).await;
+                    }
+                    return;
+                }
+            };
+            match result {
                 Ok(true) => {
                     if leading_since_renew.is_none() {
                         info!(lease = %self.name, identity = %self.identity, "acquired the remediation lease: this replica remediates");
@@ -114,7 +128,7 @@ impl Elector {
                     until: None,
                 });
                 if leading_since_renew.is_some() {
-                    self.release(&api).await;
+                    self.release_within(&api).await;
                 }
                 return;
             }
@@ -199,6 +213,17 @@ impl Elector {
         }
     }
 
+    /// [`Self::release`], given up after a couple of seconds: the Lease then expires by
+    /// itself, and shutdown is not held up by an API server that does not answer.
+    async fn release_within(&self, api: &Api<Lease>) {
+        if tokio::time::timeout(Duration::from_secs(2), self.release(api))
+            .await
+            .is_err()
+        {
+            warn!(lease = %self.name, "the API server did not answer the Lease release in time; the Lease expires by itself");
+        }
+    }
+
     /// Gives the Lease up on shutdown so that another replica takes over at once.
     async fn release(&self, api: &Api<Lease>) {
         let Ok(Some(mut lease)) = api.get_opt(&self.name).await else {
@@ -221,4 +246,9 @@ impl Elector {
             }
         }
     }
+}
+
+/// Resolves once `stop` is set (and holds no borrow of it afterwards).
+async fn stopped(stop: &mut watch::Receiver<bool>) {
+    let _ = stop.wait_for(|s| *s).await;
 }

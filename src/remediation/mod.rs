@@ -271,6 +271,15 @@ impl Bucket {
     fn take(&mut self) {
         self.tokens -= 1.0;
     }
+
+    /// When the bucket next holds a whole token.
+    fn next_at(&mut self, now: Instant) -> Instant {
+        self.refill(now);
+        if self.tokens >= 1.0 || self.per_sec <= 0.0 {
+            return now;
+        }
+        now + Duration::from_secs_f64((1.0 - self.tokens) / self.per_sec)
+    }
 }
 
 #[derive(Default)]
@@ -389,14 +398,18 @@ impl Controller {
             actions = self.list.len(),
             "remediation on"
         );
-        let mut tick = tokio::time::interval(Duration::from_millis(100));
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut next = Instant::now();
         loop {
+            // Every 100 ms, or as soon as a rate limit lets the next waiting call go: a
+            // backlog drains at the configured rate, not at the pace of the rounds.
             tokio::select! {
-                _ = tick.tick() => {}
-                _ = stop.wait_for(|s| *s) => return,
+                _ = tokio::time::sleep_until(next) => {}
+                _ = stopped(&mut stop) => return,
             }
-            self.round().await;
+            let round_started = Instant::now();
+            let token_due = self.round().await;
+            let tick = round_started + Duration::from_millis(100);
+            next = token_due.map_or(tick, |t| t.min(tick));
         }
     }
 
@@ -409,11 +422,20 @@ impl Controller {
         lead.acting(Instant::now(), self.settings.timeout)
     }
 
-    async fn round(&mut self) {
+    /// One round: acts on what is due; returns when the next call held back by a rate limit
+    /// may go, if any is.
+    async fn round(&mut self) -> Option<Instant> {
         let acting = self.acting();
-        self.metrics
-            .leader
-            .set(i64::from(self.leadership.borrow().leader));
+        let leader = self.leadership.borrow().leader;
+        self.metrics.leader.set(i64::from(leader));
+        if !leader {
+            // A replica that does not remediate calls nobody: its breakers start afresh if it
+            // leads again.
+            for c in &mut self.circuits {
+                *c = Circuit::default();
+            }
+        }
+        self.report_circuits(Instant::now());
         let snap = self.snapshot.borrow().clone();
         // Findings that resolved need nothing more: forget them.
         let mut open_keys = HashSet::new();
@@ -464,8 +486,9 @@ impl Controller {
                 }
             }
             self.set_backlog(&backlog);
-            return;
+            return None;
         }
+        let mut token_due: Option<Instant> = None;
         for (key, f, index) in due {
             let name = self.action(index).name;
             let now = Instant::now();
@@ -475,6 +498,11 @@ impl Controller {
             }
             if !self.global.ready(now) || !self.buckets[index].ready(now) {
                 *backlog.entry(name).or_default() += 1;
+                let at = self
+                    .global
+                    .next_at(now)
+                    .max(self.buckets[index].next_at(now));
+                token_due = Some(token_due.map_or(at, |t| t.min(at)));
                 continue;
             }
             // Just before the call: still open, still trusted, still the leader.
@@ -486,6 +514,26 @@ impl Controller {
             self.act(key, f, index).await;
         }
         self.set_backlog(&backlog);
+        self.report_circuits(Instant::now());
+        token_due
+    }
+
+    /// `sandwatch_remediation_circuit_open`, as the breakers are now: 1 while a breaker of
+    /// the action is open, 0 once its open time has passed (the next call is its trial).
+    fn report_circuits(&self, now: Instant) {
+        let mut open: HashMap<ActionName, bool> = HashMap::new();
+        for (a, c) in self.list.iter().zip(&self.circuits) {
+            let is_open = c.open_until.is_some_and(|u| now < u);
+            *open.entry(a.name).or_default() |= is_open;
+        }
+        for (name, is_open) in open {
+            self.metrics
+                .circuit_open
+                .get_or_create(&ActionLabels {
+                    action: name.as_str().to_string(),
+                })
+                .set(i64::from(is_open));
+        }
     }
 
     fn set_backlog(&self, backlog: &HashMap<ActionName, i64>) {
@@ -642,10 +690,12 @@ impl Controller {
                 st.next_at = Some(later(now, settings.retry_max));
             }
         }
-        if c.open_until.is_none() {
-            self.metrics.circuit_open.get_or_create(&label).set(0);
-        }
     }
+}
+
+/// Resolves once `stop` is set (and holds no borrow of it afterwards).
+async fn stopped(stop: &mut watch::Receiver<bool>) {
+    let _ = stop.wait_for(|s| *s).await;
 }
 
 /// The longest wait a receiver's `Retry-After` can impose.

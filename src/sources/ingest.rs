@@ -1,28 +1,42 @@
 //! The ingest API: records pushed over HTTP, for sandboxes outside Kubernetes.
 //!
 //! `POST /api/v1/records` takes a JSON array of normalized records, or NDJSON (one per line),
-//! with `Authorization: Bearer <token>` (the token is read from a file). Each record is
-//! validated on its own: a bad one is rejected with its index and reason while the good ones
-//! are applied. The response says how many were accepted:
+//! with `Authorization: Bearer <token>`. Pushed records follow the model of Alertmanager's
+//! clients, so that several replicas agree and a restart loses nothing for long:
+//! - a provider sends every report to **every replica** (through a headless Service), never to
+//!   one behind a load balancer;
+//! - `?snapshot=true` sends the full set of a profile's records (of the kinds it takes from
+//!   here): it replaces whatever was pushed before, so what it leaves out is gone. The source is
+//!   *synced* once a snapshot has arrived (only then is a missing pushed record evidence), and
+//!   *fresh* while reports keep coming within the profile's `stale_after`;
+//! - a record may carry `expires_at` (or the profile sets `expire_after`): unless pushed again
+//!   by then, it is removed;
+//! - each profile holds at most `max_records` pushed records; more are refused.
+//!
+//! What reaches the server is bounded before it costs anything: the token is checked from the
+//! headers, before the body is read; few bodies are read at once, each within a size limit and
+//! a deadline; the answer lists the first rejections and counts the rest. The token is compared
+//! by its SHA-256 digest, in constant time, and re-read when its file changes (rotation).
 //!
 //! ```json
-//! {"accepted": 2, "rejected": [{"index": 1, "reason": "unknown_state", "error": "record.state: ..."}]}
+//! {"accepted": 2, "rejected": [{"index": 1, "reason": "unknown_state", "error": "record.state: ..."}], "rejected_total": 1}
 //! ```
-//!
-//! Bodies are size-limited (413 beyond the limit). A profile takes from here only the record
-//! kinds its `records.ingest.kinds` names. Pushed records need no list to be trusted, so this
-//! source is synced from the start.
 
-use std::sync::Arc;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
 
 use axum::Router;
-use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, State};
+use axum::extract::{Query, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Json, Response};
 use axum::routing::post;
-use serde::Serialize;
-use tokio::sync::mpsc;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use tokio::sync::{Semaphore, mpsc, watch};
+use tokio::time::Instant;
+use tracing::{info, warn};
 
 use crate::engine::Change;
 use crate::profile::{ProfileId, Profiles};
@@ -33,13 +47,77 @@ use crate::world::{Feed, SourceStatus};
 
 pub const SOURCE: &str = "ingest";
 
-#[derive(Clone)]
-pub struct Ingest {
-    pub profiles: Arc<Profiles>,
-    pub changes: mpsc::Sender<(Ts, Change)>,
-    pub token: Arc<str>,
-    pub max_body: usize,
-    pub counters: Arc<dyn SourceCounters>,
+/// At most this many rejections are listed in an answer; the rest are counted.
+const LISTED_REJECTIONS: usize = 100;
+/// At most this many request bodies are read at once.
+const CONCURRENT_BODIES: usize = 4;
+
+/// The bearer token: a literal, or a file re-read when it changes.
+pub struct Token {
+    file: Option<PathBuf>,
+    current: Mutex<(Option<SystemTime>, [u8; 32])>,
+}
+
+impl From<&str> for Token {
+    fn from(token: &str) -> Token {
+        Token {
+            file: None,
+            current: Mutex::new((None, digest(token.trim().as_bytes()))),
+        }
+    }
+}
+
+fn digest(b: &[u8]) -> [u8; 32] {
+    Sha256::digest(b).into()
+}
+
+impl Token {
+    /// The token in `path`; an unreadable or empty file is an error now, and later keeps the
+    /// token last read.
+    pub fn file(path: PathBuf) -> Result<Token, String> {
+        let (mtime, token) = read_token(&path)?;
+        Ok(Token {
+            file: Some(path),
+            current: Mutex::new((mtime, digest(token.as_bytes()))),
+        })
+    }
+
+    /// Whether `presented` is the token, comparing SHA-256 digests in constant time (so
+    /// neither the content nor the length of the token leaks through timing).
+    fn accepts(&self, presented: &str) -> bool {
+        let mut current = self.current.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(path) = &self.file {
+            let mtime = std::fs::metadata(path).and_then(|m| m.modified()).ok();
+            if mtime != current.0 {
+                match read_token(path) {
+                    Ok((mtime, token)) => {
+                        info!(file = %path.display(), "the ingest token file changed: using the new token");
+                        *current = (mtime, digest(token.as_bytes()));
+                    }
+                    Err(e) => warn!("{e}; keeping the token read before"),
+                }
+            }
+        }
+        let want = current.1;
+        let got = digest(presented.as_bytes());
+        want.iter().zip(got).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
+    }
+}
+
+fn read_token(path: &std::path::Path) -> Result<(Option<SystemTime>, String), String> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        format!(
+            "reading the ingest token {}: {}",
+            path.display(),
+            crate::sources::io_reason(&e)
+        )
+    })?;
+    let token = text.trim().to_string();
+    if token.is_empty() {
+        return Err(format!("the ingest token file {} is empty", path.display()));
+    }
+    let mtime = std::fs::metadata(path).and_then(|m| m.modified()).ok();
+    Ok((mtime, token))
 }
 
 /// The record kinds some profile takes from the ingest API.
@@ -53,38 +131,170 @@ pub fn kinds(profiles: &Profiles) -> Vec<RecordKind> {
     kinds
 }
 
-impl Ingest {
-    /// The name of the source that feeds a profile (`ingest/PROFILE`).
-    pub fn source_name(&self, profile: ProfileId) -> String {
-        crate::sources::name(SOURCE, &self.profiles.get(profile).name, None)
-    }
+/// What one profile pushed, as the source holds it.
+#[derive(Default)]
+struct Pushed {
+    /// Each pushed record's identity, and when it expires.
+    records: HashMap<(RecordKind, Option<String>, String), Option<Ts>>,
+    /// A snapshot has arrived: absence is evidence.
+    synced: bool,
+    last_report: Option<Instant>,
+    /// (synced, fresh) as last reported to the engine.
+    reported: Option<(bool, bool)>,
+}
 
-    /// The source's status for each profile it feeds: always synced (nothing to list).
-    pub fn statuses(&self) -> Vec<Change> {
-        self.profiles
+/// The ingest API and the state of what was pushed to it.
+#[derive(Clone)]
+pub struct Ingest {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    profiles: Arc<Profiles>,
+    changes: mpsc::Sender<(Ts, Change)>,
+    token: Token,
+    max_body: usize,
+    body_timeout: Duration,
+    bodies: Semaphore,
+    counters: Arc<dyn SourceCounters>,
+    pushed: Mutex<BTreeMap<ProfileId, Pushed>>,
+}
+
+impl Ingest {
+    pub fn new(
+        profiles: Arc<Profiles>,
+        changes: mpsc::Sender<(Ts, Change)>,
+        token: Token,
+        max_body: usize,
+        counters: Arc<dyn SourceCounters>,
+    ) -> Ingest {
+        let pushed = profiles
             .iter()
             .filter(|(_, p)| !p.records.ingest.is_empty())
-            .map(|(id, p)| {
-                Change::Source(SourceStatus::new(
-                    crate::sources::name(SOURCE, &p.name, None),
-                    Some(id),
-                    p.records
-                        .ingest
-                        .iter()
-                        .map(|k| Feed::of_record(*k))
-                        .collect(),
-                    true,
-                ))
-            })
+            .map(|(id, _)| (id, Pushed::default()))
+            .collect();
+        Ingest {
+            inner: Arc::new(Inner {
+                profiles,
+                changes,
+                token,
+                max_body,
+                body_timeout: Duration::from_secs(10),
+                bodies: Semaphore::new(CONCURRENT_BODIES),
+                counters,
+                pushed: Mutex::new(pushed),
+            }),
+        }
+    }
+
+    /// The name of the source that feeds a profile (`ingest/PROFILE`).
+    pub fn source_name(&self, profile: ProfileId) -> String {
+        crate::sources::name(SOURCE, &self.inner.profiles.get(profile).name, None)
+    }
+
+    fn status(&self, profile: ProfileId, synced: bool, fresh: bool) -> Change {
+        let p = self.inner.profiles.get(profile);
+        let error = if !synced {
+            Some("no snapshot pushed yet (POST /api/v1/records?snapshot=true)".to_string())
+        } else if !fresh {
+            Some(format!(
+                "no report for {:?} (records.ingest.stale_after)",
+                p.records.ingest_limits.stale_after
+            ))
+        } else {
+            None
+        };
+        Change::Source(SourceStatus {
+            synced,
+            fresh,
+            error,
+            ..SourceStatus::new(
+                self.source_name(profile),
+                Some(profile),
+                p.records
+                    .ingest
+                    .iter()
+                    .map(|k| Feed::of_record(*k))
+                    .collect(),
+                false,
+            )
+        })
+    }
+
+    /// The statuses to start with: every profile's source, not synced until its snapshot.
+    pub fn statuses(&self) -> Vec<Change> {
+        let pushed = self.inner.pushed.lock().unwrap_or_else(|e| e.into_inner());
+        pushed
+            .keys()
+            .map(|p| self.status(*p, false, false))
             .collect()
     }
 
     pub fn router(self) -> Router {
-        let limit = self.max_body;
         Router::new()
             .route("/api/v1/records", post(ingest))
-            .layer(DefaultBodyLimit::max(limit))
             .with_state(self)
+    }
+
+    /// Expires records and reports staleness, every second, until `stop`.
+    pub async fn run(self, mut stop: watch::Receiver<bool>) {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = stop.changed() => return,
+            }
+            for change in self.sweep(Ts::now(), Instant::now()) {
+                if self.inner.changes.send((Ts::now(), change)).await.is_err() {
+                    return;
+                }
+            }
+        }
+    }
+
+    /// The deletions of expired records, and the status changes freshness calls for.
+    fn sweep(&self, now: Ts, instant: Instant) -> Vec<Change> {
+        let mut out = Vec::new();
+        let mut pushed = self.inner.pushed.lock().unwrap_or_else(|e| e.into_inner());
+        for (profile, p) in pushed.iter_mut() {
+            let expired: Vec<_> = p
+                .records
+                .iter()
+                .filter(|(_, e)| e.is_some_and(|e| e <= now))
+                .map(|(k, _)| k.clone())
+                .collect();
+            for (kind, namespace, id) in expired {
+                p.records.remove(&(kind, namespace.clone(), id.clone()));
+                out.push(Change::Record(RecordChange::Delete {
+                    kind,
+                    profile: *profile,
+                    namespace,
+                    id,
+                }));
+            }
+            if p.records.capacity() > 1024 && p.records.len() * 4 < p.records.capacity() {
+                p.records.shrink_to(p.records.len() * 2);
+            }
+            let stale_after = self
+                .inner
+                .profiles
+                .get(*profile)
+                .records
+                .ingest_limits
+                .stale_after;
+            let fresh = p
+                .last_report
+                .is_some_and(|t| instant.duration_since(t) < stale_after);
+            let now_state = (p.synced, fresh);
+            if p.reported != Some(now_state) {
+                if p.reported.is_some_and(|(_, was_fresh)| was_fresh) && !fresh {
+                    warn!(source = %self.source_name(*profile), "no records pushed for {stale_after:?}: reporting the source stale; findings that rest on it hold");
+                }
+                p.reported = Some(now_state);
+                out.push(self.status(*profile, now_state.0, now_state.1));
+            }
+        }
+        out
     }
 }
 
@@ -99,83 +309,293 @@ struct Rejected {
 struct Outcome {
     accepted: usize,
     rejected: Vec<Rejected>,
+    /// Every rejection, listed or not.
+    rejected_total: usize,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    snapshot: Option<SnapshotOutcome>,
 }
 
-/// Compares without revealing, through timing, how much of the token matched.
-fn same(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+#[derive(Serialize)]
+struct SnapshotOutcome {
+    profile: String,
+    /// Records pushed before that this snapshot left out, now removed.
+    removed: usize,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Params {
+    #[serde(default)]
+    snapshot: bool,
+    profile: Option<String>,
 }
 
 fn unauthorized(msg: &str) -> Response {
     (
         StatusCode::UNAUTHORIZED,
         [(header::WWW_AUTHENTICATE, "Bearer")],
-        format!("{msg}\n"),
+        Json(serde_json::json!({ "error": msg })),
     )
         .into_response()
 }
 
-async fn ingest(State(ingest): State<Ingest>, headers: HeaderMap, body: Bytes) -> Response {
-    let Some(auth) = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-    else {
+fn error(code: StatusCode, msg: impl Into<String>) -> Response {
+    (code, Json(serde_json::json!({ "error": msg.into() }))).into_response()
+}
+
+/// The token of an `Authorization` header, whatever the case of its `Bearer` scheme
+/// (RFC 7235: schemes are case-insensitive).
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.trim().split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+}
+
+async fn ingest(
+    State(ingest): State<Ingest>,
+    params: Result<Query<Params>, axum::extract::rejection::QueryRejection>,
+    request: Request,
+) -> Response {
+    // Who is asking, from the headers alone: no body is read for a missing or wrong token.
+    let Some(token) = bearer(request.headers()) else {
         return unauthorized("missing Authorization: Bearer <token>");
     };
-    let token = auth.strip_prefix("Bearer ").unwrap_or_default().trim();
-    if !same(token.as_bytes(), ingest.token.as_bytes()) {
+    if !ingest.inner.token.accepts(token) {
         return unauthorized("invalid bearer token");
     }
-    let docs: Vec<Result<RecordDoc, InputError>> = match parse(&body) {
+    let Ok(Query(params)) = params else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "the query takes snapshot=true|false and profile=NAME",
+        );
+    };
+    let inner = &ingest.inner;
+    let snapshot_profile = if params.snapshot {
+        let found = match &params.profile {
+            Some(name) => inner.profiles.by_name(name),
+            None => inner
+                .profiles
+                .iter()
+                .find(|(_, p)| !p.records.ingest.is_empty())
+                .map(|(id, _)| id),
+        };
+        match found {
+            Some(id) if !inner.profiles.get(id).records.ingest.is_empty() => Some(id),
+            _ => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    format!(
+                        "profile: {:?} is not a profile that takes records from the ingest API",
+                        params.profile.as_deref().unwrap_or_default()
+                    ),
+                );
+            }
+        }
+    } else {
+        None
+    };
+    // Few bodies at once, each bounded in size and in time.
+    let Ok(Ok(_permit)) =
+        tokio::time::timeout(Duration::from_secs(2), inner.bodies.acquire()).await
+    else {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            [(header::RETRY_AFTER, "1")],
+            Json(serde_json::json!({"error": "too many ingest requests at once; retry"})),
+        )
+            .into_response();
+    };
+    let body = match tokio::time::timeout(
+        inner.body_timeout,
+        axum::body::to_bytes(request.into_body(), inner.max_body),
+    )
+    .await
+    {
+        Err(_) => {
+            return error(
+                StatusCode::REQUEST_TIMEOUT,
+                format!("the body did not arrive within {:?}", inner.body_timeout),
+            );
+        }
+        Ok(Err(_)) => {
+            return error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!(
+                    "the body is larger than {} bytes (--ingest-max-body)",
+                    inner.max_body
+                ),
+            );
+        }
+        Ok(Ok(b)) => b,
+    };
+    let docs = match parse(&body) {
         Ok(d) => d,
         Err(e) => {
-            ingest.counters.rejected(SOURCE, e.reason);
-            return (StatusCode::BAD_REQUEST, format!("{}\n", e.message)).into_response();
+            inner.counters.rejected(SOURCE, e.reason);
+            return error(StatusCode::BAD_REQUEST, e.message);
         }
     };
-    let mut outcome = Outcome {
-        accepted: 0,
-        rejected: Vec::new(),
-    };
-    let mut pushed: std::collections::BTreeMap<ProfileId, u64> = Default::default();
-    for (index, doc) in docs.into_iter().enumerate() {
-        // Rejections count under the profile's source when the record names a known one.
-        let source = doc
-            .as_ref()
-            .ok()
-            .and_then(|d| ingest.profiles.for_record(d.profile.as_deref()))
-            .map_or_else(|| SOURCE.to_string(), |p| ingest.source_name(p));
-        match doc.and_then(|d| admit(&ingest.profiles, d)) {
-            Ok(change) => {
-                let profile = match &change {
-                    RecordChange::Upsert(r) => r.profile,
-                    RecordChange::Delete { profile, .. } => *profile,
-                };
-                *pushed.entry(profile).or_default() += 1;
-                if ingest
-                    .changes
-                    .send((Ts::now(), Change::Record(change)))
-                    .await
-                    .is_err()
-                {
-                    return (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n").into_response();
+    match ingest.apply(docs, snapshot_profile).await {
+        Ok(outcome) => Json(outcome).into_response(),
+        Err(()) => error(StatusCode::SERVICE_UNAVAILABLE, "shutting down"),
+    }
+}
+
+impl Ingest {
+    /// Validates and applies the records of one request; `Err` when the engine is gone.
+    async fn apply(
+        &self,
+        docs: Vec<Result<RecordDoc, InputError>>,
+        snapshot: Option<ProfileId>,
+    ) -> Result<Outcome, ()> {
+        let inner = &self.inner;
+        let now = Ts::now();
+        let mut outcome = Outcome {
+            accepted: 0,
+            rejected: Vec::new(),
+            rejected_total: 0,
+            snapshot: None,
+        };
+        let mut changes = Vec::new();
+        let mut accepted: BTreeMap<ProfileId, u64> = BTreeMap::new();
+        let mut listed: HashSet<(RecordKind, Option<String>, String)> = HashSet::new();
+        {
+            let mut pushed = inner.pushed.lock().unwrap_or_else(|e| e.into_inner());
+            for (index, doc) in docs.into_iter().enumerate() {
+                let source = doc
+                    .as_ref()
+                    .ok()
+                    .and_then(|d| inner.profiles.for_record(d.profile.as_deref()))
+                    .map_or_else(|| SOURCE.to_string(), |p| self.source_name(p));
+                let expires_at = doc.as_ref().ok().and_then(|d| d.expires_at);
+                let identity = doc.as_ref().ok().and_then(|d| {
+                    Some((
+                        d.kind.as_deref().and_then(RecordKind::parse)?,
+                        d.namespace.clone().filter(|n| !n.is_empty()),
+                        d.id.clone().filter(|i| !i.is_empty())?,
+                    ))
+                });
+                let result = doc
+                    .and_then(|d| admit(&inner.profiles, d, snapshot))
+                    .and_then(|change| {
+                        hold(&inner.profiles, &mut pushed, &change, expires_at, now)?;
+                        Ok(change)
+                    });
+                match result {
+                    Ok(change) => {
+                        let profile = match &change {
+                            RecordChange::Upsert(r) => r.profile,
+                            RecordChange::Delete { profile, .. } => *profile,
+                        };
+                        if let RecordChange::Upsert(r) = &change {
+                            listed.insert((r.kind, r.namespace.clone(), r.id.clone()));
+                        }
+                        *accepted.entry(profile).or_default() += 1;
+                        changes.push(Change::Record(change));
+                        outcome.accepted += 1;
+                    }
+                    Err(e) => {
+                        // In a snapshot, a record that is there but unreadable keeps what was
+                        // known of it: absence is not evidence.
+                        if let Some(identity) = identity {
+                            listed.insert(identity);
+                        }
+                        inner.counters.rejected(&source, e.reason);
+                        outcome.rejected_total += 1;
+                        if outcome.rejected.len() < LISTED_REJECTIONS {
+                            outcome.rejected.push(Rejected {
+                                index,
+                                reason: e.reason,
+                                error: crate::text::clip(&e.message).into_owned(),
+                            });
+                        }
+                    }
                 }
-                outcome.accepted += 1;
             }
-            Err(e) => {
-                ingest.counters.rejected(&source, e.reason);
-                outcome.rejected.push(Rejected {
-                    index,
-                    reason: e.reason,
-                    error: e.message,
+            for (profile, p) in pushed.iter_mut() {
+                if accepted.contains_key(profile) || snapshot == Some(*profile) {
+                    p.last_report = Some(Instant::now());
+                }
+            }
+            if let Some(profile) = snapshot {
+                let p = pushed
+                    .get_mut(&profile)
+                    .expect("a profile that takes pushed records");
+                let before = p.records.len();
+                p.records.retain(|k, _| listed.contains(k));
+                p.synced = true;
+                outcome.snapshot = Some(SnapshotOutcome {
+                    profile: inner.profiles.get(profile).name.to_string(),
+                    removed: before - p.records.len(),
+                });
+                for kind in &inner.profiles.get(profile).records.ingest {
+                    changes.push(Change::Listed {
+                        feed: Feed::of_record(*kind),
+                        profile,
+                        namespace: None,
+                        listed: listed
+                            .iter()
+                            .filter(|(k, _, _)| k == kind)
+                            .map(|(_, ns, id)| (ns.clone().unwrap_or_default(), id.clone()))
+                            .collect(),
+                    });
+                }
+            }
+        }
+        for change in changes {
+            inner.changes.send((now, change)).await.map_err(|_| ())?;
+        }
+        // The status (synced by a snapshot, fresh by a report) at once, not at the next sweep.
+        for change in self.sweep(now, Instant::now()) {
+            inner.changes.send((now, change)).await.map_err(|_| ())?;
+        }
+        for (profile, n) in accepted {
+            inner.counters.pushed(&self.source_name(profile), n);
+        }
+        Ok(outcome)
+    }
+}
+
+/// Holds a pushed record (within the profile's cap) or forgets a deleted one.
+fn hold(
+    profiles: &Profiles,
+    pushed: &mut BTreeMap<ProfileId, Pushed>,
+    change: &RecordChange,
+    expires_at: Option<Ts>,
+    now: Ts,
+) -> Result<(), InputError> {
+    match change {
+        RecordChange::Upsert(r) => {
+            let limits = &profiles.get(r.profile).records.ingest_limits;
+            let p = pushed.entry(r.profile).or_default();
+            let key = (r.kind, r.namespace.clone(), r.id.clone());
+            if !p.records.contains_key(&key) && p.records.len() >= limits.max_records {
+                return Err(InputError::new(
+                    "over_capacity",
+                    format!(
+                        "record: profile {:?} already holds {} pushed records (records.ingest.max_records); send a snapshot to replace them",
+                        profiles.get(r.profile).name,
+                        limits.max_records
+                    ),
+                ));
+            }
+            let expiry = expires_at.or_else(|| limits.expire_after.map(|d| now.saturating_add(d)));
+            p.records.insert(key, expiry);
+        }
+        RecordChange::Delete {
+            kind,
+            profile,
+            namespace,
+            id,
+        } => {
+            if let Some(p) = pushed.get_mut(profile) {
+                p.records.retain(|(k, ns, i), _| {
+                    !(k == kind && i == id && (namespace.is_none() || ns == namespace))
                 });
             }
         }
     }
-    for (profile, n) in pushed {
-        ingest.counters.pushed(&ingest.source_name(profile), n);
-    }
-    Json(outcome).into_response()
+    Ok(())
 }
 
 /// A JSON array, or NDJSON. A value that is not a record is rejected by its index; a body
@@ -206,8 +626,13 @@ fn strip_position(msg: &str) -> String {
     }
 }
 
-/// Checks the record's profile takes its kind from the ingest API, then validates it.
-fn admit(profiles: &Profiles, doc: RecordDoc) -> Result<RecordChange, InputError> {
+/// Checks the record's profile takes its kind from the ingest API (and, in a snapshot, is
+/// the snapshot's profile), then validates it.
+fn admit(
+    profiles: &Profiles,
+    doc: RecordDoc,
+    snapshot: Option<ProfileId>,
+) -> Result<RecordChange, InputError> {
     let kind = doc.kind.as_deref().and_then(RecordKind::parse);
     let profile = profiles.for_record(doc.profile.as_deref());
     if let (Some(kind), Some(profile)) = (kind, profile) {
@@ -222,8 +647,27 @@ fn admit(profiles: &Profiles, doc: RecordDoc) -> Result<RecordChange, InputError
                 ),
             ));
         }
+        if let Some(s) = snapshot
+            && s != profile
+        {
+            return Err(InputError::new(
+                "unknown_profile",
+                format!(
+                    "record.profile: a snapshot of profile {:?} cannot carry records of profile {:?}",
+                    profiles.get(s).name,
+                    p.name
+                ),
+            ));
+        }
     }
-    doc.validate(profiles)
+    let change = doc.validate(profiles)?;
+    if snapshot.is_some() && matches!(change, RecordChange::Delete { .. }) {
+        return Err(InputError::new(
+            "invalid_value",
+            "record.deleted: a snapshot lists what exists; leave a deleted record out of it",
+        ));
+    }
+    Ok(change)
 }
 
 #[cfg(test)]
@@ -258,8 +702,17 @@ mod tests {
         assert_eq!(n.len(), 2);
         assert_eq!(n[1].as_ref().unwrap_err().reason, "invalid_json");
         assert!(parse(b"[{").is_err());
-        assert!(
-            same(b"secret", b"secret") && !same(b"secret", b"secreT") && !same(b"s", b"secret")
-        );
+    }
+
+    #[test]
+    fn tokens_compare_by_digest_and_schemes_by_any_case() {
+        let t = Token::from("secret");
+        assert!(t.accepts("secret"));
+        assert!(!t.accepts("secreT") && !t.accepts("s") && !t.accepts("secret-and-more"));
+        let mut h = HeaderMap::new();
+        h.insert(header::AUTHORIZATION, "bEaReR  secret ".parse().unwrap());
+        assert_eq!(bearer(&h), Some("secret"));
+        h.insert(header::AUTHORIZATION, "Basic c2VjcmV0".parse().unwrap());
+        assert_eq!(bearer(&h), None);
     }
 }

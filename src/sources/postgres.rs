@@ -23,7 +23,7 @@
 //! understand (no id, an unknown state) are logged once with their id and column, counted, and
 //! skipped; on a full load they still count as present, so what was known of them stays.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -204,11 +204,13 @@ impl Postgres {
         loop {
             let polls_before = state.polls;
             let failures_before = state.failed_polls;
-            let error = match self.url() {
-                Err(e) => e.to_string(),
+            // A missing URL is fixed by mounting the Secret, not by hammering: it retries
+            // at the usual pace. What the database refuses for good, it retries slowly.
+            let (error, permanent) = match self.url() {
+                Err(e) => (e.to_string(), false),
                 Ok(url) => match self.session(&url, &cx, &mut state, &send).await {
                     Ok(()) => return,
-                    Err(e) => e.to_string(),
+                    Err(e) => (e.to_string(), e.permanent()),
                 },
             };
             // A connection (or URL) that failed before any poll counts as a failed poll of
@@ -222,9 +224,18 @@ impl Postgres {
             if state.polls > polls_before {
                 backoff = INITIAL_BACKOFF;
             }
+            if permanent {
+                backoff = PERMANENT_BACKOFF;
+            }
             if error != last_error {
-                warn!(source = %self.name, database = %self.target(), error = %error, "database unavailable; retrying in {backoff:?}");
-                if !state.trusted && !send(self.status(false, false, Some(error.clone()))).await {
+                let what = if permanent {
+                    "the database refuses this (check the query, the grants or the credentials)"
+                } else {
+                    "database unavailable"
+                };
+                warn!(source = %self.name, database = %self.target(), error = %crate::text::clip(&error), "{what}; retrying in {backoff:?}");
+                let shown = format!("{error} (retrying every {backoff:?})");
+                if !state.trusted && !send(self.status(false, false, Some(shown))).await {
                     return;
                 }
                 last_error = error.clone();
@@ -246,7 +257,11 @@ impl Postgres {
                 }
                 tokio::time::sleep((until - Instant::now()).min(Duration::from_millis(100))).await;
             }
-            backoff = (backoff * 2).min(MAX_BACKOFF);
+            backoff = if permanent {
+                PERMANENT_BACKOFF
+            } else {
+                (backoff * 2).min(MAX_BACKOFF)
+            };
         }
     }
 
@@ -506,8 +521,8 @@ impl Postgres {
             .await?;
         futures::pin_mut!(rows);
         let mut listed = complete.then(HashSet::new);
-        // Bad rows seen in this full load: the ones logged before and not seen again are
-        // forgotten, so the set stays as small as the table's bad rows.
+        // Bad rows seen in this full load: the ones known before and not seen again are
+        // forgotten, so the map stays as small as the table's bad rows.
         let mut still_rejected = HashSet::new();
         let mut count = 0u64;
         while let Some(row) = self.within("reading rows", rows.try_next()).await? {
@@ -524,9 +539,31 @@ impl Postgres {
                 attempt: None,
                 updated_at: None,
                 deadline: None,
+                expires_at: None,
                 deleted: false,
             };
             let attempt: Option<i64> = row.get(6);
+            // What the row says, to tell a bad row read again from a bad row that changed.
+            let fingerprint = {
+                use std::hash::{Hash, Hasher};
+                let mut h = std::collections::hash_map::DefaultHasher::new();
+                (
+                    &doc.id,
+                    &doc.state,
+                    &doc.namespace,
+                    &doc.pod,
+                    &doc.session,
+                    &doc.sandbox,
+                )
+                    .hash(&mut h);
+                (
+                    attempt,
+                    row.get::<_, Option<i64>>(7),
+                    row.get::<_, Option<i64>>(8),
+                )
+                    .hash(&mut h);
+                h.finish()
+            };
             let id = doc.id.clone().unwrap_or_default();
             let namespace = doc.namespace.clone().unwrap_or_default();
             // The same bounds on times as every other input.
@@ -561,7 +598,7 @@ impl Postgres {
                     if let (Some(l), RecordChange::Upsert(r)) = (listed.as_mut(), &change) {
                         l.insert((r.namespace.clone().unwrap_or_default(), r.id.clone()));
                     }
-                    state.rejected.remove(&(p.kind, id));
+                    state.rejected.remove(&(p.kind, RowKey::Id(id)));
                     if cx
                         .changes
                         .send((Ts::now(), Change::Record(change)))
@@ -577,17 +614,24 @@ impl Postgres {
                         && !id.is_empty()
                     {
                         l.insert((namespace, id.clone()));
-                        still_rejected.insert(id.clone());
                     }
-                    let column = e.message.replace("record.", "column ");
-                    // Log a bad row once (until it changes), count it every time it is read.
-                    cx.counters.rejected(&self.name, e.reason);
-                    if state.rejected.insert((p.kind, id.clone())) {
+                    // A row without an id is known by what it says.
+                    let key = if id.is_empty() {
+                        RowKey::Unnamed(fingerprint)
+                    } else {
+                        RowKey::Id(id.clone())
+                    };
+                    still_rejected.insert(key.clone());
+                    // Logged and counted once per change of the row, not at every reload.
+                    if state.rejected.insert((p.kind, key), fingerprint) != Some(fingerprint) {
+                        cx.counters.rejected(&self.name, e.reason);
+                        let column = e.message.replace("record.", "column ");
                         warn!(
                             source = %self.name, query = p.kind.as_str(), reason = e.reason,
-                            "skipped a {} row (id {}): {column}",
+                            "skipped a {} row (id {}): {}",
                             p.kind.as_str(),
                             if id.is_empty() { "NULL".to_string() } else { format!("{id:?}") },
+                            crate::text::clip(&column),
                         );
                     }
                 }
@@ -596,7 +640,7 @@ impl Postgres {
         if complete {
             state
                 .rejected
-                .retain(|(kind, id)| *kind != p.kind || still_rejected.contains(id));
+                .retain(|(kind, key), _| *kind != p.kind || still_rejected.contains(key));
         }
         Ok(Some((count, listed)))
     }
@@ -604,7 +648,7 @@ impl Postgres {
 
 #[derive(Debug, thiserror::Error)]
 enum PollError {
-    #[error(transparent)]
+    #[error("{}", describe(.0))]
     Db(#[from] tokio_postgres::Error),
     #[error("the database closed the connection")]
     Closed,
@@ -612,8 +656,51 @@ enum PollError {
     Timeout { what: &'static str, after: Duration },
 }
 
+impl PollError {
+    /// An error that retrying soon will not fix: a missing table or column, a syntax error,
+    /// missing grants, a wrong password, a database that does not exist.
+    fn permanent(&self) -> bool {
+        let PollError::Db(e) = self else {
+            return false;
+        };
+        e.as_db_error().is_some_and(|db| {
+            let code = db.code().code();
+            ["42", "28", "3D", "0A"]
+                .iter()
+                .any(|class| code.starts_with(class))
+        })
+    }
+}
+
+/// A database error for people: the server's SQLSTATE, message, detail and hint, or the
+/// client's error with its causes, each said once.
+fn describe(e: &tokio_postgres::Error) -> String {
+    if let Some(db) = e.as_db_error() {
+        let mut s = format!("{} {}: {}", db.severity(), db.code().code(), db.message());
+        if let Some(d) = db.detail() {
+            s.push_str(&format!(" ({d})"));
+        }
+        if let Some(h) = db.hint() {
+            s.push_str(&format!("; hint: {h}"));
+        }
+        return s;
+    }
+    let mut parts: Vec<String> = vec![e.to_string()];
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        let text = s.to_string();
+        if !parts.iter().any(|p| p.contains(&text)) {
+            parts.push(text);
+        }
+        source = s.source();
+    }
+    parts.join(": ")
+}
+
 const INITIAL_BACKOFF: Duration = Duration::from_millis(500);
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// How often an error retrying cannot fix (a missing table, a wrong password) is tried again.
+const PERMANENT_BACKOFF: Duration = Duration::from_secs(300);
 
 #[derive(Default)]
 struct PollState {
@@ -628,8 +715,15 @@ struct PollState {
     need_full: bool,
     /// Synced and fresh, as last reported.
     trusted: bool,
-    /// Bad rows already logged.
-    rejected: HashSet<(RecordKind, String)>,
+    /// Bad rows already logged and counted, with what they said then.
+    rejected: HashMap<(RecordKind, RowKey), u64>,
+}
+
+/// How a bad row is remembered: by its id, or, without one, by what it says.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+enum RowKey {
+    Id(String),
+    Unnamed(u64),
 }
 
 /// A query wrapped for full loads and, when it has `updated_at`, incremental polls.

@@ -44,6 +44,54 @@ pub type Sym = Arc<str>;
 pub type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
 type HashSet<K> = std::collections::HashSet<K, foldhash::fast::RandomState>;
 
+/// See [`World::footprint`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Footprint {
+    pub pods: usize,
+    pub records: usize,
+    pub records_capacity: usize,
+    pub strings: usize,
+    pub departures: usize,
+}
+
+/// Gives back a map's memory once it has emptied to a quarter of its capacity (amortized).
+pub(crate) fn shrink<T: ShrinkTo>(map: &mut T) {
+    if map.cap() > 1024 && map.len_() * 4 < map.cap() {
+        map.shrink(map.len_() * 2);
+    }
+}
+
+/// The maps [`shrink`] works on.
+pub(crate) trait ShrinkTo {
+    fn cap(&self) -> usize;
+    fn len_(&self) -> usize;
+    fn shrink(&mut self, to: usize);
+}
+
+impl<K: std::hash::Hash + Eq, V> ShrinkTo for HashMap<K, V> {
+    fn cap(&self) -> usize {
+        self.capacity()
+    }
+    fn len_(&self) -> usize {
+        self.len()
+    }
+    fn shrink(&mut self, to: usize) {
+        self.shrink_to(to);
+    }
+}
+
+impl<K: std::hash::Hash + Eq> ShrinkTo for HashSet<K> {
+    fn cap(&self) -> usize {
+        self.capacity()
+    }
+    fn len_(&self) -> usize {
+        self.len()
+    }
+    fn shrink(&mut self, to: usize) {
+        self.shrink_to(to);
+    }
+}
+
 /// Something a rule can judge: a pod (by uid, so a re-created pod is a new subject) or a record.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Subject {
@@ -74,6 +122,8 @@ fn best_pod<'a>(pods: impl Iterator<Item = &'a Pod>) -> Option<&'a Pod> {
 pub struct World {
     profiles: Arc<Profiles>,
     strings: HashSet<Sym>,
+    /// How many strings the last sweep of the pool kept.
+    strings_kept: usize,
     pods: Vec<Option<Pod>>,
     free: Vec<u32>,
     pods_by_name: PodIndex<Sym>,
@@ -114,6 +164,7 @@ impl World {
             shard,
             profiles,
             strings: Default::default(),
+            strings_kept: 0,
             pods: Vec::new(),
             free: Vec::new(),
             pods_by_name: PodIndex::new(),
@@ -141,13 +192,33 @@ impl World {
         self.shard
     }
 
+    /// The shared copy of `s`. Strings nothing else refers to any more are released once
+    /// the pool has doubled since it was last swept (amortized O(1)), so that churn through
+    /// unique values (namespaces, states, reasons) does not grow memory with nothing held.
     fn intern(&mut self, s: &str) -> Sym {
         if let Some(existing) = self.strings.get(s) {
             return existing.clone();
         }
+        if self.strings.len() >= 2 * self.strings_kept.max(512) {
+            self.strings.retain(|s| Arc::strong_count(s) > 1);
+            shrink(&mut self.strings);
+            self.strings_kept = self.strings.len();
+        }
         let sym: Sym = Arc::from(s);
         self.strings.insert(sym.clone());
         sym
+    }
+
+    /// What the World holds, for tests and benchmarks: pods, records, interned strings,
+    /// remembered departures, and the records map's capacity.
+    pub fn footprint(&self) -> Footprint {
+        Footprint {
+            pods: self.pod_count,
+            records: self.records.len(),
+            records_capacity: self.records.capacity(),
+            strings: self.strings.len(),
+            departures: self.departures.len(),
+        }
     }
 
     pub fn pod_count(&self) -> usize {
@@ -336,6 +407,10 @@ impl World {
         self.pods_by_name.remove(&old.name, idx);
         self.free.push(idx);
         self.pod_count -= 1;
+        if self.pod_count == 0 {
+            self.pods.clear();
+            self.free.clear();
+        }
     }
 
     fn depart_pod(&mut self, pod: &Pod, at: Ts) {
@@ -421,7 +496,12 @@ impl World {
         at: Ts,
         touched: &mut Vec<Subject>,
     ) {
-        let ns = self.intern(namespace);
+        // A disappearance is looked up, never interned: unique namespaces must not pile up.
+        let ns = if exists {
+            self.intern(namespace)
+        } else {
+            Sym::from(namespace)
+        };
         let key = (profile, Sym::from(name));
         let list = self.resume_targets.entry(key.clone()).or_default();
         let had = list.contains(&ns);

@@ -88,23 +88,6 @@ impl World {
         self.records.get(key)
     }
 
-    /// The key a record of this kind, profile, namespace and id is stored under.
-    pub fn record_key(
-        &mut self,
-        kind: RecordKind,
-        profile: ProfileId,
-        namespace: Option<&str>,
-        id: &str,
-    ) -> RecordKey {
-        let scoped = self.profiles.get(profile).namespaced_ids(kind);
-        RecordKey {
-            kind,
-            profile,
-            namespace: namespace.filter(|_| scoped).map(|n| self.intern(n)),
-            id: Sym::from(id),
-        }
-    }
-
     /// Finds the record a reference means: by namespace and id when the kind's ids are
     /// namespace-scoped and the reference names a namespace, else by id.
     pub fn resolve(
@@ -214,7 +197,8 @@ impl World {
         at: Ts,
         touched: &mut Vec<Subject>,
     ) {
-        let ns = namespace.map(|n| self.intern(n));
+        // Looked up, never interned: tombstones with unique namespaces must not grow memory.
+        let ns = namespace.map(Sym::from);
         match self.resolve(kind, profile, ns.as_ref(), &Sym::from(id)) {
             Resolved::Found(key) => self.remove_record(&key, at, touched),
             Resolved::Missing => {}
@@ -238,6 +222,11 @@ impl World {
         };
         self.affected_by_record(key, &old, touched);
         self.unindex_record(key, &old);
+        super::shrink(&mut self.records);
+        super::shrink(&mut self.records_by_pod);
+        super::shrink(&mut self.executions_by_session);
+        super::shrink(&mut self.executions_by_sandbox);
+        super::shrink(&mut self.scoped_ids);
         self.departures
             .record(Departed::Record(key.kind, key.profile, key.id.clone()), at);
         if key.kind == RecordKind::Session

@@ -118,3 +118,20 @@ pub async fn findings(daemon: &Daemon) -> Vec<Value> {
         .cloned()
         .unwrap_or_default()
 }
+
+/// Pushes a snapshot to the ingest API (what makes a pushed-records source synced): the
+/// records given, in place of everything pushed before. Returns the answer.
+pub async fn push_snapshot(daemon: &Daemon, token: &str, records: &[Value]) -> Value {
+    let r = reqwest::Client::new()
+        .post(format!(
+            "http://{}/api/v1/records?snapshot=true",
+            daemon.addr
+        ))
+        .bearer_auth(token)
+        .body(serde_json::to_string(records).unwrap())
+        .send()
+        .await
+        .expect("HTTP to the daemon");
+    assert_eq!(r.status(), 200, "the snapshot is taken");
+    r.json().await.unwrap()
+}

@@ -12,6 +12,8 @@
 //! - `GET /metrics`: Prometheus / OpenMetrics text.
 //! - `GET /`: a plain HTML page listing the open findings, for a person.
 
+pub mod serve;
+
 use std::fmt::Write as _;
 use std::sync::Arc;
 
