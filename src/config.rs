@@ -1647,4 +1647,76 @@ profiles:
         }
         assert!(!errs.contains("\"sandbox\" records"), "{errs}");
     }
+
+    #[test]
+    fn what_postgresql_and_the_remediation_would_refuse_is_refused_here() {
+        let yaml = r#"
+profiles:
+  - preset: sandbox-api
+    records:
+      postgres:
+        statement_timeout: 720h
+    remediation:
+      base_url: https://api.internal
+      actions:
+        finalize_execution:
+          enabled: true
+          http: { url: "{base_url}/agent/executions/{exection}/cancel" }
+remediation:
+  retry_initial: 10m
+  retry_max: 1m
+"#;
+        let errs = load_str(yaml).unwrap_err().to_string();
+        for needle in [
+            "profiles[0].records.postgres.statement_timeout: 2592000s is more than PostgreSQL accepts",
+            "profiles[0].remediation.actions.finalize_execution.http.url: {exection} is not a placeholder",
+            "remediation.retry_initial: 600s is more than retry_max (60s)",
+        ] {
+            assert!(errs.contains(needle), "missing {needle:?} in:\n{errs}");
+        }
+    }
+
+    #[test]
+    fn an_http_override_changes_single_fields_of_the_presets_target() {
+        let yaml = r#"
+profiles:
+  - preset: sandbox-api
+    remediation:
+      base_url: https://api.internal
+      actions:
+        finalize_execution:
+          enabled: true
+          http:
+            headers:
+              X-API-Key: { file: /run/secrets/key }
+"#;
+        let p = load_str(yaml).unwrap();
+        let a = &p.get(crate::profile::ProfileId(0)).remediation.actions[0];
+        let Target::Http {
+            method,
+            url,
+            headers,
+            ..
+        } = &a.target
+        else {
+            panic!("{:?}", a.target)
+        };
+        assert_eq!(method, "POST", "kept from the preset");
+        assert_eq!(url, "{base_url}/agent/executions/{execution}/cancel");
+        assert_eq!(
+            headers,
+            &[(
+                "X-API-Key".to_string(),
+                HeaderValue::File("/run/secrets/key".into())
+            )]
+        );
+        // Every file a config names that is not readable here is a warning.
+        let w = warnings(&p);
+        assert!(
+            w.iter().any(|w| w.field
+                == "profiles[0].remediation.actions.finalize_execution.http.headers.X-API-Key.file"
+                && w.message.contains("/run/secrets/key is not readable here")),
+            "{w:?}"
+        );
+    }
 }

@@ -48,6 +48,8 @@ pub struct Settings {
     /// The bearer token of the ingest API (required when a profile takes ingested records).
     pub ingest_token: Option<ingest::Token>,
     pub ingest_max_body: usize,
+    /// An ingest request's body must arrive within this.
+    pub ingest_body_timeout: Duration,
     pub remediation: Remediation,
     /// Compete for a Lease before remediating; `None`: this replica always may.
     pub leader_election: Option<Elector>,
@@ -67,6 +69,7 @@ impl Settings {
             database_url_file: None,
             ingest_token: None,
             ingest_max_body: 1 << 20,
+            ingest_body_timeout: Duration::from_secs(10),
             remediation: Remediation::default(),
             leader_election: None,
             shard: Shard::ALL,
@@ -134,7 +137,7 @@ impl Daemon {
                 profiles.clone(),
                 changes_tx.clone(),
                 token,
-                settings.ingest_max_body,
+                (settings.ingest_max_body, settings.ingest_body_timeout),
                 Arc::new(health.clone()),
             )),
             (None, false) => anyhow::bail!(
@@ -372,7 +375,12 @@ impl EngineTask {
     fn publish(&self, at: Ts) {
         let snap = Snapshot {
             at,
-            findings: self.engine.open_findings().into_iter().cloned().collect(),
+            // In the order they opened (by id): the findings API pages by id.
+            findings: {
+                let mut f: Vec<_> = self.engine.open_findings().into_iter().cloned().collect();
+                f.sort_by_key(|f| f.id);
+                f
+            },
             sources: self.engine.world().sources().to_vec(),
             pods: self.engine.world().pod_count(),
             records: self.engine.world().record_count(),

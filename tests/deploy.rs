@@ -345,3 +345,48 @@ remediation:
     let unused: Vec<&Grant> = granted.iter().filter(|g| !used.contains(*g)).collect();
     assert!(unused.is_empty(), "granted but never used: {unused:?}");
 }
+
+#[test]
+fn every_file_a_preset_reads_is_where_the_deployment_mounts_its_secrets() {
+    let docs = render(&root().join("deploy"));
+    let deployment = find(&docs, "Deployment", "sandwatch");
+    let mounts: Vec<String> =
+        deployment["spec"]["template"]["spec"]["containers"][0]["volumeMounts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["mountPath"].as_str().unwrap().to_string())
+            .collect();
+    let mut checked = 0;
+    for (name, _, _) in sandwatch::config::PRESETS {
+        // Every action of the preset enabled, as a user would turn them on.
+        let yaml = format!(
+            "profiles:\n  - preset: {name}\n    remediation:\n      base_url: https://api.internal\n      actions:\n        finalize_execution: {{ enabled: true }}\n        mark_session_gone: {{ enabled: true }}\n        finalize_session: {{ enabled: true }}\n"
+        );
+        let Ok(profiles) = sandwatch::config::load_str(&yaml) else {
+            continue;
+        };
+        for w in sandwatch::config::warnings(&profiles) {
+            let Some(path) = w.message.split(" is not readable here").next() else {
+                continue;
+            };
+            if !w.message.contains(" is not readable here") {
+                continue;
+            }
+            checked += 1;
+            assert!(
+                mounts.iter().any(|m| path.starts_with(&format!("{m}/"))),
+                "preset {name} reads {path} ({}), which no volume of the Deployment mounts: {mounts:?}",
+                w.field
+            );
+        }
+    }
+    assert!(
+        checked >= 3,
+        "the sandbox-api preset reads its API key from a file"
+    );
+    // A provider of pushed records reaches every replica, ready or not.
+    let ingest = find(&docs, "Service", "sandwatch-ingest");
+    assert_eq!(ingest["spec"]["clusterIP"], "None", "headless");
+    assert_eq!(ingest["spec"]["publishNotReadyAddresses"], true);
+}

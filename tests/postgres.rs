@@ -867,3 +867,143 @@ async fn a_database_without_a_url_makes_the_daemon_not_ready_until_one_is_there(
     d.shutdown().await;
     let _ = std::fs::remove_file(&url_file);
 }
+
+const RESYNC_OFTEN: &str = r#"
+profiles:
+  - preset: sandbox-api
+    grace:
+      absence: 0s
+    records:
+      postgres:
+        poll_interval: 200ms
+        stale_after: 1s
+        resync_interval: 300ms
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_row_is_counted_once_per_change_not_at_every_reload() {
+    let (db, sql, server) = setup().await;
+    sql.batch_execute(
+        "INSERT INTO sandbox_sessions (thread_key, sandbox_id, state) VALUES
+           ('weird', 'p-2', 'hibernating'), (NULL, 'p-3', 'idle')",
+    )
+    .await
+    .unwrap();
+    let d = daemon(&server, &db, RESYNC_OFTEN).await;
+    wait_ready(&d, true).await;
+    let counted = |reason: &'static str| {
+        let d = &d;
+        async move {
+            let m = metrics(d).await;
+            support::metrics::value(
+                &m,
+                &format!("sandwatch_rejected_inputs_total{{source=\"postgres/sandbox-api\",reason=\"{reason}\"}}"),
+            )
+            .unwrap_or(0.0)
+        }
+    };
+    let full_loads = || async {
+        let m = metrics(&d).await;
+        support::metrics::value(&m, "sandwatch_record_polls_total{source=\"postgres/sandbox-api\",mode=\"full\",outcome=\"success\"}").unwrap_or(0.0)
+    };
+    let loads = full_loads().await;
+    wait_for(Duration::from_secs(10), "several full reloads", || async {
+        full_loads().await >= loads + 4.0
+    })
+    .await;
+    assert_eq!(
+        counted("unknown_state").await,
+        1.0,
+        "the same bad row, read again"
+    );
+    assert_eq!(
+        counted("missing_field").await,
+        1.0,
+        "the row without an id, read again"
+    );
+    // The row changes and is still bad: that is a new rejection.
+    sql.batch_execute("UPDATE sandbox_sessions SET state = 'frozen', updated_at = now() WHERE thread_key = 'weird'")
+        .await
+        .unwrap();
+    wait_for(
+        Duration::from_secs(5),
+        "the changed row counted",
+        || async { counted("unknown_state").await == 2.0 },
+    )
+    .await;
+    d.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_table_is_named_with_its_sqlstate_and_retried_slowly() {
+    let (db, sql, server) = setup().await;
+    sql.batch_execute("DROP TABLE agent_execution_requests")
+        .await
+        .unwrap();
+    let d = daemon(&server, &db, SANDBOX_API_FAST).await;
+    let error = || async {
+        let (_, r) = get(&d, "/readyz").await;
+        r["sources"]
+            .as_array()
+            .and_then(|s| {
+                s.iter()
+                    .find(|s| s["name"] == "postgres/sandbox-api")
+                    .cloned()
+            })
+            .and_then(|s| s["error"].as_str().map(String::from))
+            .unwrap_or_default()
+    };
+    wait_for(Duration::from_secs(10), "the error reported", || async {
+        !error().await.is_empty()
+    })
+    .await;
+    let e = error().await;
+    assert!(
+        e.contains("42P01") && e.contains("relation \"agent_execution_requests\" does not exist"),
+        "{e}"
+    );
+    assert!(e.contains("retrying every 300s"), "{e}");
+    // Not retried at full speed: one failed poll, not one every half second.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let m = metrics(&d).await;
+    let failed = support::metrics::value(
+        &m,
+        "sandwatch_record_polls_total{source=\"postgres/sandbox-api\",mode=\"full\",outcome=\"error\"}",
+    )
+    .unwrap();
+    assert_eq!(failed, 1.0, "{m}");
+    d.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reconnects_stay_prompt_after_connections_dropped_over_a_healthy_day() {
+    let (db, sql, server) = setup().await;
+    sql.batch_execute("INSERT INTO sandbox_sessions (thread_key, sandbox_id, state) VALUES ('t-1', 'p-1', 'stopped')")
+        .await
+        .unwrap();
+    let d = daemon(&server, &db, SANDBOX_API_FAST).await;
+    wait_ready(&d, true).await;
+    let successes = || async {
+        let m = metrics(&d).await;
+        support::metrics::value(&m, "sandwatch_record_polls_total{source=\"postgres/sandbox-api\",mode=\"incremental\",outcome=\"success\"}").unwrap_or(0.0)
+    };
+    // Each time, the server drops sandwatch's connection (a failover, an idle timeout...);
+    // polls succeed in between. A backoff that never reset would double each time.
+    for drop_ in 1..=6 {
+        let before = successes().await;
+        sql.batch_execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'sandwatch'")
+            .await
+            .unwrap();
+        let started = Instant::now();
+        wait_for(Duration::from_secs(10), "polling again", || async {
+            successes().await > before
+        })
+        .await;
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "reconnected {:?} after drop {drop_}",
+            started.elapsed()
+        );
+    }
+    d.shutdown().await;
+}

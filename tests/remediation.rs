@@ -954,3 +954,104 @@ async fn a_graceful_shutdown_releases_the_lease_only_after_its_last_call_ends() 
     );
     assert_eq!(receiver.count(), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backlog_drains_at_exactly_the_configured_rate() {
+    let server = TestApiServer::start().await;
+    let receiver = Receiver::start().await;
+    // 60 a minute: a bucket of one token, so a token that comes between two rounds and waits
+    // for the next one is time lost for good (that once gave 56.5 calls a minute).
+    let yaml = config("mark_session_gone", &http_target(&receiver.url), "")
+        .replace("per_minute: 6000", "per_minute: 60");
+    let d = daemon_with(&server, &yaml).await;
+    wait_ready(&d, true).await;
+    let orphans: Vec<Value> = (0..100).map(|i| orphan(&format!("s-{i}"))).collect();
+    ingest(&d, &orphans).await;
+    wait_for(Duration::from_secs(30), "twelve calls", || async {
+        receiver.count() >= 12
+    })
+    .await;
+    let got = receiver.received();
+    let (first, last) = (got[1].at, got[11].at);
+    let rate = 10.0 / last.duration_since(first).as_secs_f64();
+    assert!(
+        (rate - 1.0).abs() < 0.02,
+        "{rate:.3} calls a second with per_minute: 60"
+    );
+    d.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_circuit_gauge_follows_the_breaker_after_its_findings_resolve() {
+    let server = TestApiServer::start().await;
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let d = daemon_with(
+        &server,
+        &config(
+            "mark_session_gone",
+            &http_target(&format!("http://{closed}")),
+            "  circuit_failures: 2\n  circuit_open_for: 1s",
+        ),
+    )
+    .await;
+    wait_ready(&d, true).await;
+    ingest(&d, &[orphan("s-1"), orphan("s-2")]).await;
+    let gauge = "sandwatch_remediation_circuit_open{action=\"mark_session_gone\"}";
+    wait_for(Duration::from_secs(10), "the circuit to open", || async {
+        metric(&d, gauge).await == 1.0
+    })
+    .await;
+    // The findings resolve while the circuit is open: no trial call will ever come, and the
+    // gauge must not stay up forever.
+    ingest(
+        &d,
+        &[
+            json!({"kind": "session", "id": "s-1", "deleted": true}),
+            json!({"kind": "session", "id": "s-2", "deleted": true}),
+        ],
+    )
+    .await;
+    wait_for(Duration::from_secs(5), "the gauge back to 0", || async {
+        metric(&d, gauge).await == 0.0
+    })
+    .await;
+    d.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_id_that_would_move_up_the_url_path_is_never_called() {
+    let server = TestApiServer::start().await;
+    let receiver = Receiver::start().await;
+    let yaml = config(
+        "finalize_execution",
+        &format!(
+            "          http:\n            method: POST\n            url: \"{}/agent/executions/{{execution}}/cancel\"",
+            receiver.url
+        ),
+        "",
+    );
+    let d = daemon_with(&server, &yaml).await;
+    wait_ready(&d, true).await;
+    ingest(
+        &d,
+        &[
+            json!({"kind": "sandbox", "id": "sb-1", "state": "failed"}),
+            json!({"kind": "execution", "id": "..", "sandbox": "sb-1", "state": "running"}),
+            json!({"kind": "execution", "id": "a.b", "sandbox": "sb-1", "state": "running"}),
+        ],
+    )
+    .await;
+    let invalid = "sandwatch_remediations_total{action=\"finalize_execution\",outcome=\"invalid\"}";
+    wait_for(
+        Duration::from_secs(10),
+        "the call refused and the other made",
+        || async { metric(&d, invalid).await == 1.0 && receiver.count() == 1 },
+    )
+    .await;
+    let paths: Vec<String> = receiver.received().iter().map(|r| r.uri.clone()).collect();
+    assert_eq!(paths, ["/agent/executions/a%2Eb/cancel"]);
+    d.shutdown().await;
+}

@@ -165,7 +165,7 @@ impl Ingest {
         profiles: Arc<Profiles>,
         changes: mpsc::Sender<(Ts, Change)>,
         token: Token,
-        max_body: usize,
+        (max_body, body_timeout): (usize, Duration),
         counters: Arc<dyn SourceCounters>,
     ) -> Ingest {
         let pushed = profiles
@@ -179,7 +179,7 @@ impl Ingest {
                 changes,
                 token,
                 max_body,
-                body_timeout: Duration::from_secs(10),
+                body_timeout,
                 bodies: Semaphore::new(CONCURRENT_BODIES),
                 counters,
                 pushed: Mutex::new(pushed),

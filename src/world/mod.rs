@@ -124,6 +124,8 @@ pub struct World {
     strings: HashSet<Sym>,
     /// How many strings the last sweep of the pool kept.
     strings_kept: usize,
+    /// Pods and records removed since the last sweep of the pool.
+    removals: usize,
     pods: Vec<Option<Pod>>,
     free: Vec<u32>,
     pods_by_name: PodIndex<Sym>,
@@ -165,6 +167,7 @@ impl World {
             profiles,
             strings: Default::default(),
             strings_kept: 0,
+            removals: 0,
             pods: Vec::new(),
             free: Vec::new(),
             pods_by_name: PodIndex::new(),
@@ -200,13 +203,27 @@ impl World {
             return existing.clone();
         }
         if self.strings.len() >= 2 * self.strings_kept.max(512) {
-            self.strings.retain(|s| Arc::strong_count(s) > 1);
-            shrink(&mut self.strings);
-            self.strings_kept = self.strings.len();
+            self.sweep_strings();
         }
         let sym: Sym = Arc::from(s);
         self.strings.insert(sym.clone());
         sym
+    }
+
+    fn sweep_strings(&mut self) {
+        self.strings.retain(|s| Arc::strong_count(s) > 1);
+        shrink(&mut self.strings);
+        self.strings_kept = self.strings.len();
+        self.removals = 0;
+    }
+
+    /// Counts a removal; once there were as many as half the pool, the pool is swept (so
+    /// that deleting everything releases everything, amortized O(1) per removal).
+    fn removed(&mut self) {
+        self.removals += 1;
+        if self.removals > (self.strings.len() / 2).max(512) {
+            self.sweep_strings();
+        }
     }
 
     /// What the World holds, for tests and benchmarks: pods, records, interned strings,
@@ -407,6 +424,8 @@ impl World {
         self.pods_by_name.remove(&old.name, idx);
         self.free.push(idx);
         self.pod_count -= 1;
+        drop(old);
+        self.removed();
         if self.pod_count == 0 {
             self.pods.clear();
             self.free.clear();

@@ -235,6 +235,8 @@ impl World {
             self.departures
                 .record(Departed::SessionNaming(key.profile, pod.clone()), at);
         }
+        drop(old);
+        self.removed();
     }
 
     fn index_record(&mut self, key: &RecordKey, rec: &StoredRecord) {

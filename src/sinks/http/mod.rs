@@ -23,7 +23,7 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{Html, IntoResponse, Json, Response};
 use axum::routing::get;
 use prometheus_client::registry::Registry;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use tokio::sync::watch;
 
 use crate::finding::{FindingKind, OpenFinding};
@@ -48,6 +48,9 @@ pub struct Snapshot {
 struct AppState {
     snapshot: watch::Receiver<Arc<Snapshot>>,
     registry: Arc<Registry>,
+    /// Pages of findings (API and status page) are built one at a time: however many
+    /// clients ask, they take one core at most, and the probes keep the rest.
+    pages: Arc<tokio::sync::Semaphore>,
 }
 
 pub fn router(snapshot: watch::Receiver<Arc<Snapshot>>, registry: Arc<Registry>) -> Router {
@@ -56,8 +59,18 @@ pub fn router(snapshot: watch::Receiver<Arc<Snapshot>>, registry: Arc<Registry>)
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/api/v1/findings", get(findings))
+        .fallback(|| async {
+            json_error(
+                StatusCode::NOT_FOUND,
+                "no such path: see / for what sandwatch serves",
+            )
+        })
         .route("/metrics", get(metrics))
-        .with_state(AppState { snapshot, registry })
+        .with_state(AppState {
+            snapshot,
+            registry,
+            pages: Arc::new(tokio::sync::Semaphore::new(1)),
+        })
 }
 
 #[derive(Serialize)]
@@ -136,13 +149,6 @@ async fn readyz(State(s): State<AppState>) -> Response {
     (code, Json(body)).into_response()
 }
 
-#[derive(Deserialize)]
-struct Filter {
-    kind: Option<String>,
-    namespace: Option<String>,
-    profile: Option<String>,
-}
-
 /// One open finding as the API shows it.
 #[derive(Serialize)]
 pub struct FindingView<'a> {
@@ -188,39 +194,151 @@ impl<'a> FindingView<'a> {
 
 #[derive(Serialize)]
 struct FindingsBody<'a> {
+    /// How many open findings match, over every page.
     count: usize,
     findings: Vec<FindingView<'a>>,
+    /// The cursor of the next page, if there is one.
+    next: Option<String>,
 }
 
-async fn findings(State(s): State<AppState>, Query(filter): Query<Filter>) -> Response {
-    if let Some(k) = &filter.kind
-        && FindingKind::parse(k).is_none()
-    {
-        let kinds: Vec<&str> = FindingKind::ALL.iter().map(|k| k.as_str()).collect();
-        let msg = format!("kind: {k:?} is not a finding kind ({})\n", kinds.join(", "));
-        return (StatusCode::BAD_REQUEST, msg).into_response();
+/// A page holds this many findings unless `limit` says otherwise, and never more than
+/// [`MAX_LIMIT`].
+const DEFAULT_LIMIT: usize = 500;
+const MAX_LIMIT: usize = 5000;
+
+/// What `/api/v1/findings` selects.
+#[derive(Default)]
+struct Selection {
+    kinds: Vec<FindingKind>,
+    namespace: Option<String>,
+    profile: Option<String>,
+    pod: Option<String>,
+    session: Option<String>,
+    execution: Option<String>,
+    reason: Option<String>,
+    limit: usize,
+    /// Findings after this one (by id, that is in the order they opened).
+    after: u64,
+}
+
+impl Selection {
+    fn parse(pairs: Vec<(String, String)>) -> Result<Selection, String> {
+        let mut s = Selection {
+            limit: DEFAULT_LIMIT,
+            ..Selection::default()
+        };
+        for (key, value) in pairs {
+            match key.as_str() {
+                "kind" => {
+                    for k in value.split(',').filter(|k| !k.is_empty()) {
+                        let kind = FindingKind::parse(k).ok_or_else(|| {
+                            let kinds: Vec<&str> =
+                                FindingKind::ALL.iter().map(|k| k.as_str()).collect();
+                            format!("kind: {k:?} is not a finding kind ({})", kinds.join(", "))
+                        })?;
+                        s.kinds.push(kind);
+                    }
+                }
+                "namespace" => s.namespace = Some(value),
+                "profile" => s.profile = Some(value),
+                "pod" => s.pod = Some(value),
+                "session" => s.session = Some(value),
+                "execution" => s.execution = Some(value),
+                "reason" => s.reason = Some(value),
+                "limit" => {
+                    s.limit = value
+                        .parse()
+                        .ok()
+                        .filter(|n| (1..=MAX_LIMIT).contains(n))
+                        .ok_or_else(|| {
+                            format!("limit: {value:?} is not a number from 1 to {MAX_LIMIT}")
+                        })?;
+                }
+                "cursor" => {
+                    s.after = value
+                        .parse()
+                        .map_err(|_| format!("cursor: {value:?} is not a cursor this API gave"))?;
+                }
+                other => {
+                    return Err(format!(
+                        "{other:?} is not a parameter of /api/v1/findings (kind, namespace, profile, pod, session, execution, reason, limit, cursor)"
+                    ));
+                }
+            }
+        }
+        Ok(s)
     }
+
+    fn takes(&self, f: &OpenFinding) -> bool {
+        let d = &f.finding;
+        let is = |want: &Option<String>, have: Option<&str>| {
+            want.as_deref().is_none_or(|w| have == Some(w))
+        };
+        (self.kinds.is_empty() || self.kinds.contains(&d.kind))
+            && is(&self.namespace, d.namespace.as_deref())
+            && is(&self.profile, Some(&d.profile))
+            && is(&self.pod, d.pod.as_deref())
+            && is(&self.session, d.session.as_deref())
+            && is(&self.execution, d.execution.as_deref())
+            && is(&self.reason, Some(&d.reason))
+    }
+}
+
+/// An error, as every error of the API is answered: JSON naming what was wrong.
+fn json_error(code: StatusCode, message: impl Into<String>) -> Response {
+    (code, Json(serde_json::json!({ "error": message.into() }))).into_response()
+}
+
+async fn findings(
+    State(s): State<AppState>,
+    query: Result<Query<Vec<(String, String)>>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    let Ok(Query(pairs)) = query else {
+        return json_error(StatusCode::BAD_REQUEST, "the query string cannot be read");
+    };
+    let selection = match Selection::parse(pairs) {
+        Ok(s) => s,
+        Err(e) => return json_error(StatusCode::BAD_REQUEST, e),
+    };
+    let Ok(_turn) = s.pages.acquire().await else {
+        return json_error(StatusCode::SERVICE_UNAVAILABLE, "shutting down");
+    };
     let snap = s.snapshot.borrow().clone();
-    let now = Ts::now().max(snap.at);
-    let findings: Vec<FindingView> = snap
-        .findings
-        .iter()
-        .filter(|f| {
-            let d = &f.finding;
-            filter.kind.as_deref().is_none_or(|k| d.kind.as_str() == k)
-                && filter
-                    .namespace
-                    .as_deref()
-                    .is_none_or(|n| d.namespace.as_deref() == Some(n))
-                && filter.profile.as_deref().is_none_or(|p| &*d.profile == p)
+    // Selecting and encoding a large page is CPU work: it runs on the blocking pool, so that
+    // the async workers stay free to answer /healthz and /readyz whatever the load.
+    let encoded = tokio::task::spawn_blocking(move || {
+        let now = Ts::now().max(snap.at);
+        // The snapshot is in the order findings opened (by id): a cursor is the last id seen.
+        let matching: Vec<&OpenFinding> = snap
+            .findings
+            .iter()
+            .filter(|f| selection.takes(f))
+            .collect();
+        let page: Vec<&OpenFinding> = matching
+            .iter()
+            .filter(|f| f.id > selection.after)
+            .take(selection.limit)
+            .copied()
+            .collect();
+        let next = (page.len() == selection.limit)
+            .then(|| page.last().map(|f| f.id))
+            .flatten()
+            .filter(|last| matching.iter().any(|f| f.id > *last))
+            .map(|id| id.to_string());
+        serde_json::to_vec(&FindingsBody {
+            count: matching.len(),
+            findings: page.into_iter().map(|f| FindingView::new(f, now)).collect(),
+            next,
         })
-        .map(|f| FindingView::new(f, now))
-        .collect();
-    Json(FindingsBody {
-        count: findings.len(),
-        findings,
     })
-    .into_response()
+    .await;
+    match encoded {
+        Ok(Ok(body)) => ([(header::CONTENT_TYPE, "application/json")], body).into_response(),
+        _ => json_error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "encoding the findings failed",
+        ),
+    }
 }
 
 async fn metrics(State(s): State<AppState>, headers: HeaderMap) -> Response {
