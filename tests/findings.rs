@@ -358,3 +358,142 @@ fn a_pod_left_behind_long_ago_is_reported_leaked_at_once_after_a_restart() {
     assert_eq!(s.events(), ["opened leaked_sandbox_pod@5000"]);
     assert_eq!(s.log[0].finding.evidence_at, ts(100));
 }
+
+// ------------------------------------------------------------------ found by the oracle
+
+const MOVES: &str = r#"
+profiles:
+  - preset: generic
+    grace:
+      absence: 30s
+  - name: other
+    pods:
+      selector: "app=other"
+      agent_containers: [agent]
+    sessions:
+      active: [running]
+      terminal: [done]
+    grace:
+      absence: 30s
+"#;
+
+#[test]
+fn a_pod_that_moves_to_another_profile_departs_from_the_one_it_left() {
+    let mut s = Sim::config(MOVES);
+    s.at(0).record(
+        json!({"kind":"session","id":"s-1","profile":"other","state":"running",
+        "pod":"box-1","updated_at":rfc(-100)}),
+    );
+    s.pod(
+        &pod("agents", "box-1")
+            .label("app", "other")
+            .container("agent", C::Running(0)),
+    );
+    assert!(s.open_kinds().is_empty());
+    // At 100 its labels change and the same pod (same uid) becomes a generic pod: for
+    // `other`, s-1's pod is gone from now on, exactly as if it had been deleted.
+    s.at(100).pod(
+        &pod("agents", "box-1")
+            .label("sandwatch.io/session", "x")
+            .container("agent", C::Running(0)),
+    );
+    assert!(
+        s.open_kinds().is_empty(),
+        "the absence grace counts from the pod's departure at 100, not from the record's updated_at at -100"
+    );
+    s.at(130);
+    assert_eq!(s.open_kinds(), ["session_active_without_agent"]);
+}
+
+const NAMESPACED_WITH_DEFAULT: &str = r#"
+profiles:
+  - name: nsd
+    pods:
+      selector: "app=nsd"
+      agent_containers: [runner]
+      session_key: { label: nsd/session }
+    sessions:
+      active: [Running]
+      terminal: [Done]
+    records:
+      namespaced_ids: [session]
+      default_namespace: ns-b
+"#;
+
+#[test]
+fn a_full_listing_keeps_rows_placed_by_the_default_namespace() {
+    let profiles =
+        std::sync::Arc::new(sandwatch::config::load_str(NAMESPACED_WITH_DEFAULT).unwrap());
+    let mut e = Engine::new(profiles.clone());
+    let t = ts(0);
+    let source = |name: &str, feed| {
+        Change::Source(SourceStatus::new(
+            name,
+            Some(ProfileId(0)),
+            vec![feed],
+            true,
+        ))
+    };
+    e.apply(t, source("pods", Feed::Pods));
+    e.apply(t, source("postgres/nsd", Feed::Sessions));
+    // A row that names no namespace: `default_namespace` places it (its key is ns-b/s-1).
+    let doc: sandwatch::record::RecordDoc =
+        serde_json::from_value(json!({"kind":"session","id":"s-1","state":"Running"})).unwrap();
+    e.apply(t, Change::Record(doc.validate(&profiles).unwrap()));
+    assert_eq!(e.world().record_count(), 1);
+    // The PostgreSQL source's full resync lists the row as it reads it: by the namespace the
+    // row names, here none (see `sources/postgres.rs`, `listed.insert((r.namespace...))`).
+    let listed = [(String::new(), "s-1".to_string())].into_iter().collect();
+    e.apply(
+        ts(300),
+        Change::Listed {
+            feed: Feed::Sessions,
+            profile: ProfileId(0),
+            namespace: None,
+            listed,
+        },
+    );
+    assert_eq!(
+        e.world().record_count(),
+        1,
+        "the row was just listed: it is not gone"
+    );
+}
+
+const SHORT_GRACES: &str = r#"
+profiles:
+  - preset: generic
+    grace:
+      native_sidecar: 10s
+      absence: 30s
+      leaked_pod: 60s
+"#;
+
+#[test]
+fn an_old_departure_still_dates_the_finding() {
+    let evidence = |late: i64| {
+        let mut s = Sim::config(SHORT_GRACES);
+        let p = pod("agents", "box-1")
+            .label("sandwatch.io/session", "s-1")
+            .container("agent", C::Running(0));
+        s.at(0).pod(&p);
+        s.at(1).delete(&p);
+        // Later, a session whose row was last written before the pod left names it.
+        s.at(late)
+            .record(json!({"kind":"session","id":"s-2","state":"running",
+            "pod":"box-1","updated_at":rfc(0)}));
+        let open = s.engine.open_findings();
+        let f = open
+            .iter()
+            .find(|f| f.finding.session.as_deref() == Some("s-2"))
+            .expect("s-2 has had no pod for longer than the absence grace");
+        (f.evidence_at.0 / 1000) - T0
+    };
+    assert_eq!(evidence(61), 1, "dated by the pod's departure at 1");
+    assert_eq!(
+        evidence(62),
+        1,
+        "still dated by the departure at 1, not by the row's updated_at at 0, once the \
+         departure is older than the longest grace (60s)"
+    );
+}

@@ -104,11 +104,12 @@ pub(super) enum Departed {
     ResumeTarget(ProfileId, Sym),
 }
 
-/// When things departed, remembered for as long as a grace period can need it (then
-/// forgotten: memory stays proportional to the churn of one grace period). An absence counts
-/// from the later of the record's own change and its pod's departure, so a pod re-created
-/// within the grace opens nothing; after a restart nothing is remembered and the record's
-/// `updated_at` is the evidence.
+/// When things departed, remembered for a day (or twice the longest grace), then forgotten:
+/// memory stays proportional to a day's churn. An absence counts from the later of the
+/// record's own change and its pod's departure, so a pod re-created within the grace opens
+/// nothing, and a finding held while a source was down is still dated by the departure when
+/// it opens; after a restart nothing is remembered and the record's `updated_at` is the
+/// evidence.
 pub(super) struct Departures {
     at: HashMap<Departed, Ts>,
     order: VecDeque<(Ts, Departed)>,

@@ -10,8 +10,9 @@
 //!
 //! The World also knows which sources feed it, what each sees and whether each is synced and
 //! fresh ([`crate::trust`]): a missing pod or record only means something when the source that
-//! would show it is trusted and sees where it would be. And it remembers, for the length of a
-//! grace period, when pods and records departed: an absence counts from the later of that and
+//! would show it is trusted and sees where it would be. And it remembers, for a day, when pods
+//! and records departed (a pod deleted, re-created under another uid, moved to another profile
+//! or session key; a record removed): an absence counts from the later of that and
 //! the record's own `updated_at`, so evidence comes from what the sources said, not from when
 //! this process looked.
 
@@ -35,6 +36,9 @@ pub use pod::{
 pub use records::{Notice, RecordKey, Resolved, StateClass, StoredRecord};
 
 pub use crate::trust::{Blind, Feed, Holder, SourceStatus, Trust, TrustedSince, trust};
+
+/// How long the World remembers at least that a pod or record departed.
+pub const DEPARTURES_KEPT: Duration = Duration::from_secs(24 * 3600);
 
 /// A shared, immutable string.
 pub type Sym = Arc<str>;
@@ -155,13 +159,15 @@ impl World {
 
     /// A World that keeps only what `shard` owns (see `shard.rs`).
     pub fn sharded(profiles: Arc<Profiles>, shard: Shard) -> World {
-        // Departures matter for as long as the longest grace that counts from them.
+        // Departures date the absences that rest on them for as long as those may still
+        // open (a finding held while a source is down opens late, dated by the departure):
+        // a day, or twice the longest grace if that is longer. Memory is one day's churn.
         let keep = profiles
             .iter()
-            .map(|(_, p)| p.grace.absence.max(p.grace.leaked_pod))
+            .map(|(_, p)| p.grace.absence.max(p.grace.leaked_pod) * 2)
             .max()
             .unwrap_or_default()
-            .max(Duration::from_secs(60));
+            .max(DEPARTURES_KEPT);
         World {
             shard,
             profiles,
@@ -373,8 +379,23 @@ impl World {
             let old = self.pods[idx as usize].take().expect("indexed pod exists");
             self.affected_by_pod(&old, touched);
             self.unindex_pod(&old, idx);
-            if old.uid != pod.uid {
+            // What stops pointing at this pod saw it go: another incarnation, another
+            // profile, another session or execution key.
+            if old.uid != pod.uid || old.profile != pod.profile {
                 self.depart_pod(&old, at);
+            } else {
+                if old.session != pod.session
+                    && let Some(s) = &old.session
+                {
+                    self.departures
+                        .record(Departed::PodSession(old.profile, s.clone()), at);
+                }
+                if old.execution != pod.execution
+                    && let Some(e) = &old.execution
+                {
+                    self.departures
+                        .record(Departed::PodExecution(old.profile, e.clone()), at);
+                }
             }
             self.index_pod(&pod, idx);
             self.affected_by_pod(&pod, touched);
@@ -787,12 +808,26 @@ impl World {
         };
         let ids: std::collections::HashSet<&str> =
             listed.iter().map(|(_, id)| id.as_str()).collect();
+        // A listed record that names no namespace is placed as upserts place it: in the
+        // profile's default namespace.
+        let default = self.profiles.get(profile).records.default_namespace.clone();
+        let placed: std::collections::HashSet<(&str, &str)> = listed
+            .iter()
+            .map(|(ns, id)| {
+                let ns = if ns.is_empty() {
+                    default.as_deref().unwrap_or("")
+                } else {
+                    ns.as_str()
+                };
+                (ns, id.as_str())
+            })
+            .collect();
         let gone: Vec<RecordKey> = self
             .records
             .keys()
             .filter(|k| k.kind == kind && k.profile == profile)
             .filter(|k| match &k.namespace {
-                Some(ns) => in_scope(ns) && missing(ns, &k.id),
+                Some(ns) => in_scope(ns) && !placed.contains(&(&**ns, &*k.id)),
                 None => !ids.contains(&*k.id),
             })
             .cloned()
