@@ -10,29 +10,23 @@
 //!  ingest API            timers for grace periods
 //! ```
 //!
-//! Read top-down: [`sources`] turn input into [`engine::Change`]s; the [`engine`] applies
-//! them to the [`world`] and asks the [`rules`] about the subjects each change touched;
-//! [`finding`] transitions go to the [`sinks`] and to [`remediation`]. [`live`] and [`replay`]
-//! wire the two commands. [`profile`]s (from [`config`]) say how each platform looks;
-//! [`kubernetes`] and [`record`] are the shapes of the input.
+//! The layers, each importing only from those to its left:
+//!
+//! ```text
+//!  util  <-  model  <-  core  <-  sources | sinks | remediation  <-  app  <-  main
+//! ```
 
-pub mod config;
-pub mod engine;
-pub mod finding;
-pub mod json;
-pub mod kubernetes;
-pub mod live;
-pub mod profile;
-pub mod record;
+pub mod app;
+pub mod core;
+pub mod model;
 pub mod remediation;
-pub mod replay;
-pub mod rules;
-pub mod shard;
 pub mod sinks;
 pub mod sources;
-pub mod telemetry;
-pub mod text;
-pub mod time;
-pub mod tls;
-pub mod trust;
-pub mod world;
+pub mod util;
+
+// The previous paths, kept while callers move.
+pub use self::app::{config, live, replay, telemetry};
+pub use self::core::{engine, rules, world};
+pub use self::model::source as trust;
+pub use self::model::{finding, kubernetes, profile, record};
+pub use self::util::{json, shard, text, time, tls};

@@ -14,9 +14,9 @@ use hmac::{Hmac, KeyInit, Mac};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
-use crate::finding::{FindingKind, OpenFinding};
-use crate::profile::ProfileId;
-use crate::world::Subject;
+use crate::core::world::Subject;
+use crate::model::finding::{FindingKind, OpenFinding};
+use crate::model::profile::ProfileId;
 
 /// The actions, by the finding kind they repair. Their names are part of the interface.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
@@ -326,10 +326,10 @@ pub fn json_escape(v: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::finding::Finding;
-    use crate::record::RecordKind;
-    use crate::time::Ts;
-    use crate::world::{RecordKey, Uid};
+    use crate::core::world::{RecordKey, Uid};
+    use crate::model::finding::Finding;
+    use crate::model::record::RecordKind;
+    use crate::util::time::Ts;
 
     fn finding() -> OpenFinding {
         OpenFinding {

@@ -8,13 +8,13 @@ use std::time::Duration;
 use kube::api::{Api, DeleteParams, DynamicObject, Patch, PatchParams, Preconditions};
 use kube::core::ApiResource;
 
-use crate::finding::OpenFinding;
-use crate::profile::{Profile, ResourceRole};
+use crate::model::finding::OpenFinding;
+use crate::model::profile::{Profile, ResourceRole};
 use crate::remediation::action::{
     Action, Escape, HeaderValue, KubeAction, Payload, Target, render, sign,
 };
 use crate::sinks::http::FindingView;
-use crate::time::Ts;
+use crate::util::time::Ts;
 
 /// What a call came to.
 #[derive(Debug)]
@@ -54,7 +54,7 @@ impl Deliverer {
                 continue;
             }
             let client = reqwest::Client::builder()
-                .use_preconfigured_tls(crate::tls::client_config(ca.as_deref()))
+                .use_preconfigured_tls(crate::util::tls::client_config(ca.as_deref()))
                 .timeout(timeout)
                 .user_agent(concat!("sandwatch/", env!("CARGO_PKG_VERSION")))
                 .build()?;
@@ -310,7 +310,7 @@ async fn read_at_most(mut response: reqwest::Response, limit: usize) -> String {
         }
     }
     let text = String::from_utf8_lossy(&body);
-    crate::text::clip(&text).chars().take(300).collect()
+    crate::util::text::clip(&text).chars().take(300).collect()
 }
 
 /// `Retry-After` as seconds, or as an HTTP date.

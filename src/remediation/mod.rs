@@ -41,12 +41,12 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 use tracing::{Instrument, info, info_span, warn};
 
-use crate::finding::{FindingKind, OpenFinding};
-use crate::profile::ProfileId;
-use crate::profile::Profiles;
+use crate::core::world::{Feed, SourceStatus, Trust};
+use crate::model::finding::{FindingKind, OpenFinding};
+use crate::model::profile::ProfileId;
+use crate::model::profile::Profiles;
 use crate::sinks::http::Snapshot;
-use crate::time::Ts;
-use crate::world::{Feed, SourceStatus, Trust};
+use crate::util::time::Ts;
 use action::{Action, ActionName, Target, idempotency_key};
 use deliver::{Deliverer, Outcome};
 pub use lease::Leadership;
@@ -290,17 +290,22 @@ struct Circuit {
 
 /// Whether every source a finding rests on is synced and fresh, and, for a finding that rests
 /// on something missing, whether that absence is still evidence where the finding is
-/// (the same verdict the rules use, [`crate::trust::absence`]).
-fn trusted(sources: &[SourceStatus], profile: ProfileId, f: &crate::finding::Finding) -> bool {
-    let Some(rule) = crate::rules::ALL.iter().find(|r| r.kind() == f.kind) else {
+/// (the same verdict the rules use, [`crate::model::source::absence`]).
+fn trusted(
+    sources: &[SourceStatus],
+    profile: ProfileId,
+    f: &crate::model::finding::Finding,
+) -> bool {
+    let Some(rule) = crate::core::rules::ALL.iter().find(|r| r.kind() == f.kind) else {
         return false;
     };
     let needs = rule.needs();
-    let ok = |feed: &Feed, required: bool| match crate::trust::trust(sources, profile, *feed) {
-        Trust::Trusted => true,
-        Trust::Unconfigured => !required,
-        Trust::Untrusted => false,
-    };
+    let ok =
+        |feed: &Feed, required: bool| match crate::model::source::trust(sources, profile, *feed) {
+            Trust::Trusted => true,
+            Trust::Unconfigured => !required,
+            Trust::Untrusted => false,
+        };
     if !(needs.required.iter().all(|f| ok(f, true)) && needs.optional.iter().all(|f| ok(f, false)))
     {
         return false;
@@ -312,13 +317,13 @@ fn trusted(sources: &[SourceStatus], profile: ProfileId, f: &crate::finding::Fin
         _ => None,
     };
     missing.is_none_or(|feed| {
-        crate::trust::absence(
+        crate::model::source::absence(
             sources,
-            crate::shard::Shard::ALL,
+            crate::util::shard::Shard::ALL,
             profile,
             feed,
             f.namespace.as_deref(),
-            crate::trust::Holder::Everywhere,
+            crate::model::source::Holder::Everywhere,
         )
         .is_ok()
     })
@@ -338,7 +343,7 @@ pub struct Controller {
     buckets: Vec<Bucket>,
     circuits: Vec<Circuit>,
     global: Bucket,
-    spans: crate::telemetry::FindingSpans,
+    spans: crate::app::telemetry::FindingSpans,
     /// Idempotency keys of the open findings, by finding id (computed once each).
     keys: HashMap<u64, String>,
     /// Set on shutdown: no call starts after it.
@@ -353,7 +358,7 @@ impl Controller {
         snapshot: watch::Receiver<Arc<Snapshot>>,
         leadership: watch::Receiver<Leadership>,
         metrics: RemediationMetrics,
-        spans: crate::telemetry::FindingSpans,
+        spans: crate::app::telemetry::FindingSpans,
     ) -> Controller {
         let list = actions(&profiles);
         let buckets = list.iter().map(|a| Bucket::new(a.per_minute)).collect();
@@ -571,7 +576,7 @@ impl Controller {
         let name = action.name;
         let d = &f.finding;
         // Values from outside, escaped and bounded for the logs.
-        let text = |s: Option<&str>| s.map(crate::text::clip).map(|c| c.into_owned());
+        let text = |s: Option<&str>| s.map(crate::util::text::clip).map(|c| c.into_owned());
         let (session, execution, pod) = (
             text(d.session.as_deref()),
             text(d.execution.as_deref()),
@@ -652,7 +657,7 @@ impl Controller {
                     .duration
                     .get_or_create(&label)
                     .observe(took.as_secs_f64());
-                warn!(action = name.as_str(), key = %key, kind = %d.kind, session, execution, status, response = %crate::text::clip(&body), "the receiver refused the remediation; not retrying");
+                warn!(action = name.as_str(), key = %key, kind = %d.kind, session, execution, status, response = %crate::util::text::clip(&body), "the receiver refused the remediation; not retrying");
                 st.done = true;
                 c.failures = 0;
                 c.open_until = None;
@@ -670,7 +675,7 @@ impl Controller {
                 let wait = retry_after.map_or(backoff, |r| r.min(MAX_RETRY_AFTER).max(backoff));
                 st.next_at = Some(later(now, wait));
                 c.failures += 1;
-                warn!(action = name.as_str(), key = %key, error = %crate::text::clip(&error), attempt = st.failures, "remediation failed; retrying in {wait:?}");
+                warn!(action = name.as_str(), key = %key, error = %crate::util::text::clip(&error), attempt = st.failures, "remediation failed; retrying in {wait:?}");
                 if c.failures >= settings.circuit_failures && c.open_until.is_none_or(|u| u <= now)
                 {
                     c.open_until = Some(now + settings.circuit_open_for);
@@ -686,7 +691,7 @@ impl Controller {
             }
             Outcome::Invalid(error) => {
                 self.metrics.count(name, "invalid");
-                warn!(action = name.as_str(), key = %key, error = %crate::text::clip(&error), "cannot build the remediation call; retrying later");
+                warn!(action = name.as_str(), key = %key, error = %crate::util::text::clip(&error), "cannot build the remediation call; retrying later");
                 st.next_at = Some(later(now, settings.retry_max));
             }
         }

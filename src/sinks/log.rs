@@ -1,12 +1,12 @@
 //! Logs every finding transition as one structured event with its identities, so that the
 //! logs alone tell what opened and resolved, on which pod, session and execution. Every value
-//! that comes from outside (names, ids, reasons, states) goes through [`crate::text::clip`]:
+//! that comes from outside (names, ids, reasons, states) goes through [`crate::util::text::clip`]:
 //! in text logs a newline in a container's termination reason would otherwise forge a line.
 
 use tracing::{debug, info, warn};
 
-use crate::finding::{Event, Transition};
-use crate::text::clip;
+use crate::model::finding::{Event, Transition};
+use crate::util::text::clip;
 
 fn text(s: Option<&str>) -> Option<std::borrow::Cow<'_, str>> {
     s.map(clip)

@@ -9,7 +9,7 @@ use std::io::{self, Write};
 
 use serde::Serialize;
 
-use crate::finding::{Event, FindingKind, Transition};
+use crate::model::finding::{Event, FindingKind, Transition};
 use crate::sources::replay::Counts;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -127,7 +127,7 @@ impl<W: Write> Report<W> {
             Format::Table => {
                 // Cells come from outside: escaped and bounded, so that no value can break
                 // the table or forge a line.
-                let clip = |s: &str| crate::text::clip(s).into_owned();
+                let clip = |s: &str| crate::util::text::clip(s).into_owned();
                 let dash = |s: Option<&str>| s.map_or_else(|| "-".to_string(), clip);
                 let target = match (opt(&f.namespace), opt(&f.pod)) {
                     (Some(ns), Some(p)) => format!("{}/{}", clip(ns), clip(p)),

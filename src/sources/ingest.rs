@@ -38,12 +38,12 @@ use tokio::sync::{Semaphore, mpsc, watch};
 use tokio::time::Instant;
 use tracing::{info, warn};
 
-use crate::engine::Change;
-use crate::profile::{ProfileId, Profiles};
-use crate::record::{InputError, RecordChange, RecordDoc, RecordKind};
+use crate::core::engine::Change;
+use crate::core::world::{Feed, SourceStatus};
+use crate::model::profile::{ProfileId, Profiles};
+use crate::model::record::{InputError, RecordChange, RecordDoc, RecordKind};
 use crate::sources::SourceCounters;
-use crate::time::Ts;
-use crate::world::{Feed, SourceStatus};
+use crate::util::time::Ts;
 
 pub const SOURCE: &str = "ingest";
 
@@ -506,7 +506,7 @@ impl Ingest {
                             outcome.rejected.push(Rejected {
                                 index,
                                 reason: e.reason,
-                                error: crate::text::clip(&e.message).into_owned(),
+                                error: crate::util::text::clip(&e.message).into_owned(),
                             });
                         }
                     }
@@ -603,7 +603,7 @@ fn hold(
 fn parse(body: &[u8]) -> Result<Vec<Result<RecordDoc, InputError>>, InputError> {
     let text = std::str::from_utf8(body)
         .map_err(|_| InputError::new("invalid_json", "the body is not UTF-8"))?;
-    let values = crate::json::values(text).map_err(|e| InputError::new("invalid_json", e))?;
+    let values = crate::util::json::values(text).map_err(|e| InputError::new("invalid_json", e))?;
     Ok(values
         .into_iter()
         .map(|v| {

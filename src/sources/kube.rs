@@ -26,12 +26,12 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
-use crate::engine::Change;
-use crate::kubernetes::{CustomObject, Lenient, Object};
-use crate::profile::{ProfileId, Profiles, ResourceRole};
+use crate::core::engine::Change;
+use crate::core::world::{Feed, SourceStatus};
+use crate::model::kubernetes::{CustomObject, Lenient, Object};
+use crate::model::profile::{ProfileId, Profiles, ResourceRole};
 use crate::sources::{InputError, SourceCounters, WatchType, object_change, resource_change};
-use crate::time::Ts;
-use crate::world::{Feed, SourceStatus};
+use crate::util::time::Ts;
 
 /// One watched resource, in one scope.
 #[derive(Clone, Debug)]
@@ -270,7 +270,7 @@ impl Watch {
             Ok(change) => change,
             Err(e) => {
                 cx.counters.rejected(&self.name, e.reason);
-                warn!(source = %self.name, reason = e.reason, "skipped an object: {}", crate::text::clip(&e.message));
+                warn!(source = %self.name, reason = e.reason, "skipped an object: {}", crate::util::text::clip(&e.message));
                 None
             }
         }

@@ -43,12 +43,12 @@ pub trait SourceCounters: Send + Sync {
     fn poll(&self, source: &str, full: bool, seconds: f64, rows: u64, ok: bool);
 }
 
-use crate::engine::Change;
-use crate::kubernetes::Object;
-use crate::profile::{ProfileId, Profiles, ResourceRole};
-use crate::record::{InputError, RecordDoc};
-use crate::time::Ts;
-use crate::world::Feed;
+use crate::core::engine::Change;
+use crate::core::world::Feed;
+use crate::model::kubernetes::Object;
+use crate::model::profile::{ProfileId, Profiles, ResourceRole};
+use crate::model::record::{InputError, RecordDoc};
+use crate::util::time::Ts;
 
 /// The kind of a watch event, as the API server sends it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

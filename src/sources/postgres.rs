@@ -34,12 +34,12 @@ use tokio_postgres::types::ToSql;
 use tokio_postgres::{AsyncMessage, Client, Statement};
 use tracing::{debug, info, warn};
 
-use crate::engine::Change;
-use crate::profile::{PostgresRecords, ProfileId, Profiles};
-use crate::record::{RecordChange, RecordDoc, RecordKind};
+use crate::core::engine::Change;
+use crate::core::world::{Feed, SourceStatus};
+use crate::model::profile::{PostgresRecords, ProfileId, Profiles};
+use crate::model::record::{RecordChange, RecordDoc, RecordKind};
 use crate::sources::SourceCounters;
-use crate::time::Ts;
-use crate::world::{Feed, SourceStatus};
+use crate::util::time::Ts;
 
 /// The record fields, in the order the wrapped query returns them.
 const FIELDS: [(&str, &str); 9] = [
@@ -233,7 +233,7 @@ impl Postgres {
                 } else {
                     "database unavailable"
                 };
-                warn!(source = %self.name, database = %self.target(), error = %crate::text::clip(&error), "{what}; retrying in {backoff:?}");
+                warn!(source = %self.name, database = %self.target(), error = %crate::util::text::clip(&error), "{what}; retrying in {backoff:?}");
                 let shown = format!("{error} (retrying every {backoff:?})");
                 if !state.trusted && !send(self.status(false, false, Some(shown))).await {
                     return;
@@ -571,7 +571,7 @@ impl Postgres {
                 row.get::<_, Option<i64>>(i)
                     .map(|ms| {
                         Ts::from_millis(ms).map_err(|e| {
-                            crate::record::InputError::new(
+                            crate::model::record::InputError::new(
                                 "invalid_value",
                                 format!("record.{field}: {e}"),
                             )
@@ -581,7 +581,7 @@ impl Postgres {
             };
             let result = match (attempt, time(7, "updated_at"), time(8, "deadline")) {
                 (_, Err(e), _) | (_, _, Err(e)) => Err(e),
-                (Some(a), _, _) if a < 0 => Err(crate::record::InputError::new(
+                (Some(a), _, _) if a < 0 => Err(crate::model::record::InputError::new(
                     "invalid_value",
                     format!("record.attempt: {a} is negative"),
                 )),
@@ -631,7 +631,7 @@ impl Postgres {
                             "skipped a {} row (id {}): {}",
                             p.kind.as_str(),
                             if id.is_empty() { "NULL".to_string() } else { format!("{id:?}") },
-                            crate::text::clip(&column),
+                            crate::util::text::clip(&column),
                         );
                     }
                 }
@@ -799,5 +799,5 @@ fn jitter(d: Duration) -> Duration {
 
 /// TLS for `sslmode=prefer|require`: the public web roots, plus a CA bundle when configured.
 fn tls_connector(ca_file: Option<&std::path::Path>) -> tokio_postgres_rustls::MakeRustlsConnect {
-    tokio_postgres_rustls::MakeRustlsConnect::new(crate::tls::client_config(ca_file))
+    tokio_postgres_rustls::MakeRustlsConnect::new(crate::util::tls::client_config(ca_file))
 }

@@ -19,14 +19,14 @@ use std::io::Read;
 use memchr::{memchr, memchr_iter, memchr3};
 use serde::Deserialize;
 
-use crate::engine::{Change, Engine};
-use crate::finding::Transition;
-use crate::kubernetes::Object;
-use crate::profile::Profiles;
-use crate::record::{InputError, RecordDoc};
+use crate::core::engine::{Change, Engine};
+use crate::core::world::{Feed, SourceStatus};
+use crate::model::finding::Transition;
+use crate::model::kubernetes::Object;
+use crate::model::profile::Profiles;
+use crate::model::record::{InputError, RecordDoc};
 use crate::sources::{WatchType, object_change};
-use crate::time::Ts;
-use crate::world::{Feed, SourceStatus};
+use crate::util::time::Ts;
 
 /// Where a value starts in the input.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -554,8 +554,8 @@ impl<'a> Replay<'a> {
             Decoded::Record { at, doc } => {
                 let change = doc.validate(self.profiles)?;
                 let kind = match &change {
-                    crate::record::RecordChange::Upsert(r) => r.kind,
-                    crate::record::RecordChange::Delete { kind, .. } => *kind,
+                    crate::model::record::RecordChange::Upsert(r) => r.kind,
+                    crate::model::record::RecordChange::Delete { kind, .. } => *kind,
                 };
                 let at = self.tick(at);
                 self.counts.records += 1;

@@ -26,10 +26,10 @@ use prometheus_client::registry::Registry;
 use serde::Serialize;
 use tokio::sync::watch;
 
-use crate::finding::{FindingKind, OpenFinding};
+use crate::core::world::SourceStatus;
+use crate::model::finding::{FindingKind, OpenFinding};
 use crate::sinks::metrics::Exposition;
-use crate::time::Ts;
-use crate::world::SourceStatus;
+use crate::util::time::Ts;
 
 /// What the engine publishes for readers.
 #[derive(Clone, Debug, Default)]

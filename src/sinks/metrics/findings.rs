@@ -17,8 +17,8 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
-use crate::finding::{Event, FindingKind, Transition};
-use crate::profile::{Profile, Profiles};
+use crate::model::finding::{Event, FindingKind, Transition};
+use crate::model::profile::{Profile, Profiles};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct KindLabels {
@@ -100,7 +100,7 @@ pub struct FindingSink {
 /// Whether a rule can run for a profile as configured (each feed it requires has a source).
 fn can_run(p: &Profile, kind: FindingKind) -> bool {
     let feeds = p.feeds();
-    crate::rules::ALL
+    crate::core::rules::ALL
         .iter()
         .find(|r| r.kind() == kind)
         .is_some_and(|r| r.needs().required.iter().all(|f| feeds.contains(f)))

@@ -157,7 +157,7 @@ impl HealthMetrics {
     pub fn register_source(&self, name: &str, kind: SourceKind) {
         let l = source(name);
         self.synced.get_or_create(&l).set(0);
-        for reason in crate::record::REASONS {
+        for reason in crate::model::record::REASONS {
             let _ = self.rejected.get_or_create_owned(&SourceReasonLabels {
                 source: name.to_string(),
                 reason: reason.to_string(),
@@ -187,7 +187,7 @@ impl HealthMetrics {
     }
 
     /// Something the World could not act on (an ambiguous reference), counted by profile.
-    pub fn notice(&self, n: &crate::world::Notice) {
+    pub fn notice(&self, n: &crate::core::world::Notice) {
         self.unjoined
             .get_or_create(&ProfileReasonLabels {
                 profile: n.profile.to_string(),
@@ -205,7 +205,7 @@ impl HealthMetrics {
     fn success(&self, name: &str) {
         self.last_success
             .get_or_create(&source(name))
-            .set(crate::time::Ts::now().as_secs_f64());
+            .set(crate::util::time::Ts::now().as_secs_f64());
     }
 }
 

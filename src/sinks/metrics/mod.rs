@@ -23,7 +23,7 @@ use prometheus_client::registry::Registry;
 pub use findings::{FindingMetrics, FindingSink};
 pub use health::{HealthMetrics, SourceKind};
 
-use crate::shard::Shard;
+use crate::util::shard::Shard;
 
 /// A registry whose every series carries this replica's `shard` label.
 pub fn registry(shard: Shard) -> Registry {

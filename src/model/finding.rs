@@ -11,8 +11,8 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use crate::time::Ts;
-use crate::world::{Subject, Sym};
+use crate::core::world::{Subject, Sym};
+use crate::util::time::Ts;
 
 /// The finding kinds. Their names are part of the interface (metrics, API, webhooks).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]

@@ -10,10 +10,10 @@
 //! a crash loop, not this finding. Resolves when the pod is deleted, starts terminating,
 //! leaves Running, or the agent runs again.
 
-use crate::finding::{Candidate, FindingKind};
-use crate::rules::{Needs, SubjectKind, SubjectView, pod_identity};
-use crate::time::Ts;
-use crate::world::{Feed, Phase, World};
+use crate::core::rules::{Needs, SubjectKind, SubjectView, pod_identity};
+use crate::core::world::{Feed, Phase, World};
+use crate::model::finding::{Candidate, FindingKind};
+use crate::util::time::Ts;
 
 pub struct Rule;
 

@@ -6,8 +6,8 @@ use std::sync::Arc;
 
 use tracing::warn;
 
-use crate::engine::Engine;
-use crate::profile::Profiles;
+use crate::core::engine::Engine;
+use crate::model::profile::Profiles;
 use crate::sinks::metrics::FindingMetrics;
 use crate::sinks::report::{Format, Report};
 use crate::sources::replay::{Counts, Replay, Splitter};
@@ -35,7 +35,7 @@ pub fn run<W: Write>(
     out: W,
 ) -> anyhow::Result<Outcome<W>> {
     let metrics = FindingMetrics::new(&profiles);
-    let mut registry = crate::sinks::metrics::registry(crate::shard::Shard::ALL);
+    let mut registry = crate::sinks::metrics::registry(crate::util::shard::Shard::ALL);
     metrics.register(&mut registry);
     let mut metric_sink = metrics.sink();
     let mut report = Report::new(out, format);
@@ -49,7 +49,7 @@ pub fn run<W: Write>(
                 |value| {
                     let result = replay.decoded(value, &mut transitions);
                     for n in replay.engine.take_notices() {
-                        warn!(reason = n.reason, "{}", crate::text::clip(&n.message));
+                        warn!(reason = n.reason, "{}", crate::util::text::clip(&n.message));
                     }
                     for t in transitions.drain(..) {
                         metric_sink.transition(&t);
@@ -65,7 +65,7 @@ pub fn run<W: Write>(
                         "skipped value {} (line {}) of {name}: {}",
                         position.value,
                         position.line,
-                        crate::text::clip(&e.message)
+                        crate::util::text::clip(&e.message)
                     );
                 },
             )

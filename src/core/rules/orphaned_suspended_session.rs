@@ -9,11 +9,11 @@
 //! the later of the session's `updated_at` and the pod's (or resource's) observed departure. Resolves when the session leaves the suspended
 //! state or its pod / resource exists again.
 
-use crate::finding::{Candidate, Finding, FindingKind};
-use crate::profile::{ResumeFrom, SessionClass};
-use crate::rules::{Needs, SubjectKind, SubjectView, pod_holder};
-use crate::time::Ts;
-use crate::world::{Feed, Holder, PodLink, StateClass, World};
+use crate::core::rules::{Needs, SubjectKind, SubjectView, pod_holder};
+use crate::core::world::{Feed, Holder, PodLink, StateClass, World};
+use crate::model::finding::{Candidate, Finding, FindingKind};
+use crate::model::profile::{ResumeFrom, SessionClass};
+use crate::util::time::Ts;
 
 pub struct Rule;
 

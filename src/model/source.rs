@@ -14,9 +14,9 @@
 
 use std::fmt;
 
-use crate::profile::ProfileId;
-use crate::shard::Shard;
-use crate::time::Ts;
+use crate::model::profile::ProfileId;
+use crate::util::shard::Shard;
+use crate::util::time::Ts;
 
 /// What a source feeds into the World.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -38,8 +38,8 @@ impl Feed {
         Feed::ResumeTargets,
     ];
 
-    pub fn of_record(kind: crate::record::RecordKind) -> Feed {
-        use crate::record::RecordKind;
+    pub fn of_record(kind: crate::model::record::RecordKind) -> Feed {
+        use crate::model::record::RecordKind;
         match kind {
             RecordKind::Session => Feed::Sessions,
             RecordKind::Execution => Feed::Executions,

@@ -5,7 +5,7 @@
 //!   record, an envelope, a pod or a pod's labels and annotations (serde's derived types
 //!   refuse a repeated field; maps read through [`unique_map`]). A repeated key means the
 //!   writer is confused, and which value wins is not something to guess.
-//! - **Timestamps** are read by the one parser, [`crate::time::Ts::parse`]: RFC 3339 with an
+//! - **Timestamps** are read by the one parser, [`crate::util::time::Ts::parse`]: RFC 3339 with an
 //!   offset, from 1970 to 2100; a far-future sentinel is refused rather than taken as a time.
 //! - **Unknown fields**: records and replay envelopes refuse them (a typo must not silently
 //!   drop a field); Kubernetes objects ignore the many fields sandwatch does not read.

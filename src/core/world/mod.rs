@@ -9,7 +9,7 @@
 //! re-runs rules for those alone.
 //!
 //! The World also knows which sources feed it, what each sees and whether each is synced and
-//! fresh ([`crate::trust`]): a missing pod or record only means something when the source that
+//! fresh ([`crate::model::source`]): a missing pod or record only means something when the source that
 //! would show it is trusted and sees where it would be. And it remembers, for a day, when pods
 //! and records departed (a pod deleted, re-created under another uid, moved to another profile
 //! or session key; a record removed): an absence counts from the later of that and
@@ -23,11 +23,11 @@ mod records;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::kubernetes::Object;
-use crate::profile::{ProfileId, Profiles};
-use crate::record::RecordKind;
-use crate::shard::Shard;
-use crate::time::Ts;
+use crate::model::kubernetes::Object;
+use crate::model::profile::{ProfileId, Profiles};
+use crate::model::record::RecordKind;
+use crate::util::shard::Shard;
+use crate::util::time::Ts;
 
 use index::{Departed, Departures, PodIndex};
 pub use pod::{
@@ -35,7 +35,7 @@ pub use pod::{
 };
 pub use records::{Notice, RecordKey, Resolved, StateClass, StoredRecord};
 
-pub use crate::trust::{Blind, Feed, Holder, SourceStatus, Trust, TrustedSince, trust};
+pub use crate::model::source::{Blind, Feed, Holder, SourceStatus, Trust, TrustedSince, trust};
 
 /// How long the World remembers at least that a pod or record departed.
 pub const DEPARTURES_KEPT: Duration = Duration::from_secs(24 * 3600);
@@ -300,7 +300,7 @@ impl World {
         trust(&self.sources, profile, feed)
     }
 
-    /// Whether a missing pod or record is evidence (see [`crate::trust::absence`]).
+    /// Whether a missing pod or record is evidence (see [`crate::model::source::absence`]).
     pub fn absence(
         &self,
         profile: ProfileId,
@@ -308,7 +308,7 @@ impl World {
         namespace: Option<&str>,
         holder: Holder<'_>,
     ) -> Result<(), Blind> {
-        crate::trust::absence(&self.sources, self.shard, profile, feed, namespace, holder)
+        crate::model::source::absence(&self.sources, self.shard, profile, feed, namespace, holder)
     }
 
     /// Since when every source of these feeds for `profile` has been trusted without a break.

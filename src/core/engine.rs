@@ -23,15 +23,15 @@ use std::cmp::max;
 use std::collections::{BTreeSet, HashSet};
 use std::sync::Arc;
 
-use crate::finding::FindingKind;
-use crate::finding::{Candidate, Event, FindingKey, OpenFinding, Transition};
-use crate::kubernetes::Object;
-use crate::profile::{ProfileId, Profiles};
-use crate::record::{RecordChange, RecordKind};
-use crate::rules::{self, Rule, SubjectKind, SubjectView};
-use crate::shard::Shard;
-use crate::time::Ts;
-use crate::world::{Feed, HashMap, Notice, SourceStatus, Subject, Trust, World};
+use crate::core::rules::{self, Rule, SubjectKind, SubjectView};
+use crate::core::world::{Feed, HashMap, Notice, SourceStatus, Subject, Trust, World};
+use crate::model::finding::FindingKind;
+use crate::model::finding::{Candidate, Event, FindingKey, OpenFinding, Transition};
+use crate::model::kubernetes::Object;
+use crate::model::profile::{ProfileId, Profiles};
+use crate::model::record::{RecordChange, RecordKind};
+use crate::util::shard::Shard;
+use crate::util::time::Ts;
 
 /// Everything a source can tell the engine.
 #[derive(Clone, Debug)]
@@ -250,7 +250,7 @@ impl Engine {
 
     /// Which rules run for which profile: a rule runs when every feed it requires has a
     /// source for that profile.
-    pub fn rules_active(&self) -> Vec<(crate::world::Sym, FindingKind, bool)> {
+    pub fn rules_active(&self) -> Vec<(crate::core::world::Sym, FindingKind, bool)> {
         let w = &self.world;
         w.profiles()
             .iter()

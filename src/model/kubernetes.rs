@@ -13,7 +13,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use kube::core::{ApiResource, DynamicResourceScope};
 use serde::{Deserialize, Deserializer};
 
-use crate::time::Ts;
+use crate::util::time::Ts;
 
 /// A Kubernetes object, reduced to the fields the rules need.
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -117,9 +117,9 @@ struct SlimMeta {
     namespace: Option<String>,
     uid: Option<String>,
     resource_version: Option<String>,
-    #[serde(default, deserialize_with = "crate::json::unique_map")]
+    #[serde(default, deserialize_with = "crate::util::json::unique_map")]
     labels: Option<BTreeMap<String, String>>,
-    #[serde(default, deserialize_with = "crate::json::unique_map")]
+    #[serde(default, deserialize_with = "crate::util::json::unique_map")]
     annotations: Option<BTreeMap<String, String>>,
     creation_timestamp: Option<Ts>,
     deletion_timestamp: Option<Ts>,

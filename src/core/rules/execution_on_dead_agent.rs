@@ -12,11 +12,11 @@
 
 use std::time::Duration;
 
-use crate::finding::{Candidate, Finding, FindingKind};
-use crate::profile::{ExecutionClass, SandboxClass};
-use crate::rules::{Needs, SubjectKind, SubjectView, pod_holder};
-use crate::time::Ts;
-use crate::world::{Feed, PodLink, StateClass, World};
+use crate::core::rules::{Needs, SubjectKind, SubjectView, pod_holder};
+use crate::core::world::{Feed, PodLink, StateClass, World};
+use crate::model::finding::{Candidate, Finding, FindingKind};
+use crate::model::profile::{ExecutionClass, SandboxClass};
+use crate::util::time::Ts;
 
 pub struct Rule;
 

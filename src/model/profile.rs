@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use kube::core::{Selector, SelectorExt};
 
-use crate::record::RecordKind;
+use crate::model::record::RecordKind;
 use std::collections::BTreeMap;
 
 /// Index of a profile in [`Profiles`]; small, so the per-pod projection stays small.
@@ -345,8 +345,8 @@ impl Profile {
     /// The feeds this profile's configuration provides in live mode: pods when it has a pod
     /// section, the record kinds its database queries and ingest API take, and its custom
     /// resources.
-    pub fn feeds(&self) -> Vec<crate::trust::Feed> {
-        use crate::trust::Feed;
+    pub fn feeds(&self) -> Vec<crate::model::source::Feed> {
+        use crate::model::source::Feed;
         let mut out = Vec::new();
         if self.pods.is_some() {
             out.push(Feed::Pods);

@@ -5,9 +5,9 @@ use std::collections::VecDeque;
 use std::collections::hash_map::Entry;
 use std::time::Duration;
 
-use crate::profile::ProfileId;
-use crate::record::RecordKind;
-use crate::time::Ts;
+use crate::model::profile::ProfileId;
+use crate::model::record::RecordKind;
+use crate::util::time::Ts;
 
 use super::{HashMap, Sym};
 

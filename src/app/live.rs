@@ -19,21 +19,21 @@ use tokio::sync::{broadcast, mpsc, watch};
 use tokio::task::JoinSet;
 use tracing::{info, warn};
 
-use crate::engine::{Change, Engine};
-use crate::finding::Transition;
-use crate::profile::Profiles;
+use crate::app::telemetry::FindingSpans;
+use crate::core::engine::{Change, Engine};
+use crate::model::finding::Transition;
+use crate::model::profile::Profiles;
 use crate::remediation::deliver::Deliverer;
 use crate::remediation::lease::Elector;
 use crate::remediation::{self, Controller, Leadership, Remediation, RemediationMetrics};
-use crate::shard::Shard;
 use crate::sinks::http::{self, Snapshot};
 use crate::sinks::log;
 use crate::sinks::metrics::{FindingMetrics, HealthMetrics, SourceKind};
 use crate::sources::ingest::{self, Ingest};
 use crate::sources::kube::{self as kube_source, Context};
 use crate::sources::postgres::{Context as RecordsContext, Postgres};
-use crate::telemetry::FindingSpans;
-use crate::time::Ts;
+use crate::util::shard::Shard;
+use crate::util::time::Ts;
 
 pub struct Settings {
     pub profiles: Arc<Profiles>,
@@ -349,7 +349,7 @@ impl EngineTask {
             }
             for n in self.engine.take_notices() {
                 self.health.notice(&n);
-                warn!(reason = n.reason, "{}", crate::text::clip(&n.message));
+                warn!(reason = n.reason, "{}", crate::util::text::clip(&n.message));
             }
             for t in &out {
                 self.findings.transition(t);

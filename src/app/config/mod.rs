@@ -15,11 +15,11 @@ use std::time::Duration;
 use kube::core::{Expression, Selector};
 use serde::Deserialize;
 
-use crate::profile::{
+use crate::model::profile::{
     CustomResource, ExecutionStates, Grace, MetaKey, PodMatch, PostgresRecords, Profile, Profiles,
     Records, ResourceRole, ResumeFrom, SandboxStates, SessionStates,
 };
-use crate::record::RecordKind;
+use crate::model::record::RecordKind;
 use crate::remediation::action::{ActionName, HeaderValue, KubeAction, Target};
 use crate::remediation::{ActionSpecResolved, ProfileRemediation, Remediation};
 
@@ -443,7 +443,7 @@ pub fn warnings(profiles: &Profiles) -> Vec<ConfigError> {
 }
 
 /// Every file a profile reads (secrets, header values, CA bundles, URL files), by field.
-fn files(p: &crate::profile::Profile) -> Vec<(String, std::path::PathBuf)> {
+fn files(p: &crate::model::profile::Profile) -> Vec<(String, std::path::PathBuf)> {
     let mut out = Vec::new();
     if let Some(pg) = &p.records.postgres {
         if let Some(f) = &pg.url_file {
@@ -1060,9 +1060,9 @@ impl Validator<'_> {
             }
         });
         let mut ingest = Vec::new();
-        let mut ingest_limits = crate::profile::IngestLimits::default();
+        let mut ingest_limits = crate::model::profile::IngestLimits::default();
         if let Some(i) = &spec.ingest {
-            let d = crate::profile::IngestLimits::default();
+            let d = crate::model::profile::IngestLimits::default();
             ingest_limits.stale_after = self.duration(
                 "records.ingest.stale_after",
                 i.stale_after.clone(),
@@ -1517,7 +1517,7 @@ mod tests {
     fn every_preset_is_valid() {
         for (name, _, _) in PRESETS {
             let p = preset(name).unwrap_or_else(|e| panic!("preset {name}: {e}"));
-            assert_eq!(&*p.get(crate::profile::ProfileId(0)).name, *name);
+            assert_eq!(&*p.get(crate::model::profile::ProfileId(0)).name, *name);
         }
     }
 
@@ -1605,7 +1605,7 @@ profiles:
             "profiles:\n  - preset: sandbox-api\n    name: prod\n    pods:\n      namespaces: [agents]\n    grace:\n      absence: 5m\n",
         )
         .unwrap();
-        let prof = p.get(crate::profile::ProfileId(0));
+        let prof = p.get(crate::model::profile::ProfileId(0));
         assert_eq!(&*prof.name, "prod");
         let pods = prof.pods.as_ref().unwrap();
         assert_eq!(pods.namespaces, vec!["agents"]);
@@ -1691,7 +1691,10 @@ profiles:
               X-API-Key: { file: /run/secrets/key }
 "#;
         let p = load_str(yaml).unwrap();
-        let a = &p.get(crate::profile::ProfileId(0)).remediation.actions[0];
+        let a = &p
+            .get(crate::model::profile::ProfileId(0))
+            .remediation
+            .actions[0];
         let Target::Http {
             method,
             url,

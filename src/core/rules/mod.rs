@@ -14,10 +14,10 @@
 //!
 //! Adding a rule: one new file here, and one line in [`ALL`].
 
-use crate::finding::{Candidate, FindingKind};
-use crate::profile::ProfileId;
-use crate::time::Ts;
-use crate::world::{Feed, Holder, Pod, RecordKey, StoredRecord, World};
+use crate::core::world::{Feed, Holder, Pod, RecordKey, StoredRecord, World};
+use crate::model::finding::{Candidate, FindingKind};
+use crate::model::profile::ProfileId;
+use crate::util::time::Ts;
 
 mod agent_terminated_pod_running;
 mod execution_on_dead_agent;
@@ -69,8 +69,8 @@ pub(crate) fn pod_identity(
     world: &World,
     pod: &Pod,
     reason: &str,
-) -> crate::finding::Finding {
-    crate::finding::Finding {
+) -> crate::model::finding::Finding {
+    crate::model::finding::Finding {
         kind,
         profile: world.profiles().get(pod.profile).name.clone(),
         namespace: Some(pod.namespace.clone()),

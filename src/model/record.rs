@@ -10,8 +10,8 @@ use std::fmt;
 
 use serde::Deserialize;
 
-use crate::profile::{ProfileId, Profiles};
-use crate::time::Ts;
+use crate::model::profile::{ProfileId, Profiles};
+use crate::util::time::Ts;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum RecordKind {
@@ -233,7 +233,7 @@ impl RecordDoc {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config;
+    use crate::app::config;
 
     fn check(json: &str) -> Result<RecordChange, InputError> {
         let profiles = config::preset("generic").unwrap();

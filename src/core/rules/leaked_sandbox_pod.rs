@@ -9,11 +9,11 @@
 //! that claimed it. Resolves when the pod is deleted or starts terminating,
 //! or a live session claims it.
 
-use crate::finding::{Candidate, FindingKind};
-use crate::profile::SessionClass;
-use crate::rules::{Needs, SubjectKind, SubjectView, pod_identity};
-use crate::time::Ts;
-use crate::world::{Feed, Holder, StateClass, World};
+use crate::core::rules::{Needs, SubjectKind, SubjectView, pod_identity};
+use crate::core::world::{Feed, Holder, StateClass, World};
+use crate::model::finding::{Candidate, FindingKind};
+use crate::model::profile::SessionClass;
+use crate::util::time::Ts;
 
 pub struct Rule;
 

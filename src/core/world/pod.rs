@@ -5,9 +5,9 @@
 //! exit code and finish time. [`project`] builds it from the slim decoded object; strings that
 //! repeat across pods (namespaces, container names, reasons) are interned by the World.
 
-use crate::kubernetes::Object;
-use crate::profile::{MetaKey, PodMatch, ProfileId};
-use crate::time::Ts;
+use crate::model::kubernetes::Object;
+use crate::model::profile::{MetaKey, PodMatch, ProfileId};
+use crate::util::time::Ts;
 
 use super::{Subject, Sym};
 

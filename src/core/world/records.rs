@@ -9,9 +9,9 @@
 //! namespace resolves by id; when the same id exists in two namespaces the reference is
 //! ambiguous: it is reported as a [`Notice`] and never guessed.
 
-use crate::profile::{ExecutionClass, ProfileId, SandboxClass, SessionClass};
-use crate::record::{Record, RecordKind};
-use crate::time::Ts;
+use crate::model::profile::{ExecutionClass, ProfileId, SandboxClass, SessionClass};
+use crate::model::record::{Record, RecordKind};
+use crate::util::time::Ts;
 
 use super::index::{Departed, vec_remove};
 use super::{Subject, Sym, World};
