@@ -81,11 +81,11 @@ async fn main() -> anyhow::Result<()> {
     sql.batch_execute("ANALYZE sandbox_sessions").await?;
     println!("filled {rows} rows in {:.1?}", t.elapsed());
 
-    let profiles = Arc::new(sandwatch::config::load_str(
+    let config = sandwatch::config::load(
         "profiles:\n  - preset: sandbox-api\n    records:\n      postgres:\n        poll_interval: 200ms\n        resync_interval: 1h\n",
-    )?);
-    let (_, profile) = profiles.iter().next().unwrap();
-    let settings = profile.records.postgres.clone().unwrap();
+    )?;
+    let settings = config.records[0].postgres.clone().unwrap();
+    let profiles = config.profiles.clone();
     let source = Postgres::new(
         sandwatch::profile::ProfileId(0),
         "sandbox-api",

@@ -9,7 +9,6 @@
 
 use std::fs::File;
 use std::io::{BufWriter, Read, Write};
-use std::sync::Arc;
 use std::time::Instant;
 
 use sandwatch::config;
@@ -101,11 +100,11 @@ fn main() -> anyhow::Result<()> {
         t.elapsed()
     );
 
-    let profiles = Arc::new(config::preset("generic")?);
+    let config = config::preset("generic")?;
     let rss_before = status_kib("VmRSS:");
     let t = Instant::now();
     let outcome = replay::run(
-        profiles,
+        &config,
         vec![Input {
             name: path.display().to_string(),
             reader: Box::new(File::open(&path)?),

@@ -4,13 +4,11 @@ use std::fs::File;
 use std::io;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Arc;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 
 use sandwatch::config::{self, PRESETS};
-use sandwatch::profile::Profiles;
 use sandwatch::replay::{self, Input};
 use sandwatch::shard::Shard;
 use sandwatch::sinks::report::Format;
@@ -153,11 +151,6 @@ struct ProfileArgs {
 }
 
 impl ProfileArgs {
-    /// The profiles to run with: the config file, the preset, or `generic`.
-    fn load(&self) -> anyhow::Result<Profiles> {
-        Ok(self.load_config()?.profiles)
-    }
-
     /// The whole config: a config file, or a preset with default settings.
     fn load_config(&self) -> anyhow::Result<config::Config> {
         if let Some(path) = &self.config {
@@ -167,11 +160,7 @@ impl ProfileArgs {
                 .map_err(|e| anyhow::anyhow!("invalid config {}:\n{e}", path.display()));
         }
         let name = self.preset.as_deref().unwrap_or("generic");
-        let profiles = config::preset(name).map_err(|e| anyhow::anyhow!("{e}"))?;
-        Ok(config::Config {
-            profiles,
-            remediation: Default::default(),
-        })
+        config::preset(name).map_err(|e| anyhow::anyhow!("{e}"))
     }
 }
 
@@ -292,10 +281,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 lease_name
             };
             let config = profiles.load_config()?;
-            for w in config::warnings(&config.profiles) {
+            for w in config::warnings(&config) {
                 tracing::warn!(field = %w.field, "{}", w.message);
             }
-            let profiles = Arc::new(config.profiles);
             let identity = identity.unwrap_or_else(|| {
                 let host = std::fs::read_to_string("/etc/hostname").unwrap_or_default();
                 format!("{}-{}", host.trim(), std::process::id())
@@ -319,10 +307,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     database_url_file,
                     ingest_token,
                     ingest_max_body,
-                    remediation: config.remediation,
                     leader_election,
                     shard,
-                    ..sandwatch::live::Settings::new(profiles, listen)
+                    ..sandwatch::live::Settings::new(config, listen)
                 };
                 let daemon = sandwatch::live::Daemon::start(settings, client).await?;
                 shutdown_signal().await;
@@ -343,7 +330,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             metrics_out,
             files,
         } => {
-            let profiles = Arc::new(profiles.load()?);
+            let config = profiles.load_config()?;
             let mut inputs = Vec::new();
             for f in files {
                 let reader: Box<dyn io::Read> = if f == "-" {
@@ -353,7 +340,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 };
                 inputs.push(Input { name: f, reader });
             }
-            let outcome = replay::run(profiles, inputs, format, io::stdout().lock())?;
+            let outcome = replay::run(&config, inputs, format, io::stdout().lock())?;
             if let Some(path) = metrics_out {
                 std::fs::write(&path, outcome.metrics)
                     .with_context(|| format!("writing {}", path.display()))?;
@@ -363,15 +350,16 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::CheckConfig { file, strict } => {
             let text = std::fs::read_to_string(&file)
                 .with_context(|| format!("reading {}", file.display()))?;
-            match config::load_str(&text) {
-                Ok(profiles) => {
+            match config::load(&text) {
+                Ok(config) => {
+                    let profiles = &config.profiles;
                     println!(
                         "{}: OK, {} profile(s): {}",
                         file.display(),
                         profiles.len(),
                         profiles.names().join(", ")
                     );
-                    let warnings = config::warnings(&profiles);
+                    let warnings = config::warnings(&config);
                     if !warnings.is_empty() {
                         eprintln!("{}: {} warning(s)", file.display(), warnings.len());
                         for w in &warnings {

@@ -283,8 +283,7 @@ remediation:
   timeout: 500ms
 "#;
     let c = sandwatch::config::load(yaml).unwrap();
-    let d = start_with(&server, c.profiles, |s| {
-        s.remediation = c.remediation;
+    let d = start_with(&server, c, |s| {
         s.leader_election = Some(Elector {
             retry_period: Duration::from_millis(200),
             ..Elector::new("sandwatch-remediation", "sandwatch", "replica-a")
@@ -363,7 +362,7 @@ fn every_file_a_preset_reads_is_where_the_deployment_mounts_its_secrets() {
         let yaml = format!(
             "profiles:\n  - preset: {name}\n    remediation:\n      base_url: https://api.internal\n      actions:\n        finalize_execution: {{ enabled: true }}\n        mark_session_gone: {{ enabled: true }}\n        finalize_session: {{ enabled: true }}\n"
         );
-        let Ok(profiles) = sandwatch::config::load_str(&yaml) else {
+        let Ok(profiles) = sandwatch::config::load(&yaml) else {
             continue;
         };
         for w in sandwatch::config::warnings(&profiles) {

@@ -147,7 +147,7 @@ fn an_ambiguous_reference_is_reported_and_never_guessed() {
 
 #[test]
 fn records_without_a_namespace_for_namespace_scoped_ids_are_refused() {
-    let profiles = sandwatch::config::load_str(CR_SESSIONS).unwrap();
+    let profiles = sandwatch::config::load(CR_SESSIONS).unwrap().profiles;
     let doc: sandwatch::record::RecordDoc =
         serde_json::from_value(json!({"kind":"session","id":"s-1","state":"Running"})).unwrap();
     let e = doc.validate(&profiles).unwrap_err();
@@ -165,7 +165,7 @@ profiles:
 
 /// The sources as `sandwatch run` reports them for a profile watching one namespace.
 fn scoped_sim(yaml: &str) -> Sim {
-    let mut s = Sim::bare(sandwatch::config::load_str(yaml).unwrap());
+    let mut s = Sim::bare(sandwatch::config::load(yaml).unwrap());
     s.apply(Change::Source(
         SourceStatus::new(
             "pods/generic/agents",
@@ -222,7 +222,7 @@ fn a_default_namespace_places_the_records_of_a_scoped_profile() {
 #[test]
 fn check_config_warns_when_a_scoped_profiles_records_can_never_be_placed() {
     let yaml = "profiles:\n  - preset: sandbox-api\n    pods:\n      namespaces: [agents]\n";
-    let profiles = sandwatch::config::load_str(yaml).unwrap();
+    let profiles = sandwatch::config::load(yaml).unwrap();
     let w = sandwatch::config::warnings(&profiles);
     assert_eq!(w.len(), 2, "{w:?}");
     assert_eq!(w[0].field, "profiles[0].records.postgres.queries.session");
@@ -232,7 +232,7 @@ fn check_config_warns_when_a_scoped_profiles_records_can_never_be_placed() {
         w[0]
     );
     let placed = format!("{yaml}    records:\n      default_namespace: agents\n");
-    assert!(sandwatch::config::warnings(&sandwatch::config::load_str(&placed).unwrap()).is_empty());
+    assert!(sandwatch::config::warnings(&sandwatch::config::load(&placed).unwrap()).is_empty());
 }
 
 const BY_NAME: &str = r#"
@@ -250,7 +250,7 @@ profiles:
 #[test]
 fn a_pod_sharded_by_its_name_is_never_judged_leaked_for_want_of_a_session_on_another_shard() {
     let sim = |shard: Shard| {
-        let mut s = Sim::bare(sandwatch::config::load_str(BY_NAME).unwrap());
+        let mut s = Sim::bare(sandwatch::config::load(BY_NAME).unwrap());
         s.engine = Engine::sharded(s.profiles.clone(), shard);
         for f in Feed::ALL {
             s.source(&format!("{f:?}"), &[f], true);
@@ -422,8 +422,9 @@ profiles:
 
 #[test]
 fn a_full_listing_keeps_rows_placed_by_the_default_namespace() {
-    let profiles =
-        std::sync::Arc::new(sandwatch::config::load_str(NAMESPACED_WITH_DEFAULT).unwrap());
+    let profiles = sandwatch::config::load(NAMESPACED_WITH_DEFAULT)
+        .unwrap()
+        .profiles;
     let mut e = Engine::new(profiles.clone());
     let t = ts(0);
     let source = |name: &str, feed| {

@@ -252,17 +252,13 @@ async fn a_leader_whose_api_server_drops_packets_counts_the_failures_and_still_s
     .unwrap();
     let settings = sandwatch::live::Settings {
         tick: Duration::from_millis(100),
-        remediation: c.remediation,
         leader_election: Some(sandwatch::remediation::lease::Elector {
             duration: Duration::from_secs(3),
             renew_deadline: Duration::from_secs(2),
             retry_period: Duration::from_millis(200),
             ..sandwatch::remediation::lease::Elector::new("sandwatch-remediation", "default", "a")
         }),
-        ..sandwatch::live::Settings::new(
-            std::sync::Arc::new(c.profiles),
-            "127.0.0.1:0".parse().unwrap(),
-        )
+        ..sandwatch::live::Settings::new(c, "127.0.0.1:0".parse().unwrap())
     };
     let d = Daemon::start(settings, client).await.unwrap();
     wait_for(Duration::from_secs(10), "the lease taken", || async {
@@ -552,7 +548,7 @@ async fn pushed_records_expire_go_stale_and_are_capped() {
     let server = TestApiServer::start().await;
     let d = start_with(
         &server,
-        sandwatch::config::load_str(QUICK_INGEST).unwrap(),
+        sandwatch::config::load(QUICK_INGEST).unwrap(),
         |s| {
             s.ingest_token = Some(TOKEN.into());
         },
@@ -605,7 +601,7 @@ async fn pushed_records_expire_go_stale_and_are_capped() {
 fn records_pushed_and_deleted_leave_nothing_behind() {
     use sandwatch::engine::{Change, Engine};
     use sandwatch::record::RecordDoc;
-    let profiles = std::sync::Arc::new(sandwatch::config::preset("offload-modal").unwrap());
+    let profiles = sandwatch::config::preset("offload-modal").unwrap().profiles;
     let mut engine = Engine::new(profiles.clone());
     let change = |v: Value| {
         let doc: RecordDoc = serde_json::from_value(v).unwrap();

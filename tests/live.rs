@@ -30,7 +30,7 @@ fn kubelet_update(server: &TestApiServer, p: &PodB) {
     server.update(current);
 }
 
-fn generic() -> sandwatch::profile::Profiles {
+fn generic() -> sandwatch::config::Config {
     sandwatch::config::preset("generic").unwrap()
 }
 
@@ -193,7 +193,7 @@ async fn an_api_server_outage_holds_findings_and_the_daemon_recovers_by_itself()
     server.create(runner("project-a", "s-9").stored());
     let daemon = start(
         &server,
-        sandwatch::config::load_str(AMBIENT_FAST).unwrap(),
+        sandwatch::config::load(AMBIENT_FAST).unwrap(),
         Duration::from_millis(500),
     )
     .await;
@@ -404,7 +404,7 @@ async fn each_profile_owns_the_custom_resources_its_own_watch_lists() {
     }
     let daemon = start(
         &server,
-        sandwatch::config::load_str(TWO_TEAMS).unwrap(),
+        sandwatch::config::load(TWO_TEAMS).unwrap(),
         Duration::from_secs(5),
     )
     .await;
@@ -577,7 +577,7 @@ async fn native_sidecars_crash_loops_and_graceful_deletion_through_the_api() {
     }
     let daemon = start(
         &server,
-        sandwatch::config::load_str(GENERIC_FAST_SIDECAR).unwrap(),
+        sandwatch::config::load(GENERIC_FAST_SIDECAR).unwrap(),
         Duration::from_secs(5),
     )
     .await;

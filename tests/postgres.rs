@@ -40,7 +40,7 @@ async fn setup() -> (TestPostgres, tokio_postgres::Client, TestApiServer) {
 
 async fn daemon(server: &TestApiServer, db: &TestPostgres, yaml: &str) -> sandwatch::live::Daemon {
     let url_file = db.url_file("sandwatch_ro");
-    start_with(server, sandwatch::config::load_str(yaml).unwrap(), |s| {
+    start_with(server, sandwatch::config::load(yaml).unwrap(), |s| {
         s.database_url_file = Some(url_file);
         s.stale_after = Duration::from_secs(1);
     })
@@ -263,14 +263,10 @@ async fn a_database_that_stops_answering_is_reported_stale_and_read_again_after(
         ),
     )
     .unwrap();
-    let d = start_with(
-        &server,
-        sandwatch::config::load_str(IMPATIENT).unwrap(),
-        |s| {
-            s.database_url_file = Some(url_file.clone());
-            s.stale_after = Duration::from_secs(1);
-        },
-    )
+    let d = start_with(&server, sandwatch::config::load(IMPATIENT).unwrap(), |s| {
+        s.database_url_file = Some(url_file.clone());
+        s.stale_after = Duration::from_secs(1);
+    })
     .await;
     wait_ready(&d, true).await;
 
@@ -820,7 +816,7 @@ async fn a_database_without_a_url_makes_the_daemon_not_ready_until_one_is_there(
     let file = url_file.clone();
     let d = start_with(
         &server,
-        sandwatch::config::load_str(SANDBOX_API_FAST).unwrap(),
+        sandwatch::config::load(SANDBOX_API_FAST).unwrap(),
         |s| s.database_url_file = Some(file),
     )
     .await;

@@ -390,11 +390,9 @@ async fn a_real_prometheus_scrapes_sandwatch_evaluates_every_expression_and_fire
     .await
     .unwrap();
     let url_file = db.url_file("sandwatch_ro");
-    let d = start_with(
-        &server,
-        sandwatch::config::load_str(PROFILE).unwrap(),
-        |s| s.database_url_file = Some(url_file),
-    )
+    let d = start_with(&server, sandwatch::config::load(PROFILE).unwrap(), |s| {
+        s.database_url_file = Some(url_file)
+    })
     .await;
     wait_ready(&d, true).await;
     wait_for(
@@ -857,9 +855,8 @@ async fn as_deployed(shards: &[sandwatch::shard::Shard]) {
         );
         let shard = *shard;
         replicas.push(
-            start_with(&server, config.profiles, |s| {
+            start_with(&server, config, |s| {
                 s.database_url_file = Some(url_file);
-                s.remediation = config.remediation;
                 s.leader_election = Some(elector);
                 s.shard = shard;
             })

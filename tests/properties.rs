@@ -9,10 +9,11 @@ use common::*;
 use proptest::prelude::*;
 use serde_json::{Value, json};
 
+use sandwatch::app::replay::Replay;
 use sandwatch::engine::{Change, Engine};
 use sandwatch::finding::Transition;
 use sandwatch::record::RecordDoc;
-use sandwatch::sources::replay::{Replay, Splitter};
+use sandwatch::sources::replay::Splitter;
 
 /// One step of one group's life: a pod, its session and its execution.
 #[derive(Clone, Debug)]
@@ -206,7 +207,7 @@ fn presets() -> &'static [Arc<sandwatch::profile::Profiles>] {
     PRESETS.get_or_init(|| {
         ["generic", "sandbox-api", "ambient", "offload-modal"]
             .iter()
-            .map(|p| Arc::new(sandwatch::config::preset(p).unwrap()))
+            .map(|p| sandwatch::config::preset(p).unwrap().profiles)
             .collect()
     })
 }

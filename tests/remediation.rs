@@ -55,9 +55,8 @@ fn http_target(url: &str) -> String {
 
 async fn daemon_with(server: &TestApiServer, yaml: &str) -> Daemon {
     let c = sandwatch::config::load(yaml).unwrap_or_else(|e| panic!("{e}"));
-    let d = start_with(server, c.profiles, |s| {
+    let d = start_with(server, c, |s| {
         s.ingest_token = Some(TOKEN.into());
-        s.remediation = c.remediation;
         s.stale_after = Duration::from_millis(300);
     })
     .await;
@@ -574,9 +573,8 @@ remediation:
         let server = &server;
         async move {
             let c = sandwatch::config::load(&yaml).unwrap();
-            start_with(server, c.profiles, |s| {
+            start_with(server, c, |s| {
                 s.database_url_file = Some(url_file);
-                s.remediation = c.remediation;
             })
             .await
         }
@@ -689,8 +687,7 @@ remediation:
         let e = elector(replica);
         let server = &server;
         async move {
-            start_with(server, c.profiles, |s| {
-                s.remediation = c.remediation;
+            start_with(server, c, |s| {
                 s.leader_election = Some(e);
             })
             .await
@@ -822,11 +819,11 @@ async fn deleting_a_pod_spares_a_replacement_of_the_same_name() {
         .get("", "v1", "pods", "agents", "sandbox-s-1")
         .unwrap();
     let current_uid = current["metadata"]["uid"].as_str().unwrap().to_string();
-    let profiles = sandwatch::config::load_str(
+    let profiles = sandwatch::config::load(
         "profiles:\n  - preset: generic\n    remediation:\n      actions:\n        reap_pod:\n          kubernetes: { delete_pod: true }\n",
     )
     .unwrap();
-    let actions = sandwatch::remediation::actions(&profiles);
+    let actions = profiles.remediation.actions.clone();
     let deliverer =
         Deliverer::new(&actions, Duration::from_secs(2), Some(server.client())).unwrap();
     let finding = |uid: &str| OpenFinding {
@@ -855,7 +852,7 @@ async fn deleting_a_pod_spares_a_replacement_of_the_same_name() {
             uid: Uid::parse(uid),
         },
     };
-    let profile = profiles.get(sandwatch::profile::ProfileId(0));
+    let profile = profiles.profiles.get(sandwatch::profile::ProfileId(0));
     let deletion = || {
         server
             .get("", "v1", "pods", "agents", "sandbox-s-1")
@@ -904,9 +901,8 @@ async fn a_graceful_shutdown_releases_the_lease_only_after_its_last_call_ends() 
         "  timeout: 1500ms",
     ))
     .unwrap();
-    let d = start_with(&server, c.profiles, |s| {
+    let d = start_with(&server, c, |s| {
         s.ingest_token = Some(TOKEN.into());
-        s.remediation = c.remediation;
         s.leader_election = Some(Elector {
             duration: Duration::from_secs(3),
             renew_deadline: Duration::from_secs(2),

@@ -483,7 +483,7 @@ profiles:
 #[test]
 fn a_records_source_of_one_profile_does_not_vouch_for_another() {
     use sandwatch::profile::ProfileId;
-    let mut s = Sim::bare(sandwatch::config::load_str(TWO_PLATFORMS).unwrap());
+    let mut s = Sim::bare(sandwatch::config::load(TWO_PLATFORMS).unwrap());
     s.source("pods", &[Feed::Pods], true);
     // Sessions are known for the first profile only.
     s.apply(Change::Source(SourceStatus::new(

@@ -95,7 +95,7 @@ async fn each_finding_is_reported_by_exactly_one_of_three_shards() {
         let url_file = url_file.clone();
         let server = &server;
         async move {
-            start_with(server, sandwatch::config::load_str(CONFIG).unwrap(), |s| {
+            start_with(server, sandwatch::config::load(CONFIG).unwrap(), |s| {
                 s.database_url_file = Some(url_file);
                 s.shard = shard;
             })

@@ -101,9 +101,8 @@ remediation:
             receiver.url
         );
         let c = sandwatch::config::load(&yaml).unwrap();
-        let d = start_with(&server, c.profiles, |s| {
+        let d = start_with(&server, c, |s| {
             s.ingest_token = Some("t".into());
-            s.remediation = c.remediation;
         })
         .await;
         push_snapshot(&d, "t", &[]).await;

@@ -11,6 +11,7 @@
 //! every second so that grace-period timers fire. Sources are independent tasks; the HTTP
 //! server reads only what the engine task publishes.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,16 +20,17 @@ use tokio::sync::{broadcast, mpsc, watch};
 use tokio::task::JoinSet;
 use tracing::{info, warn};
 
-use crate::app::telemetry::FindingSpans;
+use crate::app::config::Config;
 use crate::core::engine::{Change, Engine};
 use crate::model::finding::Transition;
-use crate::model::profile::Profiles;
+use crate::model::view::Snapshot;
 use crate::remediation::deliver::Deliverer;
 use crate::remediation::lease::Elector;
-use crate::remediation::{self, Controller, Leadership, Remediation, RemediationMetrics};
-use crate::sinks::http::{self, Snapshot};
+use crate::remediation::{Controller, Leadership, RemediationMetrics};
+use crate::sinks::http;
 use crate::sinks::log;
 use crate::sinks::metrics::{FindingMetrics, HealthMetrics, SourceKind};
+use crate::sinks::traces::FindingSpans;
 use crate::sources::ingest::{self, Ingest};
 use crate::sources::kube::{self as kube_source, Context};
 use crate::sources::postgres::{Context as RecordsContext, Postgres};
@@ -36,7 +38,8 @@ use crate::util::shard::Shard;
 use crate::util::time::Ts;
 
 pub struct Settings {
-    pub profiles: Arc<Profiles>,
+    /// The profiles, their records sources and the remediation settings.
+    pub config: Config,
     pub listen: SocketAddr,
     /// How long a source may fail before it is reported unsynced and starts over.
     pub stale_after: Duration,
@@ -50,7 +53,6 @@ pub struct Settings {
     pub ingest_max_body: usize,
     /// An ingest request's body must arrive within this.
     pub ingest_body_timeout: Duration,
-    pub remediation: Remediation,
     /// Compete for a Lease before remediating; `None`: this replica always may.
     pub leader_election: Option<Elector>,
     /// Which part of the pods and records this replica keeps.
@@ -60,9 +62,9 @@ pub struct Settings {
 }
 
 impl Settings {
-    pub fn new(profiles: Arc<Profiles>, listen: SocketAddr) -> Settings {
+    pub fn new(config: Config, listen: SocketAddr) -> Settings {
         Settings {
-            profiles,
+            config,
             listen,
             stale_after: Duration::from_secs(30),
             tick: Duration::from_secs(1),
@@ -70,7 +72,6 @@ impl Settings {
             ingest_token: None,
             ingest_max_body: 1 << 20,
             ingest_body_timeout: Duration::from_secs(10),
-            remediation: Remediation::default(),
             leader_election: None,
             shard: Shard::ALL,
             http: Default::default(),
@@ -93,14 +94,16 @@ impl Daemon {
     pub async fn start(settings: Settings, client: ::kube::Client) -> anyhow::Result<Daemon> {
         // The process's TLS provider for the HTTP clients (no-op if already installed).
         let _ = rustls::crypto::ring::default_provider().install_default();
-        let profiles = settings.profiles.clone();
-        let findings = FindingMetrics::new(&profiles);
+        let config = settings.config.clone();
+        let profiles = config.profiles.clone();
+        let findings = FindingMetrics::new(&profiles, &config.all_feeds());
         let health = HealthMetrics::default();
         let mut registry = crate::sinks::metrics::registry(settings.shard);
         findings.register(&mut registry);
         health.register(&mut registry);
-        let remediation_metrics = RemediationMetrics::new(&profiles);
-        if !remediation::actions(&profiles).is_empty() {
+        let actions = &config.remediation.actions;
+        let remediation_metrics = RemediationMetrics::new(actions);
+        if !actions.is_empty() {
             remediation_metrics.register(&mut registry);
         }
         crate::sinks::metrics::register_build_info(&mut registry);
@@ -117,7 +120,7 @@ impl Daemon {
         // connects once the URL is there.
         let mut databases = Vec::new();
         for (id, p) in profiles.iter() {
-            if let Some(pg) = &p.records.postgres {
+            if let Some(pg) = &config.records(id).postgres {
                 let db = Postgres::new(
                     id,
                     &p.name,
@@ -130,11 +133,15 @@ impl Daemon {
                 databases.push(db);
             }
         }
-        let ingest_kinds = ingest::kinds(&profiles);
-        let ingest = match (settings.ingest_token, ingest_kinds.is_empty()) {
+        let pushed: BTreeMap<_, _> = profiles
+            .iter()
+            .filter_map(|(id, _)| Some((id, config.records(id).ingest.clone()?)))
+            .collect();
+        let ingest = match (settings.ingest_token, pushed.is_empty()) {
             (_, true) => None,
             (Some(token), false) => Some(Ingest::new(
                 profiles.clone(),
+                pushed,
                 changes_tx.clone(),
                 token,
                 (settings.ingest_max_body, settings.ingest_body_timeout),
@@ -180,7 +187,6 @@ impl Daemon {
         };
         tasks.spawn(engine.run(changes_rx, settings.tick, stop_rx.clone()));
 
-        let actions = remediation::actions(&profiles);
         if !actions.is_empty() {
             let (lead_tx, lead_rx) = watch::channel(match settings.leader_election {
                 None => Leadership::ALWAYS,
@@ -207,15 +213,18 @@ impl Daemon {
                 None => drop(lead_tx),
             }
             let deliverer =
-                Deliverer::new(&actions, settings.remediation.timeout, Some(client.clone()))?;
+                Deliverer::new(actions, config.remediation.timeout, Some(client.clone()))?;
             let controller = Controller::new(
-                settings.remediation.clone(),
+                config.remediation.clone(),
                 profiles.clone(),
                 deliverer,
                 snapshot_rx.clone(),
                 lead_rx,
                 remediation_metrics,
-                spans.clone(),
+                {
+                    let spans = spans.clone();
+                    Arc::new(move |id| spans.get(id))
+                },
             );
             let stop = stop_rx.clone();
             tasks.spawn(async move {

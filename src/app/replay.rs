@@ -1,16 +1,26 @@
 //! `sandwatch replay`: the replay source, the engine and the report / metrics sinks, wired
 //! together over one or more recorded files read as one continuous stream.
+//!
+//! [`Replay`] drives the engine from decoded values in virtual time: each value happens at its
+//! own time (an envelope's `at`, else the newest timestamp of its object), never before the
+//! previous one. In a replay the file is the whole truth: each feed (pods, sessions,
+//! executions, sandboxes, resume targets) counts as synced from its first value.
 
 use std::io::{Read, Write};
-use std::sync::Arc;
 
 use tracing::warn;
 
-use crate::core::engine::Engine;
+use crate::app::config::Config;
+use crate::core::engine::{Change, Engine};
+use crate::core::world::{Feed, SourceStatus};
+use crate::model::finding::Transition;
 use crate::model::profile::Profiles;
+use crate::model::record::InputError;
 use crate::sinks::metrics::FindingMetrics;
 use crate::sinks::report::{Format, Report};
-use crate::sources::replay::{Counts, Replay, Splitter};
+use crate::sources::object_change;
+use crate::sources::replay::{Decoded, Splitter, decode};
+use crate::util::time::Ts;
 
 /// One input: a name for messages, and its bytes.
 pub struct Input {
@@ -29,12 +39,13 @@ pub struct Outcome<W> {
 
 /// Replays `inputs` in order and writes the report to `out`.
 pub fn run<W: Write>(
-    profiles: Arc<Profiles>,
+    config: &Config,
     inputs: Vec<Input>,
     format: Format,
     out: W,
 ) -> anyhow::Result<Outcome<W>> {
-    let metrics = FindingMetrics::new(&profiles);
+    let profiles = config.profiles.clone();
+    let metrics = FindingMetrics::new(&profiles, &config.all_feeds());
     let mut registry = crate::sinks::metrics::registry(crate::util::shard::Shard::ALL);
     metrics.register(&mut registry);
     let mut metric_sink = metrics.sink();
@@ -76,7 +87,11 @@ pub fn run<W: Write>(
     }
     let counts = replay.counts;
     metrics.set_rules_active(&replay.engine.rules_active());
-    let out = report.finish(&counts)?;
+    let out = report.finish(&crate::sinks::report::Totals {
+        events: counts.events,
+        records: counts.records,
+        rejected: counts.rejected,
+    })?;
     let mut text = String::new();
     prometheus_client::encoding::text::encode(&mut text, &registry)?;
     Ok(Outcome {
@@ -85,4 +100,114 @@ pub fn run<W: Write>(
         metrics: text,
         engine: replay.engine,
     })
+}
+
+/// Counts for the summary.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counts {
+    pub values: u64,
+    pub events: u64,
+    pub records: u64,
+    pub rejected: u64,
+}
+
+/// Drives an engine from replay values.
+pub struct Replay<'a> {
+    pub engine: Engine,
+    profiles: &'a Profiles,
+    clock: Option<Ts>,
+    started: Vec<Feed>,
+    pub counts: Counts,
+}
+
+impl<'a> Replay<'a> {
+    pub fn new(engine: Engine, profiles: &'a Profiles) -> Replay<'a> {
+        Replay {
+            engine,
+            profiles,
+            clock: None,
+            started: Vec::new(),
+            counts: Counts::default(),
+        }
+    }
+
+    /// The time a value happens at: its own time, never before the previous value's.
+    fn tick(&mut self, at: Option<Ts>) -> Ts {
+        let t = match (self.clock, at) {
+            (Some(c), Some(a)) => c.max(a),
+            (Some(c), None) => c,
+            (None, Some(a)) => a,
+            (None, None) => Ts(0),
+        };
+        self.clock = Some(t);
+        t
+    }
+
+    fn start_feed(&mut self, feed: Feed, at: Ts, out: &mut Vec<Transition>) {
+        if !self.started.contains(&feed) {
+            self.started.push(feed);
+            out.extend(self.engine.apply(
+                at,
+                Change::Source(SourceStatus::new(
+                    format!("replay:{}", feed.as_str()),
+                    None,
+                    vec![feed],
+                    true,
+                )),
+            ));
+        }
+    }
+
+    /// Feeds one value; transitions go to `out`.
+    pub fn value(&mut self, bytes: &[u8], out: &mut Vec<Transition>) -> Result<(), InputError> {
+        self.decoded(decode(bytes), out)
+    }
+
+    /// Feeds one decoded value (or the reason it could not be decoded, to count it).
+    pub fn decoded(
+        &mut self,
+        value: Result<Decoded, InputError>,
+        out: &mut Vec<Transition>,
+    ) -> Result<(), InputError> {
+        self.counts.values += 1;
+        let result = value.and_then(|v| self.apply(v, out));
+        if result.is_err() {
+            self.counts.rejected += 1;
+        }
+        result
+    }
+
+    fn apply(&mut self, value: Decoded, out: &mut Vec<Transition>) -> Result<(), InputError> {
+        match value {
+            Decoded::Skip => Ok(()),
+            Decoded::Tick(at) => {
+                let at = self.tick(Some(at));
+                out.extend(self.engine.apply(at, Change::Tick));
+                Ok(())
+            }
+            Decoded::Watch { at, kind, object } => {
+                let at = at.or_else(|| object.newest_timestamp());
+                let change = object_change(kind, object, self.profiles, None)?;
+                let at = self.tick(at);
+                self.counts.events += 1;
+                if let Some((feed, change)) = change {
+                    self.start_feed(feed, at, out);
+                    out.extend(self.engine.apply(at, change));
+                }
+                Ok(())
+            }
+            Decoded::Record { at, doc } => {
+                let change = doc.validate(self.profiles)?;
+                let kind = match &change {
+                    crate::model::record::RecordChange::Upsert(r) => r.kind,
+                    crate::model::record::RecordChange::Delete { kind, .. } => *kind,
+                };
+                let at = self.tick(at);
+                self.counts.records += 1;
+                self.start_feed(Feed::of_record(kind), at, out);
+                out.extend(self.engine.apply(at, Change::Record(change)));
+                Ok(())
+            }
+        }
+    }
 }

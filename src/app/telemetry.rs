@@ -10,20 +10,15 @@
 //! a `finding` span from a finding's opening to its resolution, and a `remediation` span per
 //! attempt, a child of its finding's span.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
-
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_otlp::{SpanExporter, WithExportConfig};
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::trace::SdkTracerProvider;
-use tracing::{Level, Span, info_span};
+use tracing::Level;
 use tracing_subscriber::filter::Targets;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer};
-
-use crate::model::finding::{Event, Transition};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum LogFormat {
@@ -124,55 +119,5 @@ impl Telemetry {
         if let Some(p) = self.provider {
             let _ = p.shutdown();
         }
-    }
-}
-
-/// A span per open finding, from its opening to its resolution, so that what happens to the
-/// finding (remediation attempts) nests under it.
-#[derive(Clone, Default)]
-pub struct FindingSpans(Arc<Mutex<HashMap<u64, Span>>>);
-
-impl FindingSpans {
-    pub fn transition(&self, t: &Transition) {
-        let f = &t.finding;
-        let d = &f.finding;
-        let mut spans = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        match t.event {
-            Event::Opened => {
-                let span = info_span!(
-                    parent: None,
-                    "finding",
-                    finding.id = f.id,
-                    finding.kind = d.kind.as_str(),
-                    finding.reason = &*d.reason,
-                    profile = &*d.profile,
-                    namespace = d.namespace.as_deref(),
-                    pod = d.pod.as_deref(),
-                    session = d.session.as_deref(),
-                    execution = d.execution.as_deref(),
-                    sandbox = d.sandbox.as_deref(),
-                    detection_latency_seconds = t.detection_latency_secs(),
-                    retries_after_death = tracing::field::Empty,
-                    open_for_seconds = tracing::field::Empty,
-                );
-                spans.insert(f.id, span);
-            }
-            Event::Updated => {}
-            Event::Resolved => {
-                if let Some(span) = spans.remove(&f.id) {
-                    span.record("retries_after_death", f.retries_after_death);
-                    span.record("open_for_seconds", t.open_for_secs());
-                }
-            }
-        }
-    }
-
-    /// The span of an open finding.
-    pub fn get(&self, id: u64) -> Option<Span> {
-        self.0
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(&id)
-            .cloned()
     }
 }

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use crate::core::world::{Subject, Sym};
+use crate::model::ids::{Subject, Sym};
 use crate::util::time::Ts;
 
 /// The finding kinds. Their names are part of the interface (metrics, API, webhooks).

@@ -6,7 +6,9 @@
 //! engine produces ([`finding`]).
 
 pub mod finding;
+pub mod ids;
 pub mod kubernetes;
 pub mod profile;
 pub mod record;
 pub mod source;
+pub mod view;

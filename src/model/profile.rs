@@ -3,20 +3,17 @@
 //! A profile says which pods are the platform's sandboxes, which container in them is the
 //! agent, how a pod names its session and execution, what the platform's record states mean,
 //! and which custom resources carry records. Sources use it to decode, the World to join,
-//! and rules to judge. Profiles are built from the YAML config (`config.rs`) or a preset
-//! (`presets/`); this file holds the resolved, validated form the rest of the code reads.
+//! and rules to judge. Profiles are built from the YAML config or a preset (`app::config`);
+//! this file holds the resolved, validated form the rest of the code reads.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use kube::core::{Selector, SelectorExt};
 
-use crate::model::record::RecordKind;
+pub use crate::model::ids::ProfileId;
+use crate::model::ids::RecordKind;
 use std::collections::BTreeMap;
-
-/// Index of a profile in [`Profiles`]; small, so the per-pod projection stays small.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct ProfileId(pub u16);
 
 /// All configured profiles. The first one is the default for records that name none.
 #[derive(Debug)]
@@ -34,86 +31,19 @@ pub struct Profile {
     pub sandboxes: SandboxStates,
     pub custom_resources: Vec<CustomResource>,
     pub grace: Grace,
-    pub records: Records,
-    pub remediation: crate::remediation::ProfileRemediation,
+    /// How the profile's records are identified.
+    pub records: RecordIdentity,
 }
 
-/// Where a profile's records come from (besides custom resources).
+/// How a profile's records are identified and placed (the sources that read them are
+/// configured with them but are not the model's concern).
 #[derive(Clone, Debug, Default)]
-pub struct Records {
-    pub postgres: Option<PostgresRecords>,
-    /// The record kinds the ingest API accepts for this profile.
-    pub ingest: Vec<RecordKind>,
-    /// How the ingest API holds this profile's pushed records.
-    pub ingest_limits: IngestLimits,
+pub struct RecordIdentity {
     /// Where the pods of records that name no namespace live.
     pub default_namespace: Option<String>,
     /// Record kinds whose ids are unique only within a namespace (besides sessions read
     /// from a custom resource, which always are).
     pub namespaced_ids: Vec<RecordKind>,
-}
-
-/// How pushed records are held (Alertmanager's client model: providers report to every
-/// replica, records expire, a snapshot replaces what was pushed before).
-#[derive(Clone, Debug)]
-pub struct IngestLimits {
-    /// The source is stale when no report came for this long.
-    pub stale_after: Duration,
-    /// At most this many pushed records of this profile are held; more are refused.
-    pub max_records: usize,
-    /// A pushed record that names no `expires_at` expires this long after it was last pushed
-    /// (`None`: it stays until deleted or left out of a snapshot).
-    pub expire_after: Option<Duration>,
-}
-
-impl Default for IngestLimits {
-    fn default() -> Self {
-        IngestLimits {
-            stale_after: Duration::from_secs(600),
-            max_records: 100_000,
-            expire_after: None,
-        }
-    }
-}
-
-/// Polling the platform's PostgreSQL, read-only.
-#[derive(Clone, Debug)]
-pub struct PostgresRecords {
-    /// The environment variable holding the connection URL (when no file is given).
-    pub url_env: String,
-    /// A file holding the connection URL (a mounted Secret).
-    pub url_file: Option<std::path::PathBuf>,
-    /// PEM file of CA certificates for `sslmode=require` (default: the public web roots).
-    pub ca_file: Option<std::path::PathBuf>,
-    pub poll_interval: Duration,
-    /// Full reloads, to learn about deleted rows.
-    pub resync_interval: Duration,
-    /// The source is stale once its last successful poll is older than this.
-    pub stale_after: Duration,
-    pub statement_timeout: Duration,
-    /// Incremental polls re-read rows this far behind the cursor (commit delays, ties).
-    pub overlap: Duration,
-    /// Poll at once when this channel is notified.
-    pub listen_channel: Option<String>,
-    /// One query per record kind, its columns aliased to the record fields.
-    pub queries: Vec<(RecordKind, String)>,
-}
-
-impl Default for PostgresRecords {
-    fn default() -> Self {
-        PostgresRecords {
-            url_env: "SANDWATCH_DATABASE_URL".into(),
-            url_file: None,
-            ca_file: None,
-            poll_interval: Duration::from_secs(5),
-            resync_interval: Duration::from_secs(300),
-            stale_after: Duration::from_secs(30),
-            statement_timeout: Duration::from_secs(10),
-            overlap: Duration::from_secs(30),
-            listen_channel: None,
-            queries: Vec::new(),
-        }
-    }
 }
 
 #[derive(Debug)]
@@ -342,35 +272,6 @@ impl Default for Grace {
 }
 
 impl Profile {
-    /// The feeds this profile's configuration provides in live mode: pods when it has a pod
-    /// section, the record kinds its database queries and ingest API take, and its custom
-    /// resources.
-    pub fn feeds(&self) -> Vec<crate::model::source::Feed> {
-        use crate::model::source::Feed;
-        let mut out = Vec::new();
-        if self.pods.is_some() {
-            out.push(Feed::Pods);
-        }
-        for kind in self
-            .records
-            .postgres
-            .iter()
-            .flat_map(|pg| pg.queries.iter().map(|(k, _)| *k))
-            .chain(self.records.ingest.iter().copied())
-        {
-            out.push(Feed::of_record(kind));
-        }
-        for cr in &self.custom_resources {
-            out.push(match cr.role {
-                ResourceRole::Session => Feed::Sessions,
-                ResourceRole::ResumeTarget => Feed::ResumeTargets,
-            });
-        }
-        out.sort();
-        out.dedup();
-        out
-    }
-
     /// Whether records of this kind are identified by namespace and id (rather than by id
     /// alone): sessions read from a custom resource, and the kinds `records.namespaced_ids`
     /// lists.

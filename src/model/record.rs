@@ -10,34 +10,10 @@ use std::fmt;
 
 use serde::Deserialize;
 
-use crate::model::profile::{ProfileId, Profiles};
+use crate::model::ids::ProfileId;
+pub use crate::model::ids::RecordKind;
+use crate::model::profile::Profiles;
 use crate::util::time::Ts;
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum RecordKind {
-    Session,
-    Execution,
-    Sandbox,
-}
-
-impl RecordKind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            RecordKind::Session => "session",
-            RecordKind::Execution => "execution",
-            RecordKind::Sandbox => "sandbox",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<RecordKind> {
-        match s {
-            "session" => Some(RecordKind::Session),
-            "execution" => Some(RecordKind::Execution),
-            "sandbox" => Some(RecordKind::Sandbox),
-            _ => None,
-        }
-    }
-}
 
 /// A record as it arrives, before validation.
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -236,7 +212,7 @@ mod tests {
     use crate::app::config;
 
     fn check(json: &str) -> Result<RecordChange, InputError> {
-        let profiles = config::preset("generic").unwrap();
+        let profiles = config::preset("generic").unwrap().profiles;
         let doc: RecordDoc = serde_json::from_str(json).unwrap();
         doc.validate(&profiles)
     }

@@ -273,6 +273,19 @@ impl TrustedSince {
     }
 }
 
+/// Self-health counters sources report (the metrics sink keeps them).
+pub trait SourceCounters: Send + Sync {
+    /// A watch event or list item arrived: the source is talking to its backend.
+    fn watch_event(&self, source: &str);
+    fn watch_restart(&self, source: &str);
+    fn watch_error(&self, source: &str);
+    /// Records were pushed to the source (the ingest API) and accepted.
+    fn pushed(&self, source: &str, records: u64);
+    fn rejected(&self, source: &str, reason: &str);
+    /// A poll of a records database finished (`full`: a complete load).
+    fn poll(&self, source: &str, full: bool, seconds: f64, rows: u64, ok: bool);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -117,6 +117,8 @@ pub struct Action {
     /// At most this many calls a minute for this action.
     pub per_minute: u32,
     pub target: Target,
+    /// The profile's `remediation.base_url`, substituted for `{base_url}` in HTTP templates.
+    pub base_url: Option<String>,
 }
 
 /// The same incident always yields the same key: it is derived from the action, the finding's
@@ -165,7 +167,7 @@ pub struct Payload<'a> {
     pub action: ActionName,
     pub idempotency_key: &'a str,
     pub dry_run: bool,
-    pub finding: crate::sinks::http::FindingView<'a>,
+    pub finding: crate::model::view::FindingView<'a>,
 }
 
 /// Signs a webhook per Standard Webhooks: `v1,` + base64(HMAC-SHA256(key, "id.timestamp.body")).

@@ -10,10 +10,10 @@ use kube::core::ApiResource;
 
 use crate::model::finding::OpenFinding;
 use crate::model::profile::{Profile, ResourceRole};
+use crate::model::view::FindingView;
 use crate::remediation::action::{
     Action, Escape, HeaderValue, KubeAction, Payload, Target, render, sign,
 };
-use crate::sinks::http::FindingView;
 use crate::util::time::Ts;
 
 /// What a call came to.
@@ -126,7 +126,7 @@ impl Deliverer {
                 headers,
                 ca_file,
             } => {
-                let base = profile.remediation.base_url.as_deref();
+                let base = action.base_url.as_deref();
                 let url = match render(url, f, key, base, Escape::Url) {
                     Ok(u) => u,
                     Err(e) => return Outcome::Invalid(format!("url: {e}")),

@@ -24,6 +24,7 @@
 //!   counted as `ineffective`.
 
 pub mod action;
+pub mod config;
 pub mod deliver;
 pub mod lease;
 
@@ -45,77 +46,12 @@ use crate::core::world::{Feed, SourceStatus, Trust};
 use crate::model::finding::{FindingKind, OpenFinding};
 use crate::model::profile::ProfileId;
 use crate::model::profile::Profiles;
-use crate::sinks::http::Snapshot;
+use crate::model::view::Snapshot;
 use crate::util::time::Ts;
-use action::{Action, ActionName, Target, idempotency_key};
+use action::{Action, ActionName, idempotency_key};
+pub use config::Remediation;
 use deliver::{Deliverer, Outcome};
 pub use lease::Leadership;
-
-/// Global remediation settings.
-#[derive(Clone, Debug)]
-pub struct Remediation {
-    /// Calls are made only in live mode; otherwise they are logged and counted.
-    pub live: bool,
-    /// At most this many calls a minute, all actions together.
-    pub max_per_minute: u32,
-    /// Per call.
-    pub timeout: Duration,
-    pub retry_initial: Duration,
-    pub retry_max: Duration,
-    /// Consecutive failures that open an action's circuit...
-    pub circuit_failures: u32,
-    /// ...for this long.
-    pub circuit_open_for: Duration,
-    /// A finding still open this long after a successful call is called again.
-    pub resend_after: Duration,
-}
-
-impl Default for Remediation {
-    fn default() -> Self {
-        Remediation {
-            live: false,
-            max_per_minute: 120,
-            timeout: Duration::from_secs(5),
-            retry_initial: Duration::from_secs(1),
-            retry_max: Duration::from_secs(300),
-            circuit_failures: 5,
-            circuit_open_for: Duration::from_secs(60),
-            resend_after: Duration::from_secs(600),
-        }
-    }
-}
-
-/// A profile's configured actions.
-#[derive(Clone, Debug, Default)]
-pub struct ProfileRemediation {
-    /// Substituted for `{base_url}` in HTTP templates.
-    pub base_url: Option<String>,
-    pub actions: Vec<ActionSpecResolved>,
-}
-
-#[derive(Clone, Debug)]
-pub struct ActionSpecResolved {
-    pub name: ActionName,
-    pub grace: Duration,
-    pub per_minute: u32,
-    pub target: Target,
-}
-
-/// Every configured action, across profiles.
-pub fn actions(profiles: &Profiles) -> Vec<Action> {
-    profiles
-        .iter()
-        .flat_map(|(id, p)| {
-            p.remediation.actions.iter().map(move |a| Action {
-                name: a.name,
-                profile: id,
-                grace: a.grace,
-                per_minute: a.per_minute,
-                target: a.target.clone(),
-            })
-        })
-        .collect()
-}
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ActionLabels {
@@ -155,7 +91,8 @@ const OUTCOMES: [&str; 7] = [
 ];
 
 impl RemediationMetrics {
-    pub fn new(profiles: &Profiles) -> RemediationMetrics {
+    /// The series of these actions, each created at zero.
+    pub fn new(actions: &[Action]) -> RemediationMetrics {
         let m = RemediationMetrics {
             calls: Family::default(),
             duration: Family::new_with_constructor(duration_histogram),
@@ -164,7 +101,7 @@ impl RemediationMetrics {
             leader: Gauge::default(),
             lease_errors: Counter::default(),
         };
-        let mut names: Vec<ActionName> = actions(profiles).iter().map(|a| a.name).collect();
+        let mut names: Vec<ActionName> = actions.iter().map(|a| a.name).collect();
         names.sort();
         names.dedup();
         for name in names {
@@ -329,6 +266,10 @@ fn trusted(
     })
 }
 
+/// The span of an open finding (by id), under which a remediation attempt is traced; the
+/// app wires it to the finding spans of the traces sink.
+pub type ParentSpan = Arc<dyn Fn(u64) -> Option<tracing::Span> + Send + Sync>;
+
 /// The remediation task.
 pub struct Controller {
     settings: Remediation,
@@ -343,7 +284,7 @@ pub struct Controller {
     buckets: Vec<Bucket>,
     circuits: Vec<Circuit>,
     global: Bucket,
-    spans: crate::app::telemetry::FindingSpans,
+    spans: ParentSpan,
     /// Idempotency keys of the open findings, by finding id (computed once each).
     keys: HashMap<u64, String>,
     /// Set on shutdown: no call starts after it.
@@ -358,9 +299,9 @@ impl Controller {
         snapshot: watch::Receiver<Arc<Snapshot>>,
         leadership: watch::Receiver<Leadership>,
         metrics: RemediationMetrics,
-        spans: crate::app::telemetry::FindingSpans,
+        spans: ParentSpan,
     ) -> Controller {
-        let list = actions(&profiles);
+        let list = settings.actions.clone();
         let buckets = list.iter().map(|a| Bucket::new(a.per_minute)).collect();
         let circuits = list.iter().map(|_| Circuit::default()).collect();
         let by_kind = list
@@ -596,7 +537,7 @@ impl Controller {
             );
         }
         // A child of the finding's span, when traces are on.
-        let parent = self.spans.get(f.id);
+        let parent = (self.spans)(f.id);
         let span = info_span!(
             parent: parent.as_ref().and_then(|s| s.id()),
             "remediation",

@@ -5,3 +5,4 @@ pub mod http;
 pub mod log;
 pub mod metrics;
 pub mod report;
+pub mod traces;

@@ -10,7 +10,6 @@ use std::io::{self, Write};
 use serde::Serialize;
 
 use crate::model::finding::{Event, FindingKind, Transition};
-use crate::sources::replay::Counts;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Format {
@@ -53,6 +52,14 @@ struct Summary {
     events: u64,
     records: u64,
     rejected: u64,
+}
+
+/// What the input held, for the summary line.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Totals {
+    pub events: u64,
+    pub records: u64,
+    pub rejected: u64,
 }
 
 pub struct Report<W: Write> {
@@ -171,7 +178,7 @@ impl<W: Write> Report<W> {
         }
     }
 
-    pub fn finish(mut self, counts: &Counts) -> io::Result<W> {
+    pub fn finish(mut self, counts: &Totals) -> io::Result<W> {
         match self.format {
             Format::Json => {
                 let summary = Summary {

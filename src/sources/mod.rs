@@ -9,6 +9,8 @@ pub mod kube;
 pub mod postgres;
 pub mod replay;
 
+pub use crate::model::source::SourceCounters;
+
 /// The one place source names are built, as readiness, metrics and logs show them:
 /// `KIND/PROFILE` or `KIND/PROFILE/NAMESPACE` (`pods/sandbox-api`,
 /// `agenticsessions.vteam.ambient-code/ambient/project-a`, `postgres/sandbox-api`,
@@ -28,19 +30,6 @@ pub fn io_reason(e: &std::io::Error) -> String {
         Some(i) if text.ends_with(')') => text[..i].to_string(),
         _ => text,
     }
-}
-
-/// Self-health counters sources report (the metrics sink keeps them).
-pub trait SourceCounters: Send + Sync {
-    /// A watch event or list item arrived: the source is talking to its backend.
-    fn watch_event(&self, source: &str);
-    fn watch_restart(&self, source: &str);
-    fn watch_error(&self, source: &str);
-    /// Records were pushed to the source (the ingest API) and accepted.
-    fn pushed(&self, source: &str, records: u64);
-    fn rejected(&self, source: &str, reason: &str);
-    /// A poll of a records database finished (`full`: a complete load).
-    fn poll(&self, source: &str, full: bool, seconds: f64, rows: u64, ok: bool);
 }
 
 use crate::core::engine::Change;

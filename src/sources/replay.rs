@@ -11,21 +11,17 @@
 //! previous one's time. The input is read in blocks and split into values by a small scanner
 //! before any value is parsed, so one malformed value (bad JSON, wrong types, a pod without
 //! metadata, an unknown record kind) is reported with its position and skipped, and the
-//! replay goes on. In a replay the file is the whole truth: each feed (pods, sessions,
-//! executions, sandboxes, resume targets) counts as synced from its first value.
+//! replay goes on. What a value means for the engine (the clock, the feeds it starts) is the
+//! replay driver's business (`app::replay`).
 
 use std::io::Read;
 
 use memchr::{memchr, memchr_iter, memchr3};
 use serde::Deserialize;
 
-use crate::core::engine::{Change, Engine};
-use crate::core::world::{Feed, SourceStatus};
-use crate::model::finding::Transition;
 use crate::model::kubernetes::Object;
-use crate::model::profile::Profiles;
 use crate::model::record::{InputError, RecordDoc};
-use crate::sources::{WatchType, object_change};
+use crate::sources::WatchType;
 use crate::util::time::Ts;
 
 /// Where a value starts in the input.
@@ -454,116 +450,6 @@ fn strip_position(msg: &str) -> String {
     match msg.rfind(" at line ") {
         Some(i) => msg[..i].to_string(),
         None => msg.to_string(),
-    }
-}
-
-/// Counts for the summary.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Counts {
-    pub values: u64,
-    pub events: u64,
-    pub records: u64,
-    pub rejected: u64,
-}
-
-/// Drives an engine from replay values.
-pub struct Replay<'a> {
-    pub engine: Engine,
-    profiles: &'a Profiles,
-    clock: Option<Ts>,
-    started: Vec<Feed>,
-    pub counts: Counts,
-}
-
-impl<'a> Replay<'a> {
-    pub fn new(engine: Engine, profiles: &'a Profiles) -> Replay<'a> {
-        Replay {
-            engine,
-            profiles,
-            clock: None,
-            started: Vec::new(),
-            counts: Counts::default(),
-        }
-    }
-
-    /// The time a value happens at: its own time, never before the previous value's.
-    fn tick(&mut self, at: Option<Ts>) -> Ts {
-        let t = match (self.clock, at) {
-            (Some(c), Some(a)) => c.max(a),
-            (Some(c), None) => c,
-            (None, Some(a)) => a,
-            (None, None) => Ts(0),
-        };
-        self.clock = Some(t);
-        t
-    }
-
-    fn start_feed(&mut self, feed: Feed, at: Ts, out: &mut Vec<Transition>) {
-        if !self.started.contains(&feed) {
-            self.started.push(feed);
-            out.extend(self.engine.apply(
-                at,
-                Change::Source(SourceStatus::new(
-                    format!("replay:{}", feed.as_str()),
-                    None,
-                    vec![feed],
-                    true,
-                )),
-            ));
-        }
-    }
-
-    /// Feeds one value; transitions go to `out`.
-    pub fn value(&mut self, bytes: &[u8], out: &mut Vec<Transition>) -> Result<(), InputError> {
-        self.decoded(decode(bytes), out)
-    }
-
-    /// Feeds one decoded value (or the reason it could not be decoded, to count it).
-    pub fn decoded(
-        &mut self,
-        value: Result<Decoded, InputError>,
-        out: &mut Vec<Transition>,
-    ) -> Result<(), InputError> {
-        self.counts.values += 1;
-        let result = value.and_then(|v| self.apply(v, out));
-        if result.is_err() {
-            self.counts.rejected += 1;
-        }
-        result
-    }
-
-    fn apply(&mut self, value: Decoded, out: &mut Vec<Transition>) -> Result<(), InputError> {
-        match value {
-            Decoded::Skip => Ok(()),
-            Decoded::Tick(at) => {
-                let at = self.tick(Some(at));
-                out.extend(self.engine.apply(at, Change::Tick));
-                Ok(())
-            }
-            Decoded::Watch { at, kind, object } => {
-                let at = at.or_else(|| object.newest_timestamp());
-                let change = object_change(kind, object, self.profiles, None)?;
-                let at = self.tick(at);
-                self.counts.events += 1;
-                if let Some((feed, change)) = change {
-                    self.start_feed(feed, at, out);
-                    out.extend(self.engine.apply(at, change));
-                }
-                Ok(())
-            }
-            Decoded::Record { at, doc } => {
-                let change = doc.validate(self.profiles)?;
-                let kind = match &change {
-                    crate::model::record::RecordChange::Upsert(r) => r.kind,
-                    crate::model::record::RecordChange::Delete { kind, .. } => *kind,
-                };
-                let at = self.tick(at);
-                self.counts.records += 1;
-                self.start_feed(Feed::of_record(kind), at, out);
-                out.extend(self.engine.apply(at, Change::Record(change)));
-                Ok(())
-            }
-        }
     }
 }
 

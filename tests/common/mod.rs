@@ -204,16 +204,16 @@ impl Sim {
     }
 
     pub fn config(yaml: &str) -> Sim {
-        let mut s = Sim::bare(config::load_str(yaml).unwrap());
+        let mut s = Sim::bare(config::load(yaml).unwrap());
         for f in Feed::ALL {
             s.source(&format!("{f:?}"), &[f], true);
         }
         s
     }
 
-    /// An engine with no sources registered.
-    pub fn bare(profiles: Profiles) -> Sim {
-        let profiles = Arc::new(profiles);
+    /// An engine for a config's profiles, with no sources registered.
+    pub fn bare(config: sandwatch::config::Config) -> Sim {
+        let profiles = config.profiles;
         Sim {
             engine: Engine::new(profiles.clone()),
             profiles,

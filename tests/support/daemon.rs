@@ -6,26 +6,26 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+use sandwatch::config::Config;
 use sandwatch::finding::{Event, Transition};
 use sandwatch::live::{Daemon, Settings};
-use sandwatch::profile::Profiles;
 
 use super::apiserver::TestApiServer;
 
 /// Starts a daemon on a free loopback port against the test API server.
-pub async fn start(server: &TestApiServer, profiles: Profiles, stale_after: Duration) -> Daemon {
-    start_with(server, profiles, |s| s.stale_after = stale_after).await
+pub async fn start(server: &TestApiServer, config: Config, stale_after: Duration) -> Daemon {
+    start_with(server, config, |s| s.stale_after = stale_after).await
 }
 
 /// Starts a daemon with settings adjusted by `adjust`.
 pub async fn start_with(
     server: &TestApiServer,
-    profiles: Profiles,
+    config: Config,
     adjust: impl FnOnce(&mut Settings),
 ) -> Daemon {
     let mut settings = Settings {
         tick: Duration::from_millis(100),
-        ..Settings::new(Arc::new(profiles), "127.0.0.1:0".parse().unwrap())
+        ..Settings::new(config, "127.0.0.1:0".parse().unwrap())
     };
     adjust(&mut settings);
     Daemon::start(settings, server.client())

@@ -29,19 +29,15 @@ use crate::model::record::RecordKind;
 use crate::util::shard::Shard;
 use crate::util::time::Ts;
 
+pub use crate::model::ids::{RecordKey, Subject, Sym, Uid};
 use index::{Departed, Departures, PodIndex};
-pub use pod::{
-    AgentDeath, Container, ContainerState, Phase, Pod, PodEnd, RestartPolicy, Role, Uid,
-};
-pub use records::{Notice, RecordKey, Resolved, StateClass, StoredRecord};
+pub use pod::{AgentDeath, Container, ContainerState, Phase, Pod, PodEnd, RestartPolicy, Role};
+pub use records::{Notice, Resolved, StateClass, StoredRecord};
 
 pub use crate::model::source::{Blind, Feed, Holder, SourceStatus, Trust, TrustedSince, trust};
 
 /// How long the World remembers at least that a pod or record departed.
 pub const DEPARTURES_KEPT: Duration = Duration::from_secs(24 * 3600);
-
-/// A shared, immutable string.
-pub type Sym = Arc<str>;
 
 /// The World's maps: foldhash is several times faster than SipHash on these short keys, and
 /// its per-process random seed keeps it resistant to crafted collisions.
@@ -94,13 +90,6 @@ impl<K: std::hash::Hash + Eq> ShrinkTo for HashSet<K> {
     fn shrink(&mut self, to: usize) {
         self.shrink_to(to);
     }
-}
-
-/// Something a rule can judge: a pod (by uid, so a re-created pod is a new subject) or a record.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum Subject {
-    Pod { namespace: Sym, name: Sym, uid: Uid },
-    Record(RecordKey),
 }
 
 /// Where a record's agent is, as far as the World can tell.

@@ -9,57 +9,7 @@ use crate::model::kubernetes::Object;
 use crate::model::profile::{MetaKey, PodMatch, ProfileId};
 use crate::util::time::Ts;
 
-use super::{Subject, Sym};
-
-/// A pod's uid: kept as 16 bytes when it is a UUID (as the API server makes them), as text
-/// otherwise.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum Uid {
-    Uuid([u8; 16]),
-    Text(Sym),
-}
-
-impl Uid {
-    pub fn parse(text: &str) -> Uid {
-        let hex: Vec<u8> = text.bytes().filter(|b| *b != b'-').collect();
-        let uuid_shape = text.len() == 36
-            && hex.len() == 32
-            && [8, 13, 18, 23].iter().all(|&i| text.as_bytes()[i] == b'-');
-        if uuid_shape {
-            let mut out = [0u8; 16];
-            let digit = |c: u8| (c as char).to_digit(16).filter(|_| !c.is_ascii_uppercase());
-            if hex.chunks(2).zip(out.iter_mut()).all(|(pair, o)| {
-                match (digit(pair[0]), digit(pair[1])) {
-                    (Some(h), Some(l)) => {
-                        *o = (h * 16 + l) as u8;
-                        true
-                    }
-                    _ => false,
-                }
-            }) {
-                return Uid::Uuid(out);
-            }
-        }
-        Uid::Text(Sym::from(text))
-    }
-}
-
-impl std::fmt::Display for Uid {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Uid::Text(t) => f.write_str(t),
-            Uid::Uuid(b) => {
-                for (i, byte) in b.iter().enumerate() {
-                    if matches!(i, 4 | 6 | 8 | 10) {
-                        f.write_str("-")?;
-                    }
-                    write!(f, "{byte:02x}")?;
-                }
-                Ok(())
-            }
-        }
-    }
-}
+use crate::model::ids::{Subject, Sym, Uid};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Phase {
@@ -364,25 +314,4 @@ fn containers(
         });
     }
     containers.into_boxed_slice()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::Uid;
-
-    #[test]
-    fn uuids_are_kept_as_bytes_and_print_back() {
-        let text = "5f0c1a2b-3c4d-4e5f-8a9b-0c1d2e3f4a5b";
-        let uid = Uid::parse(text);
-        assert!(matches!(uid, Uid::Uuid(_)));
-        assert_eq!(uid.to_string(), text);
-        for other in [
-            "uid-1",
-            "5F0C1A2B-3C4D-4E5F-8A9B-0C1D2E3F4A5B",
-            "5f0c1a2b-3c4d-4e5f-8a9b-0c1d2e3f4a5z",
-        ] {
-            assert_eq!(Uid::parse(other), Uid::Text(other.into()));
-            assert_eq!(Uid::parse(other).to_string(), other);
-        }
-    }
 }

@@ -13,18 +13,9 @@ use crate::model::profile::{ExecutionClass, ProfileId, SandboxClass, SessionClas
 use crate::model::record::{Record, RecordKind};
 use crate::util::time::Ts;
 
+use super::World;
 use super::index::{Departed, vec_remove};
-use super::{Subject, Sym, World};
-
-/// Identifies a record: kind, profile, namespace (only for kinds whose ids are unique per
-/// namespace) and id.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct RecordKey {
-    pub kind: RecordKind,
-    pub profile: ProfileId,
-    pub namespace: Option<Sym>,
-    pub id: Sym,
-}
+use crate::model::ids::{RecordKey, Subject, Sym};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum StateClass {

@@ -26,23 +26,10 @@ use prometheus_client::registry::Registry;
 use serde::Serialize;
 use tokio::sync::watch;
 
-use crate::core::world::SourceStatus;
 use crate::model::finding::{FindingKind, OpenFinding};
+use crate::model::view::{FindingView, Snapshot};
 use crate::sinks::metrics::Exposition;
 use crate::util::time::Ts;
-
-/// What the engine publishes for readers.
-#[derive(Clone, Debug, Default)]
-pub struct Snapshot {
-    pub at: Ts,
-    pub findings: Vec<OpenFinding>,
-    pub sources: Vec<SourceStatus>,
-    /// Sandbox pods and records held in memory.
-    pub pods: usize,
-    pub records: usize,
-    /// Which rules run for which profile.
-    pub rules: Vec<(Arc<str>, FindingKind, bool)>,
-}
 
 #[derive(Clone)]
 struct AppState {
@@ -147,49 +134,6 @@ async fn readyz(State(s): State<AppState>) -> Response {
         StatusCode::SERVICE_UNAVAILABLE
     };
     (code, Json(body)).into_response()
-}
-
-/// One open finding as the API shows it.
-#[derive(Serialize)]
-pub struct FindingView<'a> {
-    pub kind: FindingKind,
-    pub profile: &'a str,
-    pub namespace: Option<&'a str>,
-    pub pod: Option<&'a str>,
-    pub session: Option<&'a str>,
-    pub execution: Option<&'a str>,
-    pub sandbox: Option<&'a str>,
-    pub reason: &'a str,
-    pub container: Option<&'a str>,
-    pub exit_code: Option<i32>,
-    pub state: Option<&'a str>,
-    pub retries_after_death: u64,
-    pub evidence_at: String,
-    pub opened_at: String,
-    pub open_for_seconds: f64,
-}
-
-impl<'a> FindingView<'a> {
-    pub fn new(f: &'a OpenFinding, now: Ts) -> FindingView<'a> {
-        let d = &f.finding;
-        FindingView {
-            kind: d.kind,
-            profile: &d.profile,
-            namespace: d.namespace.as_deref(),
-            pod: d.pod.as_deref(),
-            session: d.session.as_deref(),
-            execution: d.execution.as_deref(),
-            sandbox: d.sandbox.as_deref(),
-            reason: &d.reason,
-            container: d.container.as_deref(),
-            exit_code: d.exit_code,
-            state: d.state.as_deref(),
-            retries_after_death: f.retries_after_death,
-            evidence_at: f.evidence_at.to_string(),
-            opened_at: f.opened_at.to_string(),
-            open_for_seconds: now.secs_since(f.opened_at),
-        }
-    }
 }
 
 #[derive(Serialize)]

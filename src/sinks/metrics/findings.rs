@@ -19,6 +19,7 @@ use prometheus_client::registry::Registry;
 
 use crate::model::finding::{Event, FindingKind, Transition};
 use crate::model::profile::{Profile, Profiles};
+use crate::model::source::Feed;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct KindLabels {
@@ -97,9 +98,9 @@ pub struct FindingSink {
     open: HashMap<u64, u32>,
 }
 
-/// Whether a rule can run for a profile as configured (each feed it requires has a source).
-fn can_run(p: &Profile, kind: FindingKind) -> bool {
-    let feeds = p.feeds();
+/// Whether a rule can run for a profile whose configuration provides these feeds (each feed
+/// the rule requires has a source).
+fn can_run(feeds: &[Feed], kind: FindingKind) -> bool {
     crate::core::rules::ALL
         .iter()
         .find(|r| r.kind() == kind)
@@ -115,7 +116,9 @@ fn namespaces(p: &Profile) -> Vec<String> {
 }
 
 impl FindingMetrics {
-    pub fn new(profiles: &Profiles) -> FindingMetrics {
+    /// The families, each series a profile can have created at zero; `feeds` lists, by
+    /// profile id, the feeds its configuration provides.
+    pub fn new(profiles: &Profiles, feeds: &[Vec<Feed>]) -> FindingMetrics {
         let m = FindingMetrics {
             agent_terminated: Family::default(),
             orphaned: Family::default(),
@@ -128,7 +131,8 @@ impl FindingMetrics {
             latency: Family::new_with_constructor(latency_histogram),
             rule_active: Family::default(),
         };
-        for (_, p) in profiles.iter() {
+        for (id, p) in profiles.iter() {
+            let feeds = feeds.get(usize::from(id.0)).map_or(&[][..], Vec::as_slice);
             let name = p.name.to_string();
             let profile = ProfileLabels {
                 profile: name.clone(),
@@ -139,7 +143,7 @@ impl FindingMetrics {
                     kind: kind.as_str().to_string(),
                 };
                 m.rule_active.get_or_create_owned(&pk);
-                if !can_run(p, kind) {
+                if !can_run(feeds, kind) {
                     continue;
                 }
                 m.opened.get_or_create_owned(&pk);

@@ -22,6 +22,8 @@
 //! {"accepted": 2, "rejected": [{"index": 1, "reason": "unknown_state", "error": "record.state: ..."}], "rejected_total": 1}
 //! ```
 
+pub mod config;
+
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -32,6 +34,7 @@ use axum::extract::{Query, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Json, Response};
 use axum::routing::post;
+pub use config::IngestSettings;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use tokio::sync::{Semaphore, mpsc, watch};
@@ -42,7 +45,7 @@ use crate::core::engine::Change;
 use crate::core::world::{Feed, SourceStatus};
 use crate::model::profile::{ProfileId, Profiles};
 use crate::model::record::{InputError, RecordChange, RecordDoc, RecordKind};
-use crate::sources::SourceCounters;
+use crate::model::source::SourceCounters;
 use crate::util::time::Ts;
 
 pub const SOURCE: &str = "ingest";
@@ -120,17 +123,6 @@ fn read_token(path: &std::path::Path) -> Result<(Option<SystemTime>, String), St
     Ok((mtime, token))
 }
 
-/// The record kinds some profile takes from the ingest API.
-pub fn kinds(profiles: &Profiles) -> Vec<RecordKind> {
-    let mut kinds: Vec<RecordKind> = profiles
-        .iter()
-        .flat_map(|(_, p)| p.records.ingest.iter().copied())
-        .collect();
-    kinds.sort();
-    kinds.dedup();
-    kinds
-}
-
 /// What one profile pushed, as the source holds it.
 #[derive(Default)]
 struct Pushed {
@@ -151,6 +143,8 @@ pub struct Ingest {
 
 struct Inner {
     profiles: Arc<Profiles>,
+    /// The profiles that take pushed records, and how.
+    settings: BTreeMap<ProfileId, IngestSettings>,
     changes: mpsc::Sender<(Ts, Change)>,
     token: Token,
     max_body: usize,
@@ -161,21 +155,20 @@ struct Inner {
 }
 
 impl Ingest {
+    /// The ingest API for the profiles `settings` names.
     pub fn new(
         profiles: Arc<Profiles>,
+        settings: BTreeMap<ProfileId, IngestSettings>,
         changes: mpsc::Sender<(Ts, Change)>,
         token: Token,
         (max_body, body_timeout): (usize, Duration),
         counters: Arc<dyn SourceCounters>,
     ) -> Ingest {
-        let pushed = profiles
-            .iter()
-            .filter(|(_, p)| !p.records.ingest.is_empty())
-            .map(|(id, _)| (id, Pushed::default()))
-            .collect();
+        let pushed = settings.keys().map(|id| (*id, Pushed::default())).collect();
         Ingest {
             inner: Arc::new(Inner {
                 profiles,
+                settings,
                 changes,
                 token,
                 max_body,
@@ -193,13 +186,13 @@ impl Ingest {
     }
 
     fn status(&self, profile: ProfileId, synced: bool, fresh: bool) -> Change {
-        let p = self.inner.profiles.get(profile);
+        let settings = &self.inner.settings[&profile];
         let error = if !synced {
             Some("no snapshot pushed yet (POST /api/v1/records?snapshot=true)".to_string())
         } else if !fresh {
             Some(format!(
                 "no report for {:?} (records.ingest.stale_after)",
-                p.records.ingest_limits.stale_after
+                settings.stale_after
             ))
         } else {
             None
@@ -211,11 +204,7 @@ impl Ingest {
             ..SourceStatus::new(
                 self.source_name(profile),
                 Some(profile),
-                p.records
-                    .ingest
-                    .iter()
-                    .map(|k| Feed::of_record(*k))
-                    .collect(),
+                settings.kinds.iter().map(|k| Feed::of_record(*k)).collect(),
                 false,
             )
         })
@@ -275,13 +264,7 @@ impl Ingest {
             if p.records.capacity() > 1024 && p.records.len() * 4 < p.records.capacity() {
                 p.records.shrink_to(p.records.len() * 2);
             }
-            let stale_after = self
-                .inner
-                .profiles
-                .get(*profile)
-                .records
-                .ingest_limits
-                .stale_after;
+            let stale_after = self.inner.settings[profile].stale_after;
             let fresh = p
                 .last_report
                 .is_some_and(|t| instant.duration_since(t) < stale_after);
@@ -373,14 +356,10 @@ async fn ingest(
     let snapshot_profile = if params.snapshot {
         let found = match &params.profile {
             Some(name) => inner.profiles.by_name(name),
-            None => inner
-                .profiles
-                .iter()
-                .find(|(_, p)| !p.records.ingest.is_empty())
-                .map(|(id, _)| id),
+            None => inner.settings.keys().next().copied(),
         };
         match found {
-            Some(id) if !inner.profiles.get(id).records.ingest.is_empty() => Some(id),
+            Some(id) if inner.settings.contains_key(&id) => Some(id),
             _ => {
                 return error(
                     StatusCode::BAD_REQUEST,
@@ -476,9 +455,9 @@ impl Ingest {
                     ))
                 });
                 let result = doc
-                    .and_then(|d| admit(&inner.profiles, d, snapshot))
+                    .and_then(|d| admit(inner, d, snapshot))
                     .and_then(|change| {
-                        hold(&inner.profiles, &mut pushed, &change, expires_at, now)?;
+                        hold(inner, &mut pushed, &change, expires_at, now)?;
                         Ok(change)
                     });
                 match result {
@@ -528,7 +507,7 @@ impl Ingest {
                     profile: inner.profiles.get(profile).name.to_string(),
                     removed: before - p.records.len(),
                 });
-                for kind in &inner.profiles.get(profile).records.ingest {
+                for kind in &inner.settings[&profile].kinds {
                     changes.push(Change::Listed {
                         feed: Feed::of_record(*kind),
                         profile,
@@ -558,7 +537,7 @@ impl Ingest {
 
 /// Holds a pushed record (within the profile's cap) or forgets a deleted one.
 fn hold(
-    profiles: &Profiles,
+    inner: &Inner,
     pushed: &mut BTreeMap<ProfileId, Pushed>,
     change: &RecordChange,
     expires_at: Option<Ts>,
@@ -566,7 +545,9 @@ fn hold(
 ) -> Result<(), InputError> {
     match change {
         RecordChange::Upsert(r) => {
-            let limits = &profiles.get(r.profile).records.ingest_limits;
+            let Some(limits) = inner.settings.get(&r.profile) else {
+                return Err(not_ingested(&inner.profiles, r.profile, r.kind));
+            };
             let p = pushed.entry(r.profile).or_default();
             let key = (r.kind, r.namespace.clone(), r.id.clone());
             if !p.records.contains_key(&key) && p.records.len() >= limits.max_records {
@@ -574,7 +555,7 @@ fn hold(
                     "over_capacity",
                     format!(
                         "record: profile {:?} already holds {} pushed records (records.ingest.max_records); send a snapshot to replace them",
-                        profiles.get(r.profile).name,
+                        inner.profiles.get(r.profile).name,
                         limits.max_records
                     ),
                 ));
@@ -596,6 +577,17 @@ fn hold(
         }
     }
     Ok(())
+}
+
+fn not_ingested(profiles: &Profiles, profile: ProfileId, kind: RecordKind) -> InputError {
+    InputError::new(
+        "not_ingested",
+        format!(
+            "record.kind: profile {:?} does not take {} records from the ingest API (records.ingest.kinds)",
+            profiles.get(profile).name,
+            kind.as_str()
+        ),
+    )
 }
 
 /// A JSON array, or NDJSON. A value that is not a record is rejected by its index; a body
@@ -629,23 +621,21 @@ fn strip_position(msg: &str) -> String {
 /// Checks the record's profile takes its kind from the ingest API (and, in a snapshot, is
 /// the snapshot's profile), then validates it.
 fn admit(
-    profiles: &Profiles,
+    inner: &Inner,
     doc: RecordDoc,
     snapshot: Option<ProfileId>,
 ) -> Result<RecordChange, InputError> {
+    let profiles = &*inner.profiles;
     let kind = doc.kind.as_deref().and_then(RecordKind::parse);
     let profile = profiles.for_record(doc.profile.as_deref());
     if let (Some(kind), Some(profile)) = (kind, profile) {
         let p = profiles.get(profile);
-        if !p.records.ingest.contains(&kind) {
-            return Err(InputError::new(
-                "not_ingested",
-                format!(
-                    "record.kind: profile {:?} does not take {} records from the ingest API (records.ingest.kinds)",
-                    p.name,
-                    kind.as_str()
-                ),
-            ));
+        if inner
+            .settings
+            .get(&profile)
+            .is_none_or(|s| !s.kinds.contains(&kind))
+        {
+            return Err(not_ingested(profiles, profile, kind));
         }
         if let Some(s) = snapshot
             && s != profile

@@ -23,6 +23,8 @@
 //! understand (no id, an unknown state) are logged once with their id and column, counted, and
 //! skipped; on a full load they still count as present, so what was known of them stays.
 
+pub mod config;
+
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
@@ -36,10 +38,11 @@ use tracing::{debug, info, warn};
 
 use crate::core::engine::Change;
 use crate::core::world::{Feed, SourceStatus};
-use crate::model::profile::{PostgresRecords, ProfileId, Profiles};
+use crate::model::profile::{ProfileId, Profiles};
 use crate::model::record::{RecordChange, RecordDoc, RecordKind};
-use crate::sources::SourceCounters;
+use crate::model::source::SourceCounters;
 use crate::util::time::Ts;
+pub use config::PostgresRecords;
 
 /// The record fields, in the order the wrapped query returns them.
 const FIELDS: [(&str, &str); 9] = [

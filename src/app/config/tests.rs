@@ -1,0 +1,217 @@
+//! The config's own tests: presets, selectors, errors, overrides.
+
+use super::*;
+use crate::remediation::action::{HeaderValue, Target};
+use kube::core::SelectorExt;
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+#[test]
+fn every_preset_is_valid() {
+    for (name, _, _) in PRESETS {
+        let p = preset(name).unwrap_or_else(|e| panic!("preset {name}: {e}"));
+        assert_eq!(
+            &*p.profiles.get(crate::model::profile::ProfileId(0)).name,
+            *name
+        );
+    }
+}
+
+#[test]
+fn selectors_parse_and_match() {
+    let s = parse_selector(
+        "centaur.ai/managed=true,centaur.ai/warm!=true,!centaur.ai/iron-proxy,tier in (a, b)",
+    )
+    .unwrap();
+    let labels = |pairs: &[(&str, &str)]| -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    };
+    assert!(s.matches(&labels(&[("centaur.ai/managed", "true"), ("tier", "a")])));
+    assert!(!s.matches(&labels(&[("centaur.ai/managed", "true"), ("tier", "c")])));
+    assert!(!s.matches(&labels(&[
+        ("centaur.ai/managed", "true"),
+        ("tier", "a"),
+        ("centaur.ai/warm", "true")
+    ])));
+    assert_eq!(
+        s.to_string(),
+        "centaur.ai/managed=true,centaur.ai/warm!=true,!centaur.ai/iron-proxy,tier in (a,b)"
+    );
+    assert!(
+        parse_selector("a in b")
+            .unwrap_err()
+            .contains("parenthesised")
+    );
+    assert!(
+        parse_selector("a b c")
+            .unwrap_err()
+            .contains("not a selector term")
+    );
+}
+
+#[test]
+fn errors_name_field_and_value() {
+    let yaml = r#"
+profiles:
+  - name: Bad_Name
+    pods:
+      selector: "app=sandbox"
+      agent_containers: []
+    sessions:
+      active: [running]
+      terminal: [running]
+      resume_from: elsewhere
+    grace:
+      absence: soon
+  - preset: nope
+"#;
+    let errs = load(yaml).unwrap_err().to_string();
+    for needle in [
+        "profiles[0].name: \"Bad_Name\" is not a valid profile name",
+        "profiles[0].pods.agent_containers: missing or empty",
+        "profiles[0].sessions.terminal[0]: state \"running\" is also listed in sessions.active",
+        "profiles[0].sessions.resume_from: \"elsewhere\" is not one of: pod, custom_resource",
+        "profiles[0].grace.absence: \"soon\" is not a duration",
+        "profiles[1].preset: unknown preset \"nope\"",
+    ] {
+        assert!(errs.contains(needle), "missing {needle:?} in:\n{errs}");
+    }
+}
+
+#[test]
+fn unknown_keys_and_wrong_types_name_the_path() {
+    let e = load("profiles:\n  - name: a\n    pods:\n      selektor: x\n")
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("profiles[0].pods"), "{e}");
+    assert!(e.contains("unknown field `selektor`"), "{e}");
+    let e = load("profiles:\n  - name: a\n    pods:\n      agent_containers: 5\n")
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("profiles[0].pods.agent_containers"), "{e}");
+    assert!(e.contains("line 4"), "{e}");
+}
+
+#[test]
+fn a_profile_overrides_a_preset_field_by_field() {
+    let p = load(
+            "profiles:\n  - preset: sandbox-api\n    name: prod\n    pods:\n      namespaces: [agents]\n    grace:\n      absence: 5m\n",
+        )
+        .unwrap();
+    let prof = p.profiles.get(crate::model::profile::ProfileId(0));
+    assert_eq!(&*prof.name, "prod");
+    let pods = prof.pods.as_ref().unwrap();
+    assert_eq!(pods.namespaces, vec!["agents"]);
+    assert_eq!(
+        pods.agent_containers,
+        vec!["sandbox"],
+        "kept from the preset"
+    );
+    assert_eq!(prof.grace.absence, Duration::from_secs(300));
+    assert_eq!(prof.grace.leaked_pod, Duration::from_secs(600));
+}
+
+#[test]
+fn each_kind_of_record_has_one_source() {
+    let yaml = r#"
+profiles:
+  - preset: generic
+    records:
+      postgres:
+        statement_timeout: 0s
+        queries:
+          execution: SELECT id, status AS state FROM executions
+      ingest:
+        kinds: [execution, sandbox]
+  - preset: ambient
+    name: ambient-pg
+    records:
+      postgres:
+        queries:
+          session: SELECT name AS id, phase AS state FROM sessions
+"#;
+    let errs = load(yaml).unwrap_err().to_string();
+    for needle in [
+        "profiles[0].records.ingest.kinds: \"execution\" records already come from records.postgres.queries.execution",
+        "profiles[0].records.postgres.statement_timeout: must be more than zero",
+        "profiles[1].records.postgres.queries.session: sessions already come from the AgenticSession custom resource",
+    ] {
+        assert!(errs.contains(needle), "missing {needle:?} in:\n{errs}");
+    }
+    assert!(!errs.contains("\"sandbox\" records"), "{errs}");
+}
+
+#[test]
+fn what_postgresql_and_the_remediation_would_refuse_is_refused_here() {
+    let yaml = r#"
+profiles:
+  - preset: sandbox-api
+    records:
+      postgres:
+        statement_timeout: 720h
+    remediation:
+      base_url: https://api.internal
+      actions:
+        finalize_execution:
+          enabled: true
+          http: { url: "{base_url}/agent/executions/{exection}/cancel" }
+remediation:
+  retry_initial: 10m
+  retry_max: 1m
+"#;
+    let errs = load(yaml).unwrap_err().to_string();
+    for needle in [
+        "profiles[0].records.postgres.statement_timeout: 2592000s is more than PostgreSQL accepts",
+        "profiles[0].remediation.actions.finalize_execution.http.url: {exection} is not a placeholder",
+        "remediation.retry_initial: 600s is more than retry_max (60s)",
+    ] {
+        assert!(errs.contains(needle), "missing {needle:?} in:\n{errs}");
+    }
+}
+
+#[test]
+fn an_http_override_changes_single_fields_of_the_presets_target() {
+    let yaml = r#"
+profiles:
+  - preset: sandbox-api
+    remediation:
+      base_url: https://api.internal
+      actions:
+        finalize_execution:
+          enabled: true
+          http:
+            headers:
+              X-API-Key: { file: /run/secrets/key }
+"#;
+    let p = load(yaml).unwrap();
+    let a = &p.remediation.actions[0];
+    let Target::Http {
+        method,
+        url,
+        headers,
+        ..
+    } = &a.target
+    else {
+        panic!("{:?}", a.target)
+    };
+    assert_eq!(method, "POST", "kept from the preset");
+    assert_eq!(url, "{base_url}/agent/executions/{execution}/cancel");
+    assert_eq!(
+        headers,
+        &[(
+            "X-API-Key".to_string(),
+            HeaderValue::File("/run/secrets/key".into())
+        )]
+    );
+    // Every file a config names that is not readable here is a warning.
+    let w = warnings(&p);
+    assert!(
+        w.iter().any(|w| w.field
+            == "profiles[0].remediation.actions.finalize_execution.http.headers.X-API-Key.file"
+            && w.message.contains("/run/secrets/key is not readable here")),
+        "{w:?}"
+    );
+}
