@@ -1,0 +1,188 @@
+//! The engine against an independent reference evaluator.
+//!
+//! `oracle/model.rs` implements the contract of the correlation engine (which pods and
+//! records are kept, how references resolve, when each rule's condition holds, since when,
+//! and how trust holds findings) by recomputing everything from the full current state at
+//! every step. `oracle/history.rs` generates random histories (profiles, sources flipping,
+//! pods living and dying, records changing, relists, clock advances, restarts) and runs an
+//! unsharded engine and two shards, each against its own oracle, comparing the open findings
+//! (kind, subject, reason) after every change.
+//!
+//! `SANDWATCH_ORACLE_CASES` sets the number of cases (default below).
+
+mod common;
+
+#[path = "oracle/history.rs"]
+mod history;
+#[path = "oracle/model.rs"]
+mod model;
+
+use std::sync::Arc;
+
+use common::*;
+use proptest::prelude::*;
+use serde_json::json;
+
+use sandwatch::engine::{Change, Engine};
+use sandwatch::profile::ProfileId;
+use sandwatch::record::RecordDoc;
+use sandwatch::trust::{Feed, SourceStatus};
+
+fn cases() -> u32 {
+    std::env::var("SANDWATCH_ORACLE_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(2000)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig {
+        cases: cases(),
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    })]
+
+    #[test]
+    fn the_engine_agrees_with_the_oracle(case in history::case()) {
+        if let Err(e) = history::run(&case) {
+            return Err(TestCaseError::fail(e));
+        }
+    }
+}
+
+#[allow(unused_imports)]
+mod cases {
+    pub use super::history::{
+        Action::*, CGen::*, Case, Knobs, Mutation::*, PodGen, RecGen, Step, TouchKind::*, run,
+    };
+}
+
+/// What the generated histories exercise: how many cases open each kind of finding, for each
+/// reason, unsharded and sharded. `cargo test --test oracle coverage -- --ignored --nocapture`
+#[test]
+#[ignore = "a report, not a check"]
+fn coverage() {
+    use proptest::strategy::ValueTree;
+    use proptest::test_runner::TestRunner;
+    let mut runner = TestRunner::deterministic();
+    let mut cases_with: std::collections::BTreeMap<String, u64> = Default::default();
+    let n = cases().min(2000);
+    for _ in 0..n {
+        let case = history::case().new_tree(&mut runner).unwrap().current();
+        let stats = history::run_counting(&case).unwrap_or_default();
+        for k in stats.keys() {
+            *cases_with.entry(k.clone()).or_default() += 1;
+        }
+    }
+    println!("cases opening each finding, of {n}:");
+    for (k, v) in cases_with {
+        println!("{v:6}  {k}");
+    }
+}
+
+// ------------------------------------------------------------------ what the oracle found
+//
+// Each test below is a history on which the engine and the oracle disagreed, reduced to its
+// core and stated as the behaviour the contract asks for. The property steers around the
+// ones still ignored (see the `STEER_*` switches in `oracle/history.rs`); once the engine is
+// fixed, un-ignore the test and turn the switch off.
+
+const MOVES: &str = r#"
+profiles:
+  - preset: generic
+    grace:
+      absence: 30s
+  - name: other
+    pods:
+      selector: "app=other"
+      agent_containers: [agent]
+    sessions:
+      active: [running]
+      terminal: [done]
+    grace:
+      absence: 30s
+"#;
+
+#[test]
+#[ignore = "engine bug: a pod that moves to another profile records no departure for the profile it left"]
+fn a_pod_that_moves_to_another_profile_departs_from_the_one_it_left() {
+    let mut s = Sim::config(MOVES);
+    s.at(0).record(
+        json!({"kind":"session","id":"s-1","profile":"other","state":"running",
+        "pod":"box-1","updated_at":rfc(-100)}),
+    );
+    s.pod(
+        &pod("agents", "box-1")
+            .label("app", "other")
+            .container("agent", C::Running(0)),
+    );
+    assert!(s.open_kinds().is_empty());
+    // At 100 its labels change and the same pod (same uid) becomes a generic pod: for
+    // `other`, s-1's pod is gone from now on, exactly as if it had been deleted.
+    s.at(100).pod(
+        &pod("agents", "box-1")
+            .label("sandwatch.io/session", "x")
+            .container("agent", C::Running(0)),
+    );
+    assert!(
+        s.open_kinds().is_empty(),
+        "the absence grace counts from the pod's departure at 100, not from the record's updated_at at -100"
+    );
+    s.at(130);
+    assert_eq!(s.open_kinds(), ["session_active_without_agent"]);
+}
+
+const NAMESPACED_WITH_DEFAULT: &str = r#"
+profiles:
+  - name: nsd
+    pods:
+      selector: "app=nsd"
+      agent_containers: [runner]
+      session_key: { label: nsd/session }
+    sessions:
+      active: [Running]
+      terminal: [Done]
+    records:
+      namespaced_ids: [session]
+      default_namespace: ns-b
+"#;
+
+#[test]
+#[ignore = "engine bug: a full listing drops the rows of a namespaced kind that a default_namespace placed"]
+fn a_full_listing_keeps_rows_placed_by_the_default_namespace() {
+    let profiles = Arc::new(sandwatch::config::load_str(NAMESPACED_WITH_DEFAULT).unwrap());
+    let mut e = Engine::new(profiles.clone());
+    let t = ts(0);
+    let source = |name: &str, feed| {
+        Change::Source(SourceStatus::new(
+            name,
+            Some(ProfileId(0)),
+            vec![feed],
+            true,
+        ))
+    };
+    e.apply(t, source("pods", Feed::Pods));
+    e.apply(t, source("postgres/nsd", Feed::Sessions));
+    // A row that names no namespace: `default_namespace` places it (its key is ns-b/s-1).
+    let doc: RecordDoc =
+        serde_json::from_value(json!({"kind":"session","id":"s-1","state":"Running"})).unwrap();
+    e.apply(t, Change::Record(doc.validate(&profiles).unwrap()));
+    assert_eq!(e.world().record_count(), 1);
+    // The PostgreSQL source's full resync lists the row as it reads it: by the namespace the
+    // row names, here none (see `sources/postgres.rs`, `listed.insert((r.namespace...))`).
+    let listed = [(String::new(), "s-1".to_string())].into_iter().collect();
+    e.apply(
+        ts(300),
+        Change::Listed {
+            feed: Feed::Sessions,
+            profile: ProfileId(0),
+            namespace: None,
+            listed,
+        },
+    );
+    assert_eq!(
+        e.world().record_count(),
+        1,
+        "the row was just listed: it is not gone"
+    );
+}
