@@ -37,19 +37,31 @@ fn cases() -> u32 {
 
 proptest! {
     #![proptest_config(ProptestConfig {
-        cases: cases(),
+        // Half for each property: together they make the count asked for.
+        cases: cases().div_ceil(2),
         failure_persistence: None,
         ..ProptestConfig::default()
     })]
 
+    /// Sources as `sandwatch run` has them: one per profile and watched namespace.
     #[test]
-    fn the_engine_agrees_with_the_oracle(case in history::case()) {
+    fn the_engine_agrees_with_the_oracle(case in history::case_with(false)) {
+        if let Err(e) = history::run(&case) {
+            return Err(TestCaseError::fail(e));
+        }
+    }
+
+    /// Sources as a replay has them: one of each kind, for every profile and namespace.
+    #[test]
+    fn the_engine_agrees_with_the_oracle_with_shared_sources(case in history::case_with(true)) {
         if let Err(e) = history::run(&case) {
             return Err(TestCaseError::fail(e));
         }
     }
 }
 
+/// The names a shrunk history is printed with: `use cases::*;` and paste it into a test as
+/// `history::run(&Case { .. })`.
 #[allow(unused_imports)]
 mod cases {
     pub use super::history::{
@@ -184,5 +196,44 @@ fn a_full_listing_keeps_rows_placed_by_the_default_namespace() {
         e.world().record_count(),
         1,
         "the row was just listed: it is not gone"
+    );
+}
+
+const SHORT_GRACES: &str = r#"
+profiles:
+  - preset: generic
+    grace:
+      native_sidecar: 10s
+      absence: 30s
+      leaked_pod: 60s
+"#;
+
+#[test]
+#[ignore = "engine bug: a departure older than the longest grace no longer dates the absence findings that rest on it"]
+fn an_old_departure_still_dates_the_finding() {
+    let evidence = |late: i64| {
+        let mut s = Sim::config(SHORT_GRACES);
+        let p = pod("agents", "box-1")
+            .label("sandwatch.io/session", "s-1")
+            .container("agent", C::Running(0));
+        s.at(0).pod(&p);
+        s.at(1).delete(&p);
+        // Later, a session whose row was last written before the pod left names it.
+        s.at(late)
+            .record(json!({"kind":"session","id":"s-2","state":"running",
+            "pod":"box-1","updated_at":rfc(0)}));
+        let open = s.engine.open_findings();
+        let f = open
+            .iter()
+            .find(|f| f.finding.session.as_deref() == Some("s-2"))
+            .expect("s-2 has had no pod for longer than the absence grace");
+        (f.evidence_at.0 / 1000) - T0
+    };
+    assert_eq!(evidence(61), 1, "dated by the pod's departure at 1");
+    assert_eq!(
+        evidence(62),
+        1,
+        "still dated by the departure at 1, not by the row's updated_at at 0, once the \
+         departure is older than the longest grace (60s)"
     );
 }

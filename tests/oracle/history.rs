@@ -57,6 +57,9 @@ pub struct Knobs {
     pub nsd_ids: u8,
     /// nsd's records.default_namespace is ns-b.
     pub nsd_default: bool,
+    /// One source of each kind for every profile (`profile: None`), rather than one per
+    /// profile and watched namespace.
+    pub shared: bool,
     /// Per profile, the record feeds its records source provides (bits: sessions,
     /// executions, sandboxes); 0: no records source.
     pub records: [u8; 3],
@@ -163,6 +166,29 @@ impl Knobs {
     /// The sources, all healthy, as `sandwatch run` would register them.
     pub fn sources(&self) -> Vec<SourceStatus> {
         let mut out = Vec::new();
+        if self.shared {
+            // As in a replay: one source of each kind, for every profile and namespace.
+            out.push(SourceStatus::new("pods", None, vec![Feed::Pods], true));
+            let bits = self.records[0];
+            let feeds: Vec<Feed> = [Feed::Sessions, Feed::Executions, Feed::Sandboxes]
+                .into_iter()
+                .enumerate()
+                .filter(|(i, _)| bits & (1 << i) != 0)
+                .map(|(_, f)| f)
+                .collect();
+            if !feeds.is_empty() {
+                out.push(SourceStatus::new("records", None, feeds, true));
+            }
+            if self.api_cr {
+                out.push(SourceStatus::new(
+                    "resume-targets",
+                    None,
+                    vec![Feed::ResumeTargets],
+                    true,
+                ));
+            }
+            return out;
+        }
         for (i, name) in PROFILES.iter().enumerate() {
             let profile = Some(ProfileId(i as u16));
             let scopes: Vec<Option<String>> = match self.namespaces(i) {
@@ -239,7 +265,11 @@ pub fn knobs() -> impl Strategy<Value = Knobs> {
             prop_oneof![6 => Just(7u8), 1 => 0u8..8],
             prop_oneof![6 => Just(7u8), 1 => 0u8..8],
         ),
-        (0u8..2, 0u8..3, any::<bool>()),
+        (
+            0u8..2,
+            prop_oneof![4 => Just(0u8), 1 => Just(1u8), 1 => Just(2u8)],
+            prop::bool::weighted(0.3),
+        ),
     )
         .prop_map(
             |(
@@ -248,6 +278,7 @@ pub fn knobs() -> impl Strategy<Value = Knobs> {
                 (r0, r1, r2),
                 (graces, nsd_ids, nsd_default),
             )| Knobs {
+                shared: false,
                 nsd_ids,
                 nsd_default,
                 gen_ns,
@@ -304,6 +335,8 @@ pub struct PodGen {
     pub helper: Option<CGen>,
     pub sidecar: Option<CGen>,
     pub native: Option<CGen>,
+    /// An init container: a plain one (`false`), or a native sidecar named like the agent.
+    pub init: Option<(bool, CGen)>,
 }
 
 #[derive(Clone, Debug)]
@@ -379,6 +412,16 @@ pub enum Action {
     PodFor {
         pick: u8,
         g: PodGen,
+    },
+    /// An execution of a session the platform has (naming its namespace or not).
+    ExecFor {
+        pick: u8,
+        g: RecGen,
+    },
+    /// The same id in another namespace, for a kind whose ids are unique per namespace.
+    Twin {
+        pick: u8,
+        ns: u8,
     },
     /// A record for a pod the cluster has (its profile, and maybe its namespace and name).
     RecordFor {
@@ -472,6 +515,7 @@ fn pod_gen() -> impl Strategy<Value = PodGen> {
             prop::option::weighted(0.2, cgen()),
             prop::option::weighted(0.6, cgen()),
             prop::option::weighted(0.3, cgen()),
+            prop::option::weighted(0.15, (any::<bool>(), cgen())),
         ),
     )
         .prop_map(
@@ -479,8 +523,9 @@ fn pod_gen() -> impl Strategy<Value = PodGen> {
                 (ns, name, inc, flavor),
                 (extra, warm, session, execution),
                 (phase, evicted, condition_ago, restart, terminating, created_ago),
-                (agent, wrong_agent, helper, sidecar, native),
+                (agent, wrong_agent, helper, sidecar, native, init),
             )| PodGen {
+                init,
                 ns,
                 name,
                 inc,
@@ -525,7 +570,10 @@ fn rec_gen() -> impl Strategy<Value = RecGen> {
         (
             prop_oneof![5 => Just(0u8), 4 => Just(1u8), 2 => Just(2u8)],
             0u8..3,
-            prop::option::weighted(0.7, 0u8..3),
+            prop::option::weighted(
+                0.8,
+                prop_oneof![5 => Just(0u8), 4 => Just(1u8), 7 => Just(2u8)],
+            ),
             any::<u8>(),
         ),
         (
@@ -581,6 +629,8 @@ fn action() -> impl Strategy<Value = Action> {
         12 => rec_gen().prop_map(Action::Record),
         8 => (any::<u8>(), pod_gen()).prop_map(|(pick, g)| Action::PodFor { pick, g }),
         8 => (any::<u8>(), rec_gen()).prop_map(|(pick, g)| Action::RecordFor { pick, g }),
+        8 => (any::<u8>(), 0u8..4).prop_map(|(pick, ns)| Action::Twin { pick, ns }),
+        6 => (any::<u8>(), rec_gen()).prop_map(|(pick, g)| Action::ExecFor { pick, g }),
         8 => (any::<u8>(), touch()).prop_map(|(pick, t)| Action::Touch { pick, t }),
         4 => (
             prop_oneof![3 => Just(0u8), 2 => Just(1u8), 1 => Just(2u8)],
@@ -606,7 +656,15 @@ fn step() -> impl Strategy<Value = Step> {
 }
 
 pub fn case() -> impl Strategy<Value = Case> {
-    (knobs(), prop::collection::vec(step(), 1..60)).prop_map(|(knobs, steps)| Case { knobs, steps })
+    prop_oneof![case_with(false), case_with(true)]
+}
+
+/// Histories with sources per profile and namespace, or with shared sources.
+pub fn case_with(shared: bool) -> impl Strategy<Value = Case> {
+    (knobs(), prop::collection::vec(step(), 1..60)).prop_map(move |(knobs, steps)| Case {
+        knobs: Knobs { shared, ..knobs },
+        steps,
+    })
 }
 
 // ------------------------------------------------------------------ the cluster
@@ -656,6 +714,8 @@ pub struct PodState {
     pub created: i64,
     pub containers: Vec<(String, CSt)>,
     pub natives: Vec<(String, CSt)>,
+    /// Init containers that are not sidecars.
+    pub inits: Vec<(String, CSt)>,
 }
 
 pub fn uid(ns: &str, name: &str, inc: u8) -> String {
@@ -712,6 +772,7 @@ impl PodState {
             created: now - i64::from(g.created_ago),
             containers: Vec::new(),
             natives: Vec::new(),
+            inits: Vec::new(),
         };
         p.set_phase(g.phase, g.evicted, g.condition_ago, now);
         let agent = if g.wrong_agent {
@@ -728,6 +789,11 @@ impl PodState {
         }
         if let Some(n) = g.native {
             p.natives.push(("proxy".into(), cst(n, now)));
+        }
+        match g.init {
+            Some((false, c)) => p.inits.push(("init".into(), cst(c, now))),
+            Some((true, c)) => p.natives.push((agent_name(p.flavor).into(), cst(c, now))),
+            None => {}
         }
         p
     }
@@ -873,7 +939,7 @@ impl PodState {
         let mut status = json!({
             "phase": self.phase,
             "containerStatuses": statuses(&self.containers),
-            "initContainerStatuses": statuses(&self.natives),
+            "initContainerStatuses": statuses(&self.natives).into_iter().chain(statuses(&self.inits)).collect::<Vec<_>>(),
         });
         if let Some(r) = self.reason {
             status["reason"] = json!(r);
@@ -888,7 +954,9 @@ impl PodState {
             "apiVersion": "v1", "kind": "Pod", "metadata": meta,
             "spec": {
                 "restartPolicy": self.restart,
-                "initContainers": self.natives.iter().map(|(n, _)| json!({"name": n, "restartPolicy": "Always"})).collect::<Vec<_>>(),
+                "initContainers": self.natives.iter().map(|(n, _)| json!({"name": n, "restartPolicy": "Always"}))
+                    .chain(self.inits.iter().map(|(n, _)| json!({"name": n})))
+                    .collect::<Vec<_>>(),
                 "containers": self.containers.iter().map(|(n, _)| json!({"name": n})).collect::<Vec<_>>(),
             },
             "status": status,
@@ -947,6 +1015,9 @@ impl fmt::Display for PodState {
         }
         for (n, c) in &self.natives {
             write!(f, " native:{n}={c}")?;
+        }
+        for (n, c) in &self.inits {
+            write!(f, " init:{n}={c}")?;
         }
         Ok(())
     }
@@ -1068,6 +1139,14 @@ fn short_uid(u: &str) -> String {
 /// A pod whose labels change so that it belongs to another profile (same incarnation).
 pub const STEER_AWAY_FROM_PROFILE_MOVES: bool = true;
 
+/// Compare the evidence time of each open finding too (what its grace counted from).
+pub const CHECK_EVIDENCE: bool = true;
+
+/// The engine forgets a pod's or record's departure once it is older than the longest grace,
+/// so an absence finding that opens later is dated by the record alone; the oracle does the
+/// same while this is on. See `an_old_departure_still_dates_the_finding`.
+pub const EMULATE_DEPARTURE_PRUNING: bool = true;
+
 /// A full listing of a namespaced record kind that reports a row naming no namespace (placed
 /// by `records.default_namespace`) also under the default namespace, so that the engine keeps
 /// it. See `a_full_listing_keeps_rows_placed_by_the_default_namespace`.
@@ -1161,7 +1240,7 @@ impl Harness {
             .map(|s| Lane {
                 shard: *s,
                 engine: Engine::sharded(profiles.clone(), *s),
-                oracle: Oracle::new(profiles.clone(), *s),
+                oracle: Oracle::new(profiles.clone(), *s).pruning(EMULATE_DEPARTURE_PRUNING),
             })
             .collect();
         Harness {
@@ -1203,6 +1282,24 @@ impl Harness {
         let now = l.oracle.open_set();
         if engine_open(&l.engine) != now {
             return Err(self.failure(lane, what));
+        }
+        if CHECK_EVIDENCE {
+            for f in l.engine.open_findings() {
+                let s = subj(&f.subject);
+                let want = l.oracle.evidence_of(f.finding.kind, &s);
+                if !want
+                    .is_some_and(|(full, pruned)| f.evidence_at == full || f.evidence_at == pruned)
+                {
+                    return Err(format!(
+                        "{}\n  evidence of {} {:?}: the engine says {}, the oracle {:?}",
+                        self.failure(lane, what),
+                        f.finding.kind,
+                        s,
+                        f.evidence_at.0 / 1000 - T0,
+                        want.map(|w| w.0.0 / 1000 - T0)
+                    ));
+                }
+            }
         }
         // What the history exercised, for `coverage`.
         for k in &now {
@@ -1368,7 +1465,15 @@ impl Harness {
 
     /// What a source's full list says now.
     fn listings(&self, s: &SourceStatus, vanished: &[RKey]) -> Vec<Change> {
-        let profile = s.profile.unwrap();
+        match s.profile {
+            Some(p) => self.listings_of(s, p, vanished),
+            None => (0..self.profiles.len())
+                .flat_map(|p| self.listings_of(s, ProfileId(p as u16), vanished))
+                .collect(),
+        }
+    }
+
+    fn listings_of(&self, s: &SourceStatus, profile: ProfileId, vanished: &[RKey]) -> Vec<Change> {
         s.feeds
             .iter()
             .map(|f| {
@@ -1410,9 +1515,18 @@ impl Harness {
     pub fn restart(&mut self) -> Result<(), String> {
         self.history.push(format!("@{} RESTART", self.now));
         let records = self.truth();
+        if !self.lanes[0].oracle.open.is_empty() {
+            *self
+                .stats
+                .entry("probe: restart with findings open".into())
+                .or_default() += 1;
+        }
         for l in &mut self.lanes {
+            let probes = l.oracle.probes.take();
             l.engine = Engine::sharded(self.profiles.clone(), l.shard);
-            l.oracle = Oracle::new(self.profiles.clone(), l.shard);
+            l.oracle =
+                Oracle::new(self.profiles.clone(), l.shard).pruning(EMULATE_DEPARTURE_PRUNING);
+            l.oracle.probes.replace(probes);
         }
         for s in self.sources.clone() {
             let mut down = s.clone();
@@ -1514,6 +1628,56 @@ impl Harness {
                     g.execution = EXECUTIONS.iter().position(|n| *n == r.id).map(|i| i as u8);
                 }
                 self.upsert_pod(PodState::new(&g, now))
+            }
+            Action::ExecFor { pick, g } => {
+                let sessions: Vec<Record> = self
+                    .truth()
+                    .into_iter()
+                    .filter(|r| r.kind == RecordKind::Session)
+                    .collect();
+                if sessions.is_empty() {
+                    return Ok(());
+                }
+                let r = &sessions[usize::from(*pick) % sessions.len()];
+                let mut g = g.clone();
+                g.kind = 1;
+                g.profile = Some(r.profile.0 as u8);
+                g.session = SESSIONS.iter().position(|n| *n == r.id).map(|i| i as u8);
+                g.sandbox = None;
+                if g.ns.is_some() {
+                    g.ns = r
+                        .namespace
+                        .as_ref()
+                        .and_then(|ns| NAMESPACES.iter().position(|n| n == ns))
+                        .map(|i| i as u8);
+                }
+                if g.attempt.is_some() {
+                    g.pod = None;
+                }
+                self.step(&Step {
+                    dt: 0,
+                    late: self.late as u8,
+                    action: Action::Record(g),
+                })
+            }
+            Action::Twin { pick, ns } => {
+                let namespaced: Vec<Record> = self.lanes[0]
+                    .oracle
+                    .records
+                    .iter()
+                    .filter(|r| r.key.ns.is_some())
+                    .map(|r| r.rec.clone())
+                    .collect();
+                if namespaced.is_empty() {
+                    return Ok(());
+                }
+                let mut r = namespaced[usize::from(*pick) % namespaced.len()].clone();
+                let mut n = usize::from(*ns) % 4;
+                if r.namespace.as_deref() == Some(NAMESPACES[n]) {
+                    n = (n + 1) % 4;
+                }
+                r.namespace = Some(NAMESPACES[n].to_string());
+                self.apply(Change::Record(RecordChange::Upsert(r)))
             }
             Action::RecordFor { pick, g } => {
                 if self.cluster.is_empty() {
@@ -1740,7 +1904,7 @@ impl Harness {
             }
             Action::Relist { src, vanish } => {
                 let s = self.sources[usize::from(*src) % self.sources.len()].clone();
-                let profile = s.profile.unwrap();
+                let mine = |p: ProfileId| s.profile.is_none_or(|x| x == p);
                 let mut bit = 0;
                 let gone = |bit: &mut u32| {
                     let g = (u32::from(*vanish) >> (*bit % 8)) & 1 == 1;
@@ -1754,10 +1918,11 @@ impl Harness {
                             self.cluster.retain(|p| {
                                 let o: sandwatch::kubernetes::Object =
                                     serde_json::from_value(p.json()).unwrap();
-                                let mine = s.namespace.as_ref().is_none_or(|n| *n == p.ns)
-                                    && profiles.for_pod(&p.ns, o.metadata.labels.as_ref())
-                                        == Some(profile);
-                                !(mine && gone(&mut bit))
+                                let listed_here = s.namespace.as_ref().is_none_or(|n| *n == p.ns)
+                                    && profiles
+                                        .for_pod(&p.ns, o.metadata.labels.as_ref())
+                                        .is_some_and(mine);
+                                !(listed_here && gone(&mut bit))
                             });
                         }
                         Feed::ResumeTargets => {
@@ -1777,7 +1942,7 @@ impl Harness {
                         RecordKind::Sandbox => Feed::Sandboxes,
                     };
                     if s.feeds.contains(&feed)
-                        && r.key.profile == profile
+                        && mine(r.key.profile)
                         && s.namespace
                             .as_ref()
                             .is_none_or(|n| r.ns_attr.as_ref() == Some(n))
@@ -1806,6 +1971,11 @@ pub fn run_counting(case: &Case) -> Result<std::collections::BTreeMap<String, u6
     h.start()?;
     for s in &case.steps {
         h.step(s)?;
+    }
+    for l in &h.lanes {
+        for (k, _) in l.oracle.probes.borrow().iter() {
+            *h.stats.entry(format!("probe: {k}")).or_default() += 1;
+        }
     }
     Ok(h.stats)
 }

@@ -147,6 +147,16 @@ pub struct Oracle {
     pub targets: Vec<(ProfileId, String, String)>,
     pub departed: Vec<(Dep, Ts)>,
     pub open: Vec<OpenKey>,
+    /// The evidence time of each open finding (same order as `open`).
+    /// With `emulate_departure_pruning`, also the evidence without the departures older than
+    /// the longest grace.
+    pub evidence: Vec<(Ts, Ts)>,
+    /// Forget departures older than the longest grace, as the engine does (see
+    /// `an_old_departure_still_dates_the_finding` in `tests/oracle.rs`).
+    pub emulate_departure_pruning: bool,
+    prune: std::cell::Cell<bool>,
+    /// How often each path of the contract was taken, for the coverage report.
+    pub probes: std::cell::RefCell<std::collections::BTreeMap<&'static str, u64>>,
 }
 
 const RULES: [FindingKind; 5] = FindingKind::ALL;
@@ -210,7 +220,29 @@ impl Oracle {
             targets: Vec::new(),
             departed: Vec::new(),
             open: Vec::new(),
+            evidence: Vec::new(),
+            emulate_departure_pruning: false,
+            prune: std::cell::Cell::new(false),
+            probes: Default::default(),
         }
+    }
+
+    pub fn pruning(mut self, on: bool) -> Oracle {
+        self.emulate_departure_pruning = on;
+        self
+    }
+
+    fn probe(&self, what: &'static str) {
+        *self.probes.borrow_mut().entry(what).or_default() += 1;
+    }
+
+    /// Each open finding's evidence time.
+    pub fn evidence_of(&self, kind: FindingKind, subject: &Subj) -> Option<(Ts, Ts)> {
+        self.open
+            .iter()
+            .zip(&self.evidence)
+            .find(|(o, _)| o.kind == kind && o.subject == *subject)
+            .map(|(_, e)| *e)
     }
 
     pub fn open_set(&self) -> Vec<OpenKey> {
@@ -223,16 +255,16 @@ impl Oracle {
 
     pub fn apply(&mut self, at: Ts, change: &Change) {
         let t = at.max(self.now);
-        self.now = t;
         self.fire(t);
+        self.now = t;
         self.mutate(t, change);
         self.rejudge(t);
     }
 
     pub fn advance(&mut self, to: Ts) {
         let t = to.max(self.now);
-        self.now = t;
         self.fire(t);
+        self.now = t;
     }
 
     /// Every (rule, subject) pair there is now.
@@ -277,9 +309,11 @@ impl Oracle {
             .any(|o| o.kind == kind && o.subject == *subject)
     }
 
-    /// Timers that fell due by `t`, with the state as it was.
+    /// Timers that fell due by `t`, with the state as it was (and judged as it was when the
+    /// state last changed: `self.now` is still that time).
     fn fire(&mut self, t: Ts) {
         let mut new = Vec::new();
+        let mut evidence = Vec::new();
         for (kind, subject) in self.pairs() {
             if self.is_open(kind, &subject) {
                 continue;
@@ -287,6 +321,8 @@ impl Oracle {
             if let Judgement::Holds(c) = self.judge(kind, &subject)
                 && c.due() <= t
             {
+                self.probe("opened by a timer, before the change");
+                evidence.push(self.evidences(kind, &subject, &c));
                 new.push(OpenKey {
                     kind,
                     subject,
@@ -295,19 +331,43 @@ impl Oracle {
             }
         }
         self.open.extend(new);
+        self.evidence.extend(evidence);
+    }
+
+    /// The evidence of a candidate, and what it would be had the old departures been forgotten.
+    fn evidences(&self, kind: FindingKind, subject: &Subj, c: &Candidate) -> (Ts, Ts) {
+        if !self.emulate_departure_pruning {
+            return (c.evidence, c.evidence);
+        }
+        self.prune.set(true);
+        let pruned = match self.judge(kind, subject) {
+            Judgement::Holds(p) => p.evidence,
+            _ => c.evidence,
+        };
+        self.prune.set(false);
+        (c.evidence, pruned)
     }
 
     fn rejudge(&mut self, t: Ts) {
         let mut open = Vec::new();
-        for o in &self.open {
+        let mut evidence = Vec::new();
+        for (o, e) in self.open.iter().zip(&self.evidence) {
             match self.judge(o.kind, &o.subject) {
                 Judgement::Clear => {}
-                Judgement::Hold => open.push(o.clone()),
-                // Still open: the finding carries what the evidence says now.
-                Judgement::Holds(c) => open.push(OpenKey {
-                    reason: c.reason,
-                    ..o.clone()
-                }),
+                Judgement::Hold => {
+                    self.probe("held open while untrusted");
+                    open.push(o.clone());
+                    evidence.push(*e);
+                }
+                // Still open: the finding carries what the evidence says now, and still
+                // dates from when it opened.
+                Judgement::Holds(c) => {
+                    open.push(OpenKey {
+                        reason: c.reason,
+                        ..o.clone()
+                    });
+                    evidence.push(*e);
+                }
             }
         }
         for (kind, subject) in self.pairs() {
@@ -317,6 +377,7 @@ impl Oracle {
             if let Judgement::Holds(c) = self.judge(kind, &subject)
                 && c.due() <= t
             {
+                evidence.push(self.evidences(kind, &subject, &c));
                 open.push(OpenKey {
                     kind,
                     subject,
@@ -325,6 +386,7 @@ impl Oracle {
             }
         }
         self.open = open;
+        self.evidence = evidence;
     }
 
     // ------------------------------------------------------------------ state changes
@@ -335,9 +397,25 @@ impl Oracle {
     }
 
     fn departed(&self, keys: &[Dep]) -> Option<Ts> {
+        let longest = self
+            .profiles
+            .iter()
+            .map(|(_, p)| {
+                p.grace
+                    .absence
+                    .max(p.grace.leaked_pod)
+                    .max(p.grace.native_sidecar)
+            })
+            .max()
+            .unwrap_or_default();
         self.departed
             .iter()
             .filter(|(d, _)| keys.contains(d))
+            .filter(|(_, t)| {
+                // The engine forgets a departure once it is older than the longest grace: it
+                // no longer decides when anything opens, but it still dates the finding.
+                !self.prune.get() || t.saturating_add(longest) >= self.now
+            })
             .map(|(_, t)| *t)
             .max()
     }
@@ -468,6 +546,8 @@ impl Oracle {
                         .collect();
                     if hits.len() == 1 {
                         self.remove_record(hits[0], t);
+                    } else if hits.len() > 1 {
+                        self.probe("tombstone: ambiguous, nothing deleted");
                     }
                 } else {
                     let key = RKey {
@@ -519,6 +599,7 @@ impl Oracle {
                                 && in_scope(Some(&p.ns))
                                 && !listed.contains(&(p.ns.clone(), p.name.clone()))
                         }) {
+                            self.probe("listed: pod gone");
                             self.remove_pod(i, t);
                         }
                     }
@@ -547,6 +628,7 @@ impl Oracle {
                                     r.rec.id.clone(),
                                 ))
                         }) {
+                            self.probe("listed: record gone");
                             self.remove_record(i, t);
                         }
                     }
@@ -641,9 +723,18 @@ impl Oracle {
                 None => Resolved::Missing,
             },
             None => match hits.len() {
-                0 => Resolved::Missing,
-                1 => Resolved::Found(hits[0]),
-                _ => Resolved::Ambiguous,
+                0 => {
+                    self.probe("resolve: by id alone, missing");
+                    Resolved::Missing
+                }
+                1 => {
+                    self.probe("resolve: by id alone, found");
+                    Resolved::Found(hits[0])
+                }
+                _ => {
+                    self.probe("resolve: ambiguous");
+                    Resolved::Ambiguous
+                }
             },
         }
     }
@@ -652,7 +743,10 @@ impl Oracle {
         r.ns_attr.as_deref().is_none_or(|n| n == ns)
     }
 
-    fn best<'a>(mut pods: Vec<&'a OPod>) -> Option<&'a OPod> {
+    fn best<'a>(&self, mut pods: Vec<&'a OPod>) -> Option<&'a OPod> {
+        if pods.len() > 1 {
+            self.probe("join: several pods, best chosen");
+        }
         pods.sort_by(|a, b| {
             // not terminating first, newest creation, largest uid
             (!a.terminating, a.created, &a.uid).cmp(&(!b.terminating, b.created, &b.uid))
@@ -671,7 +765,7 @@ impl Oracle {
                         || p.session.as_deref() == Some(s.key.id.as_str()))
             })
             .collect();
-        if let Some(p) = Self::best(pods) {
+        if let Some(p) = self.best(pods) {
             return PodJoin::Found(p);
         }
         let has_key = self
@@ -904,7 +998,7 @@ impl Oracle {
                 .iter()
                 .filter(|p| p.profile == profile && p.name == *pod && Self::admits(e, &p.ns))
                 .collect();
-            match Self::best(pods) {
+            match self.best(pods) {
                 Some(p) => PodJoin::Found(p),
                 None => PodJoin::Missing,
             }
@@ -918,7 +1012,7 @@ impl Oracle {
                         && Self::admits(e, &p.ns)
                 })
                 .collect();
-            match Self::best(pods) {
+            match self.best(pods) {
                 Some(p) => PodJoin::Found(p),
                 None => match &session {
                     Some(Resolved::Found(s)) => self.pod_of_session(s),
@@ -930,6 +1024,9 @@ impl Oracle {
         match join {
             PodJoin::Found(p) => {
                 let (reason, at) = self.death(p)?;
+                if e.rec.pod.is_none() && p.execution.as_deref() != Some(e.key.id.as_str()) {
+                    self.probe("execution: dead agent through its session");
+                }
                 Some(Candidate {
                     reason,
                     evidence: at.unwrap_or(e.since),
@@ -947,6 +1044,7 @@ impl Oracle {
                 let holder =
                     self.pod_holder(profile, found_session.map(|s| s.key.id.as_str()), pod_name);
                 if !self.absence(profile, Feed::Pods, ns, holder) {
+                    self.probe("execution: pod missing, but no evidence");
                     return None;
                 }
                 let mut keys = vec![Dep::PodExecution(profile, e.key.id.clone())];
@@ -975,6 +1073,7 @@ impl Oracle {
         let profile = s.key.profile;
         let holder = self.pod_holder(profile, Some(&s.key.id), s.rec.pod.as_deref());
         if !self.absence(profile, Feed::Pods, s.ns_attr.as_deref(), holder) {
+            self.probe("session: pod missing, but no evidence");
             return None;
         }
         let mut keys = vec![Dep::PodSession(profile, s.key.id.clone())];
