@@ -32,7 +32,7 @@ fn cases() -> u32 {
     std::env::var("SANDWATCH_ORACLE_CASES")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(2000)
+        .unwrap_or(3000)
 }
 
 proptest! {
@@ -40,6 +40,8 @@ proptest! {
         // Half for each property: together they make the count asked for.
         cases: cases().div_ceil(2),
         failure_persistence: None,
+        // Several times cheaper than the default ChaCha in a debug build.
+        rng_algorithm: proptest::test_runner::RngAlgorithm::XorShift,
         ..ProptestConfig::default()
     })]
 
@@ -69,14 +71,54 @@ mod cases {
     };
 }
 
+/// Where the time goes: `cargo test --test oracle timing -- --ignored --nocapture`
+#[test]
+#[ignore = "a report, not a check"]
+fn timing() {
+    use proptest::strategy::ValueTree;
+    use proptest::test_runner::{RngAlgorithm, TestRng, TestRunner};
+    let mut runner = TestRunner::new_with_rng(
+        ProptestConfig::default(),
+        TestRng::deterministic_rng(RngAlgorithm::XorShift),
+    );
+    let mut total = [std::time::Duration::ZERO; 3];
+    let start = std::time::Instant::now();
+    let n = cases().min(2000);
+    let strategy = history::case();
+    let mut gen_time = std::time::Duration::ZERO;
+    let mut new_time = std::time::Duration::ZERO;
+    for _ in 0..n {
+        let g = std::time::Instant::now();
+        let case = strategy.new_tree(&mut runner).unwrap().current();
+        gen_time += g.elapsed();
+        let g = std::time::Instant::now();
+        let _ = history::profiles(&case.knobs.yaml());
+        new_time += g.elapsed();
+        let t = history::timing(&case);
+        for i in 0..3 {
+            total[i] += t[i];
+        }
+    }
+    println!(
+        "{n} cases in {:?}: generating {gen_time:?}, setting up {new_time:?}, oracle {:?}, engine {:?}, comparing {:?}",
+        start.elapsed(),
+        total[0],
+        total[1],
+        total[2]
+    );
+}
+
 /// What the generated histories exercise: how many cases open each kind of finding, for each
 /// reason, unsharded and sharded. `cargo test --test oracle coverage -- --ignored --nocapture`
 #[test]
 #[ignore = "a report, not a check"]
 fn coverage() {
     use proptest::strategy::ValueTree;
-    use proptest::test_runner::TestRunner;
-    let mut runner = TestRunner::deterministic();
+    use proptest::test_runner::{RngAlgorithm, TestRng, TestRunner};
+    let mut runner = TestRunner::new_with_rng(
+        ProptestConfig::default(),
+        TestRng::deterministic_rng(RngAlgorithm::XorShift),
+    );
     let mut cases_with: std::collections::BTreeMap<String, u64> = Default::default();
     let n = cases().min(2000);
     for _ in 0..n {

@@ -60,6 +60,8 @@ pub struct Knobs {
     /// One source of each kind for every profile (`profile: None`), rather than one per
     /// profile and watched namespace.
     pub shared: bool,
+    /// Sources that register only when a step first reports them (bit i: the i-th source).
+    pub later: u8,
     /// Per profile, the record feeds its records source provides (bits: sessions,
     /// executions, sandboxes); 0: no records source.
     pub records: [u8; 3],
@@ -256,31 +258,51 @@ impl Knobs {
     }
 }
 
+/// The shapes each profile takes (a few, so that parsed configurations can be reused).
+/// gen: (pod namespaces, default namespace).
+const GEN_SHAPES: [(u8, u8); 6] = [(0, 0), (0, 1), (1, 1), (1, 0), (2, 0), (2, 2)];
+/// api: (pod namespaces, default namespace, resumes from a custom resource).
+const API_SHAPES: [(u8, u8, bool); 6] = [
+    (0, 0, false),
+    (0, 1, true),
+    (1, 1, true),
+    (1, 0, false),
+    (2, 0, true),
+    (2, 2, false),
+];
+/// nsd: (session key, sessions are custom resources, pod namespaces, namespaced ids,
+/// default namespace).
+const NSD_SHAPES: [(bool, bool, u8, u8, bool); 8] = [
+    (false, false, 0, 0, false),
+    (true, false, 0, 0, false),
+    (true, false, 1, 0, true),
+    (false, false, 2, 1, false),
+    (true, true, 0, 0, false),
+    (true, true, 2, 0, false),
+    (true, true, 1, 2, true),
+    (false, false, 0, 2, true),
+];
+
 pub fn knobs() -> impl Strategy<Value = Knobs> {
     (
-        (0u8..3, 0u8..3, 0u8..3, 0u8..3),
-        (any::<bool>(), any::<bool>(), any::<bool>(), 0u8..3),
         (
-            prop_oneof![6 => Just(7u8), 1 => 0u8..8],
-            prop_oneof![6 => Just(7u8), 1 => 0u8..8],
-            prop_oneof![6 => Just(7u8), 1 => 0u8..8],
-        ),
-        (
+            0..GEN_SHAPES.len(),
+            0..API_SHAPES.len(),
+            0..NSD_SHAPES.len(),
             0u8..2,
-            prop_oneof![4 => Just(0u8), 1 => Just(1u8), 1 => Just(2u8)],
-            prop::bool::weighted(0.3),
         ),
+        (
+            prop_oneof![6 => Just(7u8), 1 => 0u8..8],
+            prop_oneof![6 => Just(7u8), 1 => 0u8..8],
+            prop_oneof![6 => Just(7u8), 1 => 0u8..8],
+        ),
+        prop_oneof![4 => Just(0u8), 1 => 1u8..=255],
     )
-        .prop_map(
-            |(
-                (gen_ns, gen_default, api_ns, api_default),
-                (api_cr, nsd_key, nsd_cr, nsd_ns),
-                (r0, r1, r2),
-                (graces, nsd_ids, nsd_default),
-            )| Knobs {
-                shared: false,
-                nsd_ids,
-                nsd_default,
+        .prop_map(|((g, a, n, graces), (r0, r1, r2), later)| {
+            let (gen_ns, gen_default) = GEN_SHAPES[g];
+            let (api_ns, api_default, api_cr) = API_SHAPES[a];
+            let (nsd_key, nsd_cr, nsd_ns, nsd_ids, nsd_default) = NSD_SHAPES[n];
+            Knobs {
                 gen_ns,
                 gen_default,
                 api_ns,
@@ -289,10 +311,14 @@ pub fn knobs() -> impl Strategy<Value = Knobs> {
                 nsd_key,
                 nsd_cr,
                 nsd_ns,
+                nsd_ids,
+                nsd_default,
+                shared: false,
+                later,
                 records: [r0, r1, r2],
                 graces,
-            },
-        )
+            }
+        })
 }
 
 // ------------------------------------------------------------------ the steps
@@ -1211,6 +1237,8 @@ pub struct Harness {
     pub profiles: Arc<Profiles>,
     pub lanes: Vec<Lane>,
     pub sources: Vec<SourceStatus>,
+    /// Sources not registered yet.
+    pub later: Vec<SourceStatus>,
     pub cluster: Vec<PodState>,
     pub targets: Vec<(String, String)>,
     pub now: i64,
@@ -1219,6 +1247,26 @@ pub struct Harness {
     pub stats: std::collections::BTreeMap<String, u64>,
     seen: Vec<Vec<OpenKey>>,
     late: i64,
+    /// Time spent in the oracle, the engine and the comparison.
+    pub timing: [std::time::Duration; 3],
+}
+
+/// The profiles of a configuration, parsed once per configuration (and thread).
+pub fn profiles(yaml: &str) -> Arc<Profiles> {
+    thread_local! {
+        static PARSED: std::cell::RefCell<std::collections::HashMap<String, Arc<Profiles>>> =
+            Default::default();
+    }
+    PARSED.with(|m| {
+        m.borrow_mut()
+            .entry(yaml.to_string())
+            .or_insert_with(|| {
+                Arc::new(
+                    sandwatch::config::load_str(yaml).unwrap_or_else(|e| panic!("{yaml}\n{e}")),
+                )
+            })
+            .clone()
+    })
 }
 
 pub fn shards() -> Vec<Shard> {
@@ -1231,10 +1279,7 @@ pub fn shards() -> Vec<Shard> {
 
 impl Harness {
     pub fn new(knobs: &Knobs, shards: &[Shard]) -> Harness {
-        let profiles = Arc::new(
-            sandwatch::config::load_str(&knobs.yaml())
-                .unwrap_or_else(|e| panic!("{}\n{e}", knobs.yaml())),
-        );
+        let profiles = profiles(&knobs.yaml());
         let lanes = shards
             .iter()
             .map(|s| Lane {
@@ -1246,7 +1291,20 @@ impl Harness {
         Harness {
             profiles,
             lanes,
-            sources: knobs.sources(),
+            sources: knobs
+                .sources()
+                .into_iter()
+                .enumerate()
+                .filter(|(i, _)| knobs.later >> (i % 8) & 1 == 0)
+                .map(|(_, s)| s)
+                .collect(),
+            later: knobs
+                .sources()
+                .into_iter()
+                .enumerate()
+                .filter(|(i, _)| knobs.later >> (i % 8) & 1 == 1)
+                .map(|(_, s)| s)
+                .collect(),
             cluster: Vec::new(),
             targets: Vec::new(),
             now: 0,
@@ -1254,6 +1312,7 @@ impl Harness {
             stats: Default::default(),
             seen: vec![Vec::new(); shards.len()],
             late: 0,
+            timing: Default::default(),
         }
     }
 
@@ -1331,9 +1390,15 @@ impl Harness {
         let t = at(self.now - self.late);
         for i in 0..self.lanes.len() {
             let l = &mut self.lanes[i];
+            let t0 = std::time::Instant::now();
             l.oracle.apply(t, &change);
+            let t1 = std::time::Instant::now();
             l.engine.apply(t, change.clone());
+            let t2 = std::time::Instant::now();
             self.check(i, "the last change")?;
+            self.timing[0] += t1 - t0;
+            self.timing[1] += t2 - t1;
+            self.timing[2] += t2.elapsed();
         }
         Ok(())
     }
@@ -1589,7 +1654,14 @@ impl Harness {
                 self.advance(*tick)
             }
             Action::Source { src, synced, fresh } => {
-                let i = usize::from(*src) % self.sources.len();
+                let n = self.sources.len() + self.later.len();
+                let mut i = usize::from(*src) % n;
+                if i >= self.sources.len() {
+                    // A source that starts only now (its rules were not running).
+                    let s = self.later.remove(i - self.sources.len());
+                    self.sources.push(s);
+                    i = self.sources.len() - 1;
+                }
                 self.sources[i].synced = *synced;
                 self.sources[i].fresh = *fresh;
                 let s = self.sources[i].clone();
@@ -1903,6 +1975,9 @@ impl Harness {
                 })
             }
             Action::Relist { src, vanish } => {
+                if self.sources.is_empty() {
+                    return Ok(());
+                }
                 let s = self.sources[usize::from(*src) % self.sources.len()].clone();
                 let mine = |p: ProfileId| s.profile.is_none_or(|x| x == p);
                 let mut bit = 0;
@@ -1959,6 +2034,17 @@ impl Harness {
             Action::Restart => self.restart(),
         }
     }
+}
+
+pub fn timing(case: &Case) -> [std::time::Duration; 3] {
+    let mut h = Harness::new(&case.knobs, &shards());
+    let _ = h.start();
+    for s in &case.steps {
+        if h.step(s).is_err() {
+            break;
+        }
+    }
+    h.timing
 }
 
 pub fn run(case: &Case) -> Result<(), String> {
