@@ -1346,9 +1346,9 @@ impl Harness {
             for f in l.engine.open_findings() {
                 let s = subj(&f.subject);
                 let want = l.oracle.evidence_of(f.finding.kind, &s);
-                if !want
-                    .is_some_and(|(full, pruned)| f.evidence_at == full || f.evidence_at == pruned)
-                {
+                if !want.is_some_and(|(full, pruned, _)| {
+                    f.evidence_at == *full || f.evidence_at == *pruned
+                }) {
                     return Err(format!(
                         "{}\n  evidence of {} {:?}: the engine says {}, the oracle {:?}",
                         self.failure(lane, what),
@@ -1356,6 +1356,20 @@ impl Harness {
                         s,
                         f.evidence_at.0 / 1000 - T0,
                         want.map(|w| w.0.0 / 1000 - T0)
+                    ));
+                }
+                // The pod a finding names, when the oracle's join found one.
+                if let Some((_, _, Some(uid))) = want
+                    && f.finding.pod_uid.as_deref() != Some(uid.as_str())
+                {
+                    return Err(format!(
+                        "{}\n  pod of {} {:?}: the engine says {:?} ({:?}/{:?}), the oracle {uid}",
+                        self.failure(lane, what),
+                        f.finding.kind,
+                        s,
+                        f.finding.pod_uid.as_deref(),
+                        f.finding.namespace.as_deref(),
+                        f.finding.pod.as_deref(),
                     ));
                 }
             }

@@ -35,6 +35,10 @@ pub struct RKey {
     pub id: String,
 }
 
+/// What the comparison checks of an open finding besides its key: its evidence time (and
+/// what it would be without the departures the engine forgets), and the uid of its pod.
+pub type Info = (Ts, Ts, Option<String>);
+
 /// One open finding as the comparison sees it.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct OpenKey {
@@ -106,6 +110,8 @@ struct Candidate {
     evidence: Ts,
     hold: Duration,
     not_before: Option<Ts>,
+    /// The uid of the pod whose agent is dead (or that the finding is about).
+    pod: Option<String>,
 }
 
 impl Candidate {
@@ -150,7 +156,7 @@ pub struct Oracle {
     /// The evidence time of each open finding (same order as `open`).
     /// With `emulate_departure_pruning`, also the evidence without the departures older than
     /// the longest grace.
-    pub evidence: Vec<(Ts, Ts)>,
+    pub evidence: Vec<Info>,
     /// Forget departures older than the longest grace, as the engine does (see
     /// `an_old_departure_still_dates_the_finding` in `tests/oracle.rs`).
     pub emulate_departure_pruning: bool,
@@ -237,12 +243,12 @@ impl Oracle {
     }
 
     /// Each open finding's evidence time.
-    pub fn evidence_of(&self, kind: FindingKind, subject: &Subj) -> Option<(Ts, Ts)> {
+    pub fn evidence_of(&self, kind: FindingKind, subject: &Subj) -> Option<&Info> {
         self.open
             .iter()
             .zip(&self.evidence)
             .find(|(o, _)| o.kind == kind && o.subject == *subject)
-            .map(|(_, e)| *e)
+            .map(|(_, e)| e)
     }
 
     pub fn open_set(&self) -> Vec<OpenKey> {
@@ -335,9 +341,9 @@ impl Oracle {
     }
 
     /// The evidence of a candidate, and what it would be had the old departures been forgotten.
-    fn evidences(&self, kind: FindingKind, subject: &Subj, c: &Candidate) -> (Ts, Ts) {
+    fn evidences(&self, kind: FindingKind, subject: &Subj, c: &Candidate) -> Info {
         if !self.emulate_departure_pruning {
-            return (c.evidence, c.evidence);
+            return (c.evidence, c.evidence, c.pod.clone());
         }
         self.prune.set(true);
         let pruned = match self.judge(kind, subject) {
@@ -345,7 +351,7 @@ impl Oracle {
             _ => c.evidence,
         };
         self.prune.set(false);
-        (c.evidence, pruned)
+        (c.evidence, pruned, c.pod.clone())
     }
 
     fn rejudge(&mut self, t: Ts) {
@@ -357,7 +363,7 @@ impl Oracle {
                 Judgement::Hold => {
                     self.probe("held open while untrusted");
                     open.push(o.clone());
-                    evidence.push(*e);
+                    evidence.push(e.clone());
                 }
                 // Still open: the finding carries what the evidence says now, and still
                 // dates from when it opened.
@@ -366,7 +372,7 @@ impl Oracle {
                         reason: c.reason,
                         ..o.clone()
                     });
-                    evidence.push(*e);
+                    evidence.push((e.0, e.1, c.pod));
                 }
             }
         }
@@ -958,6 +964,7 @@ impl Oracle {
             evidence: at,
             hold: Duration::ZERO,
             not_before: (!plain).then(|| at.saturating_add(self.grace(p.profile).native_sidecar)),
+            pod: Some(p.uid.clone()),
         })
     }
 
@@ -978,6 +985,7 @@ impl Oracle {
                         evidence: s.since,
                         hold: Duration::ZERO,
                         not_before: None,
+                        pod: None,
                     })
                 }
                 _ => None,
@@ -1032,6 +1040,7 @@ impl Oracle {
                     evidence: at.unwrap_or(e.since),
                     hold: Duration::ZERO,
                     not_before: None,
+                    pod: Some(p.uid.clone()),
                 })
             }
             PodJoin::Missing => {
@@ -1063,6 +1072,7 @@ impl Oracle {
                     evidence: max_opt(evidence, self.departed(&keys)),
                     hold: self.grace(profile).absence,
                     not_before: None,
+                    pod: None,
                 })
             }
             PodJoin::Ambiguous | PodJoin::None => None,
@@ -1085,6 +1095,7 @@ impl Oracle {
             evidence: max_opt(s.since, self.departed(&keys)),
             hold: self.grace(profile).absence,
             not_before: None,
+            pod: None,
         })
     }
 
@@ -1122,6 +1133,7 @@ impl Oracle {
                     ),
                     hold: self.grace(profile).absence,
                     not_before: None,
+                    pod: None,
                 })
             }
         }
@@ -1140,6 +1152,7 @@ impl Oracle {
                     evidence: at.unwrap_or(s.since),
                     hold: Duration::ZERO,
                     not_before: None,
+                    pod: Some(p.uid.clone()),
                 })
             }
             PodJoin::Missing => self.session_gone_candidate(s),
@@ -1204,6 +1217,7 @@ impl Oracle {
             evidence: max_opt(evidence, self.departed(&keys)),
             hold: self.grace(p.profile).leaked_pod,
             not_before: None,
+            pod: Some(p.uid.clone()),
         })
     }
 }
