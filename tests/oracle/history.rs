@@ -444,6 +444,17 @@ pub enum Action {
         pick: u8,
         g: RecGen,
     },
+    /// An execution against a sandbox the platform has.
+    SandboxExec {
+        pick: u8,
+        g: RecGen,
+    },
+    /// The resource a session resumes from appears or vanishes (in its namespace, or `ns`).
+    TargetFor {
+        pick: u8,
+        ns: Option<u8>,
+        exists: bool,
+    },
     /// The same id in another namespace, for a kind whose ids are unique per namespace.
     Twin {
         pick: u8,
@@ -657,6 +668,9 @@ fn action() -> impl Strategy<Value = Action> {
         8 => (any::<u8>(), rec_gen()).prop_map(|(pick, g)| Action::RecordFor { pick, g }),
         8 => (any::<u8>(), 0u8..4).prop_map(|(pick, ns)| Action::Twin { pick, ns }),
         6 => (any::<u8>(), rec_gen()).prop_map(|(pick, g)| Action::ExecFor { pick, g }),
+        3 => (any::<u8>(), rec_gen()).prop_map(|(pick, g)| Action::SandboxExec { pick, g }),
+        3 => (any::<u8>(), prop::option::weighted(0.3, 0u8..4), prop::bool::weighted(0.5))
+            .prop_map(|(pick, ns, exists)| Action::TargetFor { pick, ns, exists }),
         8 => (any::<u8>(), touch()).prop_map(|(pick, t)| Action::Touch { pick, t }),
         4 => (
             prop_oneof![3 => Just(0u8), 2 => Just(1u8), 1 => Just(2u8)],
@@ -1744,6 +1758,59 @@ impl Harness {
                     dt: 0,
                     late: self.late as u8,
                     action: Action::Record(g),
+                })
+            }
+            Action::SandboxExec { pick, g } => {
+                let sandboxes: Vec<Record> = self
+                    .truth()
+                    .into_iter()
+                    .filter(|r| r.kind == RecordKind::Sandbox)
+                    .collect();
+                if sandboxes.is_empty() {
+                    return Ok(());
+                }
+                let r = &sandboxes[usize::from(*pick) % sandboxes.len()];
+                let mut g = g.clone();
+                g.kind = 1;
+                g.profile = Some(r.profile.0 as u8);
+                g.sandbox = SANDBOXES.iter().position(|n| *n == r.id).map(|i| i as u8);
+                self.step(&Step {
+                    dt: 0,
+                    late: self.late as u8,
+                    action: Action::Record(g),
+                })
+            }
+            Action::TargetFor { pick, ns, exists } => {
+                let named: Vec<Record> = self
+                    .truth()
+                    .into_iter()
+                    .filter(|r| {
+                        r.kind == RecordKind::Session
+                            && r.profile == ProfileId(1)
+                            && r.pod.is_some()
+                    })
+                    .collect();
+                if named.is_empty() {
+                    return Ok(());
+                }
+                let r = &named[usize::from(*pick) % named.len()];
+                let p = self.profiles.get(r.profile);
+                let at_ns = ns
+                    .map(|n| NAMESPACES[usize::from(n) % 4].to_string())
+                    .or_else(|| r.namespace.clone())
+                    .or_else(|| p.records.default_namespace.clone())
+                    .unwrap_or_else(|| NAMESPACES[usize::from(*pick) % 4].to_string());
+                let name = r.pod.clone().unwrap();
+                let n = POD_NAMES.iter().position(|x| *x == name).unwrap_or(0) as u8;
+                let ns_i = NAMESPACES.iter().position(|x| *x == at_ns).unwrap_or(0) as u8;
+                self.step(&Step {
+                    dt: 0,
+                    late: self.late as u8,
+                    action: Action::Target {
+                        ns: ns_i,
+                        name: n,
+                        exists: *exists,
+                    },
                 })
             }
             Action::Twin { pick, ns } => {
