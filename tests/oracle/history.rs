@@ -95,7 +95,7 @@ impl Knobs {
     }
 
     pub fn yaml(&self) -> String {
-        let grace = if self.graces % 2 == 0 {
+        let grace = if self.graces.is_multiple_of(2) {
             "    grace:\n      native_sidecar: 10s\n      absence: 30s\n      leaked_pod: 60s\n"
         } else {
             "    grace:\n      native_sidecar: 5s\n      absence: 20s\n      leaked_pod: 40s\n"

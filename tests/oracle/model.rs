@@ -811,7 +811,7 @@ impl Oracle {
         let m = self.profiles.get(p.profile).pods.as_ref().unwrap();
         let finished = matches!(p.phase.as_deref(), Some("Succeeded") | Some("Failed"));
         for c in &p.containers {
-            if !m.agent_containers.iter().any(|a| *a == c.name) {
+            if !m.agent_containers.contains(&c.name) {
                 continue;
             }
             let for_good = match &c.state {
@@ -847,7 +847,7 @@ impl Oracle {
     fn dead_agent_index(&self, p: &OPod) -> Option<usize> {
         let m = self.profiles.get(p.profile).pods.as_ref().unwrap();
         p.containers.iter().position(|c| {
-            m.agent_containers.iter().any(|a| *a == c.name)
+            m.agent_containers.contains(&c.name)
                 && matches!(&c.state, CState::Terminated { code, .. }
                 if match p.restart_policy.as_deref() {
                     Some("Never") => true,
