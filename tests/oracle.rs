@@ -6,9 +6,16 @@
 //! every step. `oracle/history.rs` generates random histories (profiles, sources flipping,
 //! pods living and dying, records changing, relists, clock advances, restarts) and runs an
 //! unsharded engine and two shards, each against its own oracle, comparing the open findings
-//! (kind, subject, reason) after every change.
+//! (kind, subject, reason) after every change, and each open finding's evidence time and the
+//! pod it names.
 //!
-//! `SANDWATCH_ORACLE_CASES` sets the number of cases (default below).
+//! `SANDWATCH_ORACLE_CASES` sets the number of cases (default below), e.g.
+//! `SANDWATCH_ORACLE_CASES=100000 cargo test --test oracle` for a soak. A failure prints the
+//! history as it ran and the shrunk case, which pastes into a test (see `cases`).
+//!
+//! Engine bugs found this way are kept at the end of this file as ignored tests; the
+//! generator steers around them (the `STEER_*` and `EMULATE_*` switches in
+//! `oracle/history.rs`) until they are fixed.
 
 mod common;
 
