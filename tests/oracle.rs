@@ -286,3 +286,46 @@ fn an_old_departure_still_dates_the_finding() {
          departure is older than the longest grace (60s)"
     );
 }
+
+const TWO_NAMESPACES: &str = r#"
+profiles:
+  - preset: generic
+    pods:
+      namespaces: [agents, batch]
+"#;
+
+#[test]
+#[ignore = "engine bug: a source that widens what a profile sees re-judges nothing"]
+fn a_pod_source_that_starts_later_makes_absence_count_in_its_namespace() {
+    let mut s = Sim::bare(sandwatch::config::load_str(TWO_NAMESPACES).unwrap());
+    let pods = |ns: &str| {
+        Change::Source(
+            SourceStatus::new(
+                format!("pods/generic/{ns}"),
+                Some(ProfileId(0)),
+                vec![Feed::Pods],
+                true,
+            )
+            .in_namespace(Some(ns.into())),
+        )
+    };
+    s.at(0).apply(pods("agents"));
+    s.apply(Change::Source(SourceStatus::new(
+        "postgres/generic",
+        Some(ProfileId(0)),
+        vec![Feed::Sessions, Feed::Executions],
+        true,
+    )));
+    // Its pod would be in `batch`, which no source sees yet: its absence is no evidence.
+    s.record(json!({"kind":"session","id":"s-1","state":"running","namespace":"batch","updated_at":rfc(0)}));
+    s.at(500);
+    assert!(s.open_kinds().is_empty());
+    // The watch of `batch` starts, synced: it lists no pod for s-1.
+    s.at(600).apply(pods("batch"));
+    s.at(601);
+    assert_eq!(
+        s.open_kinds(),
+        ["session_active_without_agent"],
+        "s-1's pod has been missing from a complete list of its namespace since 600, and its row dates from 0"
+    );
+}

@@ -1179,6 +1179,11 @@ fn short_uid(u: &str) -> String {
 /// A pod whose labels change so that it belongs to another profile (same incarnation).
 pub const STEER_AWAY_FROM_PROFILE_MOVES: bool = true;
 
+/// A source that registers in the middle of a history first reports itself unsynced, as a
+/// starting watch does, rather than synced at once. See
+/// `a_pod_source_that_starts_later_makes_absence_count_in_its_namespace`.
+pub const STEER_LATE_SOURCES_START_UNSYNCED: bool = true;
+
 /// Compare the evidence time of each open finding too (what its grace counted from).
 pub const CHECK_EVIDENCE: bool = true;
 
@@ -1687,8 +1692,14 @@ impl Harness {
                 if i >= self.sources.len() {
                     // A source that starts only now (its rules were not running).
                     let s = self.later.remove(i - self.sources.len());
-                    self.sources.push(s);
+                    self.sources.push(s.clone());
                     i = self.sources.len() - 1;
+                    if STEER_LATE_SOURCES_START_UNSYNCED {
+                        let mut down = s;
+                        down.synced = false;
+                        down.fresh = false;
+                        self.apply(Change::Source(down))?;
+                    }
                 }
                 self.sources[i].synced = *synced;
                 self.sources[i].fresh = *fresh;
