@@ -13,9 +13,10 @@
 //! `SANDWATCH_ORACLE_CASES=100000 cargo test --test oracle` for a soak. A failure prints the
 //! history as it ran and the shrunk case, which pastes into a test (see `cases`).
 //!
-//! Engine bugs found this way are kept at the end of this file as ignored tests; the
-//! generator steers around them (the `STEER_*` and `EMULATE_*` switches in
-//! `oracle/history.rs`) until they are fixed.
+//! Each engine bug found this way is kept at the end of this file as a test of its own,
+//! reduced to its core. While a bug is open, its test is `#[ignore]`d with the reason and the
+//! generator steers around it (a switch in `oracle/history.rs`), so that the property goes on
+//! finding others.
 
 mod common;
 
@@ -23,8 +24,6 @@ mod common;
 mod history;
 #[path = "oracle/model.rs"]
 mod model;
-
-use std::sync::Arc;
 
 use common::*;
 use proptest::prelude::*;
@@ -144,9 +143,8 @@ fn coverage() {
 // ------------------------------------------------------------------ what the oracle found
 //
 // Each test below is a history on which the engine and the oracle disagreed, reduced to its
-// core and stated as the behaviour the contract asks for. The property steers around the
-// ones still ignored (see the `STEER_*` switches in `oracle/history.rs`); once the engine is
-// fixed, un-ignore the test and turn the switch off.
+// core and stated as the behaviour the contract asks for. All four were engine bugs, now
+// fixed.
 
 const MOVES: &str = r#"
 profiles:
@@ -165,7 +163,6 @@ profiles:
 "#;
 
 #[test]
-#[ignore = "engine bug: a pod that moves to another profile records no departure for the profile it left"]
 fn a_pod_that_moves_to_another_profile_departs_from_the_one_it_left() {
     let mut s = Sim::config(MOVES);
     s.at(0).record(
@@ -209,9 +206,10 @@ profiles:
 "#;
 
 #[test]
-#[ignore = "engine bug: a full listing drops the rows of a namespaced kind that a default_namespace placed"]
 fn a_full_listing_keeps_rows_placed_by_the_default_namespace() {
-    let profiles = Arc::new(sandwatch::config::load_str(NAMESPACED_WITH_DEFAULT).unwrap());
+    let profiles = sandwatch::config::load(NAMESPACED_WITH_DEFAULT)
+        .unwrap()
+        .profiles;
     let mut e = Engine::new(profiles.clone());
     let t = ts(0);
     let source = |name: &str, feed| {
@@ -258,7 +256,6 @@ profiles:
 "#;
 
 #[test]
-#[ignore = "engine bug: a departure older than the longest grace no longer dates the absence findings that rest on it"]
 fn an_old_departure_still_dates_the_finding() {
     let evidence = |late: i64| {
         let mut s = Sim::config(SHORT_GRACES);
@@ -295,9 +292,8 @@ profiles:
 "#;
 
 #[test]
-#[ignore = "engine bug: a source that widens what a profile sees re-judges nothing"]
 fn a_pod_source_that_starts_later_makes_absence_count_in_its_namespace() {
-    let mut s = Sim::bare(sandwatch::config::load_str(TWO_NAMESPACES).unwrap());
+    let mut s = Sim::bare(sandwatch::config::load(TWO_NAMESPACES).unwrap());
     let pods = |ns: &str| {
         Change::Source(
             SourceStatus::new(

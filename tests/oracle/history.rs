@@ -1173,29 +1173,8 @@ fn short_uid(u: &str) -> String {
 
 // ------------------------------------------------------------------ running a case
 
-/// Known engine bugs the generator steers around, each kept as an ignored test in
-/// `tests/oracle.rs`, so that the property goes on finding others. Set to `false` once fixed.
-///
-/// A pod whose labels change so that it belongs to another profile (same incarnation).
-pub const STEER_AWAY_FROM_PROFILE_MOVES: bool = true;
-
-/// A source that registers in the middle of a history first reports itself unsynced, as a
-/// starting watch does, rather than synced at once. See
-/// `a_pod_source_that_starts_later_makes_absence_count_in_its_namespace`.
-pub const STEER_LATE_SOURCES_START_UNSYNCED: bool = true;
-
 /// Compare the evidence time of each open finding too (what its grace counted from).
 pub const CHECK_EVIDENCE: bool = true;
-
-/// The engine forgets a pod's or record's departure once it is older than the longest grace,
-/// so an absence finding that opens later is dated by the record alone; the oracle does the
-/// same while this is on. See `an_old_departure_still_dates_the_finding`.
-pub const EMULATE_DEPARTURE_PRUNING: bool = true;
-
-/// A full listing of a namespaced record kind that reports a row naming no namespace (placed
-/// by `records.default_namespace`) also under the default namespace, so that the engine keeps
-/// it. See `a_full_listing_keeps_rows_placed_by_the_default_namespace`.
-pub const STEER_AWAY_FROM_LISTED_DEFAULT_NAMESPACE: bool = true;
 
 pub fn subj(s: &Subject) -> Subj {
     match s {
@@ -1280,9 +1259,9 @@ pub fn profiles(yaml: &str) -> Arc<Profiles> {
         m.borrow_mut()
             .entry(yaml.to_string())
             .or_insert_with(|| {
-                Arc::new(
-                    sandwatch::config::load_str(yaml).unwrap_or_else(|e| panic!("{yaml}\n{e}")),
-                )
+                sandwatch::config::load(yaml)
+                    .unwrap_or_else(|e| panic!("{yaml}\n{e}"))
+                    .profiles
             })
             .clone()
     })
@@ -1304,7 +1283,7 @@ impl Harness {
             .map(|s| Lane {
                 shard: *s,
                 engine: Engine::sharded(profiles.clone(), *s),
-                oracle: Oracle::new(profiles.clone(), *s).pruning(EMULATE_DEPARTURE_PRUNING),
+                oracle: Oracle::new(profiles.clone(), *s),
             })
             .collect();
         Harness {
@@ -1365,9 +1344,7 @@ impl Harness {
             for f in l.engine.open_findings() {
                 let s = subj(&f.subject);
                 let want = l.oracle.evidence_of(f.finding.kind, &s);
-                if !want.is_some_and(|(full, pruned, _)| {
-                    f.evidence_at == *full || f.evidence_at == *pruned
-                }) {
+                if want.is_none_or(|(at, _)| f.evidence_at != *at) {
                     return Err(format!(
                         "{}\n  evidence of {} {:?}: the engine says {}, the oracle {:?}",
                         self.failure(lane, what),
@@ -1378,7 +1355,7 @@ impl Harness {
                     ));
                 }
                 // The pod a finding names, when the oracle's join found one.
-                if let Some((_, _, Some(uid))) = want
+                if let Some((_, Some(uid))) = want
                     && f.finding.pod_uid.as_deref() != Some(uid.as_str())
                 {
                     return Err(format!(
@@ -1538,17 +1515,10 @@ impl Harness {
             })
             .flat_map(|r| {
                 // As the PostgreSQL source lists a row: by the namespace it names, if any.
-                let mut keys = vec![(
+                [(
                     r.rec.namespace.clone().unwrap_or_default(),
                     r.rec.id.clone(),
-                )];
-                if STEER_AWAY_FROM_LISTED_DEFAULT_NAMESPACE
-                    && r.rec.namespace.is_none()
-                    && let Some(ns) = &r.key.ns
-                {
-                    keys.push((ns.clone(), r.rec.id.clone()));
-                }
-                keys
+                )]
             })
             .collect()
     }
@@ -1622,8 +1592,7 @@ impl Harness {
         for l in &mut self.lanes {
             let probes = l.oracle.probes.take();
             l.engine = Engine::sharded(self.profiles.clone(), l.shard);
-            l.oracle =
-                Oracle::new(self.profiles.clone(), l.shard).pruning(EMULATE_DEPARTURE_PRUNING);
+            l.oracle = Oracle::new(self.profiles.clone(), l.shard);
             l.oracle.probes.replace(probes);
         }
         for s in self.sources.clone() {
@@ -1658,17 +1627,6 @@ impl Harness {
     }
 
     fn upsert_pod(&mut self, p: PodState) -> Result<(), String> {
-        if STEER_AWAY_FROM_PROFILE_MOVES
-            && let Some(old) = self
-                .cluster
-                .iter()
-                .find(|x| x.ns == p.ns && x.name == p.name && x.uid == p.uid)
-        {
-            let (before, after) = (self.profile_of(old), self.profile_of(&p));
-            if before.is_some() && after.is_some() && before != after {
-                return Ok(());
-            }
-        }
         self.cluster.retain(|x| !(x.ns == p.ns && x.name == p.name));
         self.cluster.push(p.clone());
         self.apply(p.change())
@@ -1694,12 +1652,6 @@ impl Harness {
                     let s = self.later.remove(i - self.sources.len());
                     self.sources.push(s.clone());
                     i = self.sources.len() - 1;
-                    if STEER_LATE_SOURCES_START_UNSYNCED {
-                        let mut down = s;
-                        down.synced = false;
-                        down.fresh = false;
-                        self.apply(Change::Source(down))?;
-                    }
                 }
                 self.sources[i].synced = *synced;
                 self.sources[i].fresh = *fresh;
@@ -1890,18 +1842,8 @@ impl Harness {
                     return Ok(());
                 }
                 let i = usize::from(*pick) % self.cluster.len();
-                let before = self.profile_of(&self.cluster[i]);
                 let mut p = self.cluster[i].clone();
                 p.mutate(m, now);
-                let after = self.profile_of(&p);
-                if STEER_AWAY_FROM_PROFILE_MOVES
-                    && before.is_some()
-                    && after.is_some()
-                    && before != after
-                {
-                    // See `a_pod_that_moves_to_another_profile_departs_from_the_one_it_left`.
-                    return Ok(());
-                }
                 self.cluster[i] = p;
                 let c = self.cluster[i].change();
                 self.apply(c)
@@ -1958,6 +1900,7 @@ impl Harness {
                     attempt: g.attempt.map(u64::from),
                     updated_at: g.updated_ago.map(|a| at(now - i64::from(a))),
                     deadline: None,
+                    expires_at: None,
                     deleted: false,
                 };
                 match self.validate(doc) {
@@ -2005,6 +1948,7 @@ impl Harness {
                     attempt: r.attempt,
                     updated_at: r.updated_at,
                     deadline: r.deadline,
+                    expires_at: None,
                     deleted: false,
                 };
                 match self.validate(doc) {

@@ -37,7 +37,7 @@ pub struct RKey {
 
 /// What the comparison checks of an open finding besides its key: its evidence time (and
 /// what it would be without the departures the engine forgets), and the uid of its pod.
-pub type Info = (Ts, Ts, Option<String>);
+pub type Info = (Ts, Option<String>);
 
 /// One open finding as the comparison sees it.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -153,14 +153,8 @@ pub struct Oracle {
     pub targets: Vec<(ProfileId, String, String)>,
     pub departed: Vec<(Dep, Ts)>,
     pub open: Vec<OpenKey>,
-    /// The evidence time of each open finding (same order as `open`).
-    /// With `emulate_departure_pruning`, also the evidence without the departures older than
-    /// the longest grace.
+    /// The evidence time and pod uid of each open finding (same order as `open`).
     pub evidence: Vec<Info>,
-    /// Forget departures older than the longest grace, as the engine does (see
-    /// `an_old_departure_still_dates_the_finding` in `tests/oracle.rs`).
-    pub emulate_departure_pruning: bool,
-    prune: std::cell::Cell<bool>,
     /// How often each path of the contract was taken, for the coverage report.
     pub probes: std::cell::RefCell<std::collections::BTreeMap<&'static str, u64>>,
 }
@@ -227,15 +221,8 @@ impl Oracle {
             departed: Vec::new(),
             open: Vec::new(),
             evidence: Vec::new(),
-            emulate_departure_pruning: false,
-            prune: std::cell::Cell::new(false),
             probes: Default::default(),
         }
-    }
-
-    pub fn pruning(mut self, on: bool) -> Oracle {
-        self.emulate_departure_pruning = on;
-        self
     }
 
     fn probe(&self, what: &'static str) {
@@ -328,7 +315,7 @@ impl Oracle {
                 && c.due() <= t
             {
                 self.probe("opened by a timer, before the change");
-                evidence.push(self.evidences(kind, &subject, &c));
+                evidence.push((c.evidence, c.pod.clone()));
                 new.push(OpenKey {
                     kind,
                     subject,
@@ -338,20 +325,6 @@ impl Oracle {
         }
         self.open.extend(new);
         self.evidence.extend(evidence);
-    }
-
-    /// The evidence of a candidate, and what it would be had the old departures been forgotten.
-    fn evidences(&self, kind: FindingKind, subject: &Subj, c: &Candidate) -> Info {
-        if !self.emulate_departure_pruning {
-            return (c.evidence, c.evidence, c.pod.clone());
-        }
-        self.prune.set(true);
-        let pruned = match self.judge(kind, subject) {
-            Judgement::Holds(p) => p.evidence,
-            _ => c.evidence,
-        };
-        self.prune.set(false);
-        (c.evidence, pruned, c.pod.clone())
     }
 
     fn rejudge(&mut self, t: Ts) {
@@ -372,7 +345,7 @@ impl Oracle {
                         reason: c.reason,
                         ..o.clone()
                     });
-                    evidence.push((e.0, e.1, c.pod));
+                    evidence.push((e.0, c.pod));
                 }
             }
         }
@@ -383,7 +356,7 @@ impl Oracle {
             if let Judgement::Holds(c) = self.judge(kind, &subject)
                 && c.due() <= t
             {
-                evidence.push(self.evidences(kind, &subject, &c));
+                evidence.push((c.evidence, c.pod.clone()));
                 open.push(OpenKey {
                     kind,
                     subject,
@@ -403,25 +376,9 @@ impl Oracle {
     }
 
     fn departed(&self, keys: &[Dep]) -> Option<Ts> {
-        let longest = self
-            .profiles
-            .iter()
-            .map(|(_, p)| {
-                p.grace
-                    .absence
-                    .max(p.grace.leaked_pod)
-                    .max(p.grace.native_sidecar)
-            })
-            .max()
-            .unwrap_or_default();
         self.departed
             .iter()
             .filter(|(d, _)| keys.contains(d))
-            .filter(|(_, t)| {
-                // The engine forgets a departure once it is older than the longest grace: it
-                // no longer decides when anything opens, but it still dates the finding.
-                !self.prune.get() || t.saturating_add(longest) >= self.now
-            })
             .map(|(_, t)| *t)
             .max()
     }
@@ -513,7 +470,17 @@ impl Oracle {
                         .as_ref()
                         .is_some_and(|n| n.uid == old.uid && n.profile == old.profile);
                     if stays {
-                        self.pods[i] = new.unwrap();
+                        // A key the pod no longer carries: what it named saw its pod go.
+                        let new = new.unwrap();
+                        let (profile, session, execution) =
+                            (old.profile, old.session.clone(), old.execution.clone());
+                        if let Some(s) = session.filter(|s| new.session.as_ref() != Some(s)) {
+                            self.depart(Dep::PodSession(profile, s), t);
+                        }
+                        if let Some(e) = execution.filter(|e| new.execution.as_ref() != Some(e)) {
+                            self.depart(Dep::PodExecution(profile, e), t);
+                        }
+                        self.pods[i] = new;
                         return;
                     }
                     self.remove_pod(i, t);

@@ -262,22 +262,33 @@ impl World {
     // ----------------------------------------------------------------------------------------
     // Sources
 
-    /// Records a source's status at `at`; returns whether any profile's trust in a feed
-    /// changed.
+    /// Records a source's status at `at`; returns whether it changed anything a verdict rests
+    /// on (then every subject is judged again).
     pub fn set_source(&mut self, status: SourceStatus, at: Ts) -> bool {
-        let all = |w: &World| -> Vec<Trust> {
-            w.profiles
-                .iter()
-                .flat_map(|(p, _)| Feed::ALL.map(|f| w.trust(p, f)))
-                .collect()
+        // Everything but the error message bears on what is trusted and where an absence
+        // counts: a source that starts, or widens what a profile sees, re-judges as much as
+        // one that fails.
+        let judged = |s: &SourceStatus| {
+            (
+                s.profile,
+                s.feeds.clone(),
+                s.namespace.clone(),
+                s.synced,
+                s.fresh,
+            )
         };
-        let before = all(self);
         self.trusted_since.update(&status, at);
         match self.sources.iter_mut().find(|s| s.name == status.name) {
-            Some(s) => *s = status,
-            None => self.sources.push(status),
+            Some(s) => {
+                let changed = judged(s) != judged(&status);
+                *s = status;
+                changed
+            }
+            None => {
+                self.sources.push(status);
+                true
+            }
         }
-        before != all(self)
     }
 
     pub fn sources(&self) -> &[SourceStatus] {
