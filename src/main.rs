@@ -8,10 +8,13 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 
+use sandwatch::app::live;
 use sandwatch::config::{self, PRESETS};
+use sandwatch::remediation::lease::Elector;
 use sandwatch::replay::{self, Input};
 use sandwatch::shard::Shard;
 use sandwatch::sinks::report::Format;
+use sandwatch::sources::ingest::Token;
 use sandwatch::telemetry::{LogFormat, Telemetry, Traces};
 
 /// Joins agent-sandbox pods with the platform's session and execution records, and reports
@@ -23,10 +26,40 @@ use sandwatch::telemetry::{LogFormat, Telemetry, Traces};
 struct Cli {
     /// Log format: `text` for people, `json` for one object per line. Traces are exported over
     /// OTLP when OTEL_EXPORTER_OTLP_ENDPOINT (or ..._TRACES_ENDPOINT) is set. RUST_LOG filters.
-    #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true, env = "SANDWATCH_LOG_FORMAT")]
-    log_format: LogFormat,
+    #[arg(long, value_enum, default_value_t = LogFormatArg::Text, global = true, env = "SANDWATCH_LOG_FORMAT")]
+    log_format: LogFormatArg,
     #[command(subcommand)]
     command: Command,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum LogFormatArg {
+    Text,
+    Json,
+}
+
+impl From<LogFormatArg> for LogFormat {
+    fn from(f: LogFormatArg) -> LogFormat {
+        match f {
+            LogFormatArg::Text => LogFormat::Text,
+            LogFormatArg::Json => LogFormat::Json,
+        }
+    }
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum FormatArg {
+    Table,
+    Json,
+}
+
+impl From<FormatArg> for Format {
+    fn from(f: FormatArg) -> Format {
+        match f {
+            FormatArg::Table => Format::Table,
+            FormatArg::Json => Format::Json,
+        }
+    }
 }
 
 #[derive(Subcommand)]
@@ -50,8 +83,8 @@ enum Command {
         #[command(flatten)]
         profiles: ProfileArgs,
         /// Output format: `table` for people, `json` for one object per line plus a summary.
-        #[arg(long, value_enum, default_value_t = Format::Table)]
-        format: Format,
+        #[arg(long, value_enum, default_value_t = FormatArg::Table)]
+        format: FormatArg,
         /// Also write the Prometheus text exposition of the final state to this file.
         #[arg(long, value_name = "FILE")]
         metrics_out: Option<PathBuf>,
@@ -226,7 +259,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     // One TLS provider for every client (kube, the database, remediation, the trace exporter).
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let telemetry = match Telemetry::init(cli.log_format, Traces::from_env()) {
+    let telemetry = match Telemetry::init(cli.log_format.into(), Traces::from_env()) {
         Ok(t) => t,
         Err(e) => {
             eprintln!("sandwatch: setting up logs and traces: {e:#}");
@@ -247,155 +280,170 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
-        Command::Run(args) => {
-            let RunArgs {
-                profiles,
-                listen,
-                kubeconfig,
-                context,
-                stale_after,
-                database_url_file,
-                ingest_token_file,
-                ingest_max_body,
-                leader_election,
-                lease_name,
-                lease_namespace,
-                identity,
-                total_shards,
-                shard,
-            } = *args;
-            let index = match shard.as_str() {
-                "auto" => {
-                    let pod = std::env::var("POD_NAME").context("--shard auto needs $POD_NAME")?;
-                    Shard::ordinal(&pod).map_err(|e| anyhow::anyhow!("--shard auto: {e}"))?
-                }
-                n => n
-                    .parse()
-                    .map_err(|_| anyhow::anyhow!("--shard {n:?} is neither a number nor `auto`"))?,
-            };
-            let shard = Shard::new(index, total_shards).map_err(|e| anyhow::anyhow!(e))?;
-            // Each shard remediates its own findings: one Lease per shard.
-            let lease_name = if shard.total > 1 {
-                format!("{lease_name}-{}", shard.index)
-            } else {
-                lease_name
-            };
-            let config = profiles.load_config()?;
-            for w in config::warnings(&config) {
-                tracing::warn!(field = %w.field, "{}", w.message);
-            }
-            let identity = identity.unwrap_or_else(|| {
-                let host = std::fs::read_to_string("/etc/hostname").unwrap_or_default();
-                format!("{}-{}", host.trim(), std::process::id())
-            });
-            let leader_election = leader_election.then(|| {
-                sandwatch::remediation::lease::Elector::new(
-                    &lease_name,
-                    &lease_namespace,
-                    &identity,
-                )
-            });
-            let ingest_token = ingest_token_file
-                .map(sandwatch::sources::ingest::Token::file)
-                .transpose()
-                .map_err(|e| anyhow::anyhow!(e))?;
-            let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
-            let result = runtime.block_on(async {
-                let client = kube_client(kubeconfig, context).await?;
-                let settings = sandwatch::live::Settings {
-                    stale_after,
-                    database_url_file,
-                    ingest_token,
-                    ingest_max_body,
-                    leader_election,
-                    shard,
-                    ..sandwatch::live::Settings::new(config, listen)
-                };
-                let daemon = sandwatch::live::Daemon::start(settings, client).await?;
-                shutdown_signal().await;
-                tracing::info!("shutting down");
-                // Well inside the pod's termination grace (30 s): calls under way finish, the
-                // Lease is released if it can be, and whatever hangs is dropped.
-                daemon.shutdown_within(SHUTDOWN_DEADLINE).await;
-                Ok::<_, anyhow::Error>(ExitCode::SUCCESS)
-            });
-            // Blocking work still running (a DNS lookup, a stuck file read) does not hold the
-            // exit up.
-            runtime.shutdown_timeout(std::time::Duration::from_secs(2));
-            result
-        }
+        Command::Run(args) => run_daemon(*args),
         Command::Replay {
             profiles,
             format,
             metrics_out,
             files,
-        } => {
-            let config = profiles.load_config()?;
-            let mut inputs = Vec::new();
-            for f in files {
-                let reader: Box<dyn io::Read> = if f == "-" {
-                    Box::new(io::stdin().lock())
-                } else {
-                    Box::new(File::open(&f).with_context(|| format!("opening {f}"))?)
-                };
-                inputs.push(Input { name: f, reader });
-            }
-            let outcome = replay::run(&config, inputs, format, io::stdout().lock())?;
-            if let Some(path) = metrics_out {
-                std::fs::write(&path, outcome.metrics)
-                    .with_context(|| format!("writing {}", path.display()))?;
-            }
-            Ok(ExitCode::SUCCESS)
+        } => replay_files(&profiles, format.into(), metrics_out, files),
+        Command::CheckConfig { file, strict } => check_config(&file, strict),
+        Command::Presets { name } => presets(name.as_deref()),
+    }
+}
+
+/// `sandwatch run`: the daemon, until SIGTERM or SIGINT.
+fn run_daemon(args: RunArgs) -> anyhow::Result<ExitCode> {
+    let RunArgs {
+        profiles,
+        listen,
+        kubeconfig,
+        context,
+        stale_after,
+        database_url_file,
+        ingest_token_file,
+        ingest_max_body,
+        leader_election,
+        lease_name,
+        lease_namespace,
+        identity,
+        total_shards,
+        shard,
+    } = args;
+    let shard = shard_of(&shard, total_shards)?;
+    // Each shard remediates its own findings: one Lease per shard.
+    let lease_name = if shard.total > 1 {
+        format!("{lease_name}-{}", shard.index)
+    } else {
+        lease_name
+    };
+    let config = profiles.load_config()?;
+    for w in config::warnings(&config) {
+        tracing::warn!(field = %w.field, "{}", w.message);
+    }
+    let identity = identity.unwrap_or_else(|| {
+        let host = std::fs::read_to_string("/etc/hostname").unwrap_or_default();
+        format!("{}-{}", host.trim(), std::process::id())
+    });
+    let leader_election =
+        leader_election.then(|| Elector::new(&lease_name, &lease_namespace, &identity));
+    let ingest_token = ingest_token_file
+        .map(Token::file)
+        .transpose()
+        .map_err(|e| anyhow::anyhow!(e))?;
+    let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    let result = runtime.block_on(async {
+        let client = kube_client(kubeconfig, context).await?;
+        let settings = live::Settings {
+            stale_after,
+            database_url_file,
+            ingest_token,
+            ingest_max_body,
+            leader_election,
+            shard,
+            ..live::Settings::new(config, listen)
+        };
+        let daemon = live::Daemon::start(settings, client).await?;
+        shutdown_signal().await;
+        tracing::info!("shutting down");
+        // Well inside the pod's termination grace (30 s): calls under way finish, the
+        // Lease is released if it can be, and whatever hangs is dropped.
+        daemon.shutdown_within(SHUTDOWN_DEADLINE).await;
+        Ok::<_, anyhow::Error>(ExitCode::SUCCESS)
+    });
+    // Blocking work still running (a DNS lookup, a stuck file read) does not hold the
+    // exit up.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(2));
+    result
+}
+
+/// The shard this replica keeps, from `--shard` and `--total-shards`.
+fn shard_of(shard: &str, total: u32) -> anyhow::Result<Shard> {
+    let index = match shard {
+        "auto" => {
+            let pod = std::env::var("POD_NAME").context("--shard auto needs $POD_NAME")?;
+            Shard::ordinal(&pod).map_err(|e| anyhow::anyhow!("--shard auto: {e}"))?
         }
-        Command::CheckConfig { file, strict } => {
-            let text = std::fs::read_to_string(&file)
-                .with_context(|| format!("reading {}", file.display()))?;
-            match config::load(&text) {
-                Ok(config) => {
-                    let profiles = &config.profiles;
-                    println!(
-                        "{}: OK, {} profile(s): {}",
-                        file.display(),
-                        profiles.len(),
-                        profiles.names().join(", ")
-                    );
-                    let warnings = config::warnings(&config);
-                    if !warnings.is_empty() {
-                        eprintln!("{}: {} warning(s)", file.display(), warnings.len());
-                        for w in &warnings {
-                            eprintln!("  {w}");
-                        }
-                    }
-                    Ok(if strict && !warnings.is_empty() {
-                        ExitCode::FAILURE
-                    } else {
-                        ExitCode::SUCCESS
-                    })
-                }
-                Err(errors) => {
-                    eprintln!("{}: {} error(s)", file.display(), errors.0.len());
-                    for e in &errors.0 {
-                        eprintln!("  {e}");
-                    }
-                    Ok(ExitCode::FAILURE)
-                }
+        n => n
+            .parse()
+            .map_err(|_| anyhow::anyhow!("--shard {n:?} is neither a number nor `auto`"))?,
+    };
+    Shard::new(index, total).map_err(|e| anyhow::anyhow!(e))
+}
+
+/// `sandwatch replay`: the files in order as one stream, the report on standard output.
+fn replay_files(
+    profiles: &ProfileArgs,
+    format: Format,
+    metrics_out: Option<PathBuf>,
+    files: Vec<String>,
+) -> anyhow::Result<ExitCode> {
+    let config = profiles.load_config()?;
+    let mut inputs = Vec::new();
+    for f in files {
+        let reader: Box<dyn io::Read> = if f == "-" {
+            Box::new(io::stdin().lock())
+        } else {
+            Box::new(File::open(&f).with_context(|| format!("opening {f}"))?)
+        };
+        inputs.push(Input { name: f, reader });
+    }
+    let out = io::BufWriter::new(io::stdout());
+    let outcome = replay::run(&config, inputs, format, out)?;
+    if let Some(path) = metrics_out {
+        std::fs::write(&path, outcome.metrics)
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `sandwatch check-config`: every error by field and value, then the warnings.
+fn check_config(file: &std::path::Path, strict: bool) -> anyhow::Result<ExitCode> {
+    let text =
+        std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+    let config = match config::load(&text) {
+        Ok(config) => config,
+        Err(errors) => {
+            eprintln!("{}: {} error(s)", file.display(), errors.0.len());
+            for e in &errors.0 {
+                eprintln!("  {e}");
             }
+            return Ok(ExitCode::FAILURE);
         }
-        Command::Presets { name: None } => {
-            for (name, about, _) in PRESETS {
-                println!("{name:<14} {about}");
-            }
-            Ok(ExitCode::SUCCESS)
-        }
-        Command::Presets { name: Some(name) } => {
-            let (_, _, text) = PRESETS
-                .iter()
-                .find(|(n, _, _)| *n == name)
-                .with_context(|| {
-                    format!("unknown preset {name:?}; `sandwatch presets` lists them")
-                })?;
-            print!("{text}");
-            Ok(ExitCode::SUCCESS)
+    };
+    let profiles = &config.profiles;
+    println!(
+        "{}: OK, {} profile(s): {}",
+        file.display(),
+        profiles.len(),
+        profiles.names().join(", ")
+    );
+    let warnings = config::warnings(&config);
+    if !warnings.is_empty() {
+        eprintln!("{}: {} warning(s)", file.display(), warnings.len());
+        for w in &warnings {
+            eprintln!("  {w}");
         }
     }
+    Ok(if strict && !warnings.is_empty() {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+/// `sandwatch presets [NAME]`: the list, or one preset's text.
+fn presets(name: Option<&str>) -> anyhow::Result<ExitCode> {
+    let Some(name) = name else {
+        for (name, about, _) in PRESETS {
+            println!("{name:<14} {about}");
+        }
+        return Ok(ExitCode::SUCCESS);
+    };
+    let (_, _, text) = PRESETS
+        .iter()
+        .find(|(n, _, _)| *n == name)
+        .with_context(|| format!("unknown preset {name:?}; `sandwatch presets` lists them"))?;
+    print!("{text}");
+    Ok(ExitCode::SUCCESS)
 }

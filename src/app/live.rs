@@ -28,9 +28,9 @@ use crate::remediation::deliver::Deliverer;
 use crate::remediation::lease::Elector;
 use crate::remediation::{Controller, Leadership, RemediationMetrics};
 use crate::sinks::http;
-use crate::sinks::log;
 use crate::sinks::metrics::{FindingMetrics, HealthMetrics, SourceKind};
 use crate::sinks::traces::FindingSpans;
+use crate::sinks::{Fanout, TransitionSink};
 use crate::sources::ingest::{self, Ingest};
 use crate::sources::kube::{self as kube_source, Context};
 use crate::sources::postgres::{Context as RecordsContext, Postgres};
@@ -90,85 +90,48 @@ pub struct Daemon {
 }
 
 impl Daemon {
-    /// Starts the sources, the engine task and the HTTP server.
-    pub async fn start(settings: Settings, client: ::kube::Client) -> anyhow::Result<Daemon> {
+    /// Starts the sources, the engine task, remediation and the HTTP server.
+    pub async fn start(
+        mut settings: Settings,
+        client: ::kube::Client,
+    ) -> Result<Daemon, StartError> {
         // The process's TLS provider for the HTTP clients (no-op if already installed).
         let _ = rustls::crypto::ring::default_provider().install_default();
         let config = settings.config.clone();
-        let profiles = config.profiles.clone();
-        let findings = FindingMetrics::new(&profiles, &config.all_feeds());
-        let health = HealthMetrics::default();
-        let mut registry = crate::sinks::metrics::registry(settings.shard);
-        findings.register(&mut registry);
-        health.register(&mut registry);
-        let actions = &config.remediation.actions;
-        let remediation_metrics = RemediationMetrics::new(actions);
-        if !actions.is_empty() {
-            remediation_metrics.register(&mut registry);
-        }
-        crate::sinks::metrics::register_build_info(&mut registry);
-        crate::sinks::metrics::register_shard(&mut registry, settings.shard);
-
+        let metrics = Metrics::new(&config, settings.shard);
         let (changes_tx, changes_rx) = mpsc::channel::<(Ts, Change)>(4096);
         let (snapshot_tx, snapshot_rx) = watch::channel(Arc::new(Snapshot::default()));
         let (transitions, _) = broadcast::channel(4096);
         let (stop, stop_rx) = watch::channel(false);
         let mut tasks = JoinSet::new();
 
-        // Records sources first: a missing ingest token stops the start. A database whose URL
-        // cannot be read yet runs anyway, reported down (not ready) with the reason, and
-        // connects once the URL is there.
-        let mut databases = Vec::new();
-        for (id, p) in profiles.iter() {
-            if let Some(pg) = &config.records(id).postgres {
-                let db = Postgres::new(
-                    id,
-                    &p.name,
-                    pg.clone(),
-                    settings.database_url_file.as_deref(),
-                );
-                if let Err(e) = db.url() {
-                    warn!(source = %db.name, "{e}: the source is down (the daemon is not ready) until a URL can be read; rules that rest on its records hold");
-                }
-                databases.push(db);
-            }
-        }
-        let pushed: BTreeMap<_, _> = profiles
-            .iter()
-            .filter_map(|(id, _)| Some((id, config.records(id).ingest.clone()?)))
-            .collect();
-        let ingest = match (settings.ingest_token, pushed.is_empty()) {
-            (_, true) => None,
-            (Some(token), false) => Some(Ingest::new(
-                profiles.clone(),
-                pushed,
-                changes_tx.clone(),
-                token,
-                (settings.ingest_max_body, settings.ingest_body_timeout),
-                Arc::new(health.clone()),
-            )),
-            (None, false) => anyhow::bail!(
-                "a profile takes records from the ingest API (records.ingest), but no token is configured: give --ingest-token-file"
-            ),
-        };
-
+        // Records sources first: a missing ingest token stops the start.
+        let databases = databases(&config, settings.database_url_file.as_deref());
+        let token = settings.ingest_token.take();
+        let ingest = ingest(&settings, token, changes_tx.clone(), &metrics.health)?;
         let listener = tokio::net::TcpListener::bind(settings.listen)
             .await
-            .map_err(|e| anyhow::anyhow!("listening on {}: {e}", settings.listen))?;
-        let addr = listener.local_addr()?;
-        let mut app = http::router(snapshot_rx.clone(), Arc::new(registry));
+            .map_err(|source| StartError::Listen {
+                addr: settings.listen,
+                source,
+            })?;
+        let addr = listener.local_addr().map_err(|source| StartError::Listen {
+            addr: settings.listen,
+            source,
+        })?;
+        let mut app = http::router(snapshot_rx.clone(), Arc::new(metrics.registry));
         if let Some(ingest) = &ingest {
             for status in ingest.statuses() {
                 if let Change::Source(s) = &status {
-                    health.register_source(&s.name, SourceKind::Push);
+                    metrics.health.register_source(&s.name, SourceKind::Push);
                 }
-                changes_tx.send((Ts::now(), status)).await?;
+                let _ = changes_tx.send((Ts::now(), status)).await;
             }
             app = app.merge(ingest.clone().router());
             tasks.spawn(ingest.clone().run(stop_rx.clone()));
             info!("accepting records at POST /api/v1/records");
         }
-        tasks.spawn(crate::sinks::http::serve::serve(
+        tasks.spawn(http::serve::serve(
             listener,
             app,
             settings.http,
@@ -178,97 +141,38 @@ impl Daemon {
 
         let spans = FindingSpans::default();
         let engine = EngineTask {
-            engine: Engine::sharded(profiles.clone(), settings.shard),
-            spans: spans.clone(),
-            findings: findings.sink(),
-            health: health.clone(),
+            engine: Engine::sharded(config.profiles.clone(), settings.shard),
+            sinks: Fanout::new()
+                .with(metrics.findings.sink())
+                .with(spans.clone())
+                .with(crate::sinks::log::Log)
+                .with(Broadcast(transitions.clone())),
+            findings: metrics.findings.clone(),
+            health: metrics.health.clone(),
             snapshot: snapshot_tx,
-            transitions: transitions.clone(),
         };
         tasks.spawn(engine.run(changes_rx, settings.tick, stop_rx.clone()));
-
-        if !actions.is_empty() {
-            let (lead_tx, lead_rx) = watch::channel(match settings.leader_election {
-                None => Leadership::ALWAYS,
-                Some(_) => Leadership {
-                    leader: false,
-                    until: None,
-                },
-            });
-            if let Some(elector) = settings.leader_election.clone() {
-                info!(lease = %elector.name, namespace = %elector.namespace, identity = %elector.identity, "competing for the remediation lease");
-            }
-            // The Lease is released only once the controller has stopped, so that no call of
-            // this replica is still under way when another one takes over.
-            let (controller_done, controller_done_rx) = watch::channel(false);
-            match settings.leader_election.clone() {
-                Some(elector) => {
-                    tasks.spawn(elector.run(
-                        client.clone(),
-                        lead_tx,
-                        controller_done_rx,
-                        remediation_metrics.lease_errors.clone(),
-                    ));
-                }
-                None => drop(lead_tx),
-            }
-            let deliverer =
-                Deliverer::new(actions, config.remediation.timeout, Some(client.clone()))?;
-            let controller = Controller::new(
-                config.remediation.clone(),
-                profiles.clone(),
-                deliverer,
-                snapshot_rx.clone(),
-                lead_rx,
-                remediation_metrics,
-                {
-                    let spans = spans.clone();
-                    Arc::new(move |id| spans.get(id))
-                },
-            );
-            let stop = stop_rx.clone();
-            tasks.spawn(async move {
-                controller.run(stop).await;
-                let _ = controller_done.send(true);
-            });
-        }
-
+        let lead = Lead {
+            election: settings.leader_election.clone(),
+            client: client.clone(),
+        };
+        remediate(
+            &config,
+            lead,
+            metrics.remediation,
+            spans,
+            snapshot_rx.clone(),
+            &stop_rx,
+            &mut tasks,
+        )?;
         let cx = Context {
             client,
-            profiles: profiles.clone(),
+            profiles: config.profiles.clone(),
             changes: changes_tx,
             stale_after: settings.stale_after,
-            counters: Arc::new(health.clone()),
+            counters: Arc::new(metrics.health.clone()),
         };
-        let records = RecordsContext {
-            profiles: profiles.clone(),
-            changes: cx.changes.clone(),
-            counters: cx.counters.clone(),
-        };
-        for db in databases {
-            info!(source = %db.name, database = %db.target(), "polling records");
-            health.register_source(&db.name, SourceKind::Poll);
-            let mut stop = stop_rx.clone();
-            let records = records.clone();
-            tasks.spawn(async move {
-                tokio::select! {
-                    _ = db.run(records) => {}
-                    _ = stop.wait_for(|s| *s) => {}
-                }
-            });
-        }
-        for w in kube_source::watches(&profiles) {
-            info!(source = %w.name, selector = w.label_selector.as_deref().unwrap_or(""), "watching");
-            health.register_source(&w.name, SourceKind::Watch);
-            let mut stop = stop_rx.clone();
-            let cx = cx.clone();
-            tasks.spawn(async move {
-                tokio::select! {
-                    _ = w.run(cx) => {}
-                    _ = stop.wait_for(|s| *s) => {}
-                }
-            });
-        }
+        watch_sources(cx, databases, &metrics.health, &stop_rx, &mut tasks);
         Ok(Daemon {
             addr,
             snapshot: snapshot_rx,
@@ -316,13 +220,208 @@ impl Daemon {
     }
 }
 
+/// Why the daemon could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(
+        "a profile takes records from the ingest API (records.ingest), but no token is configured: give --ingest-token-file"
+    )]
+    NoIngestToken,
+    #[error("listening on {addr}: {source}")]
+    Listen {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Remediation(#[from] crate::remediation::deliver::DelivererError),
+}
+
+/// Every series the daemon exports, registered.
+struct Metrics {
+    findings: FindingMetrics,
+    health: HealthMetrics,
+    remediation: RemediationMetrics,
+    registry: prometheus_client::registry::Registry,
+}
+
+impl Metrics {
+    fn new(config: &Config, shard: Shard) -> Metrics {
+        let findings = FindingMetrics::new(&config.profiles, &config.all_feeds());
+        let health = HealthMetrics::default();
+        let mut registry = crate::sinks::metrics::registry(shard);
+        findings.register(&mut registry);
+        health.register(&mut registry);
+        let actions = &config.remediation.actions;
+        let remediation = RemediationMetrics::new(actions);
+        if !actions.is_empty() {
+            remediation.register(&mut registry);
+        }
+        crate::sinks::metrics::register_build_info(&mut registry);
+        crate::sinks::metrics::register_shard(&mut registry, shard);
+        Metrics {
+            findings,
+            health,
+            remediation,
+            registry,
+        }
+    }
+}
+
+/// The PostgreSQL sources of the profiles that have one. A database whose URL cannot be read
+/// yet runs anyway, reported down (not ready) with the reason, and connects once the URL is
+/// there.
+fn databases(config: &Config, url_file: Option<&std::path::Path>) -> Vec<Postgres> {
+    let mut out = Vec::new();
+    for (id, p) in config.profiles.iter() {
+        if let Some(pg) = &config.records(id).postgres {
+            let db = Postgres::new(id, &p.name, pg.clone(), url_file);
+            if let Err(e) = db.url() {
+                warn!(source = %db.name, "{e}: the source is down (the daemon is not ready) until a URL can be read; rules that rest on its records hold");
+            }
+            out.push(db);
+        }
+    }
+    out
+}
+
+/// The ingest API, when a profile takes pushed records (it needs a token then).
+fn ingest(
+    settings: &Settings,
+    token: Option<ingest::Token>,
+    changes: mpsc::Sender<(Ts, Change)>,
+    health: &HealthMetrics,
+) -> Result<Option<Ingest>, StartError> {
+    let config = &settings.config;
+    let pushed: BTreeMap<_, _> = config
+        .profiles
+        .iter()
+        .filter_map(|(id, _)| Some((id, config.records(id).ingest.clone()?)))
+        .collect();
+    if pushed.is_empty() {
+        return Ok(None);
+    }
+    let token = token.ok_or(StartError::NoIngestToken)?;
+    Ok(Some(Ingest::new(
+        config.profiles.clone(),
+        pushed,
+        changes,
+        token,
+        (settings.ingest_max_body, settings.ingest_body_timeout),
+        Arc::new(health.clone()),
+    )))
+}
+
+/// How this replica may remediate: always, or while it holds the Lease.
+struct Lead {
+    election: Option<Elector>,
+    client: ::kube::Client,
+}
+
+/// Starts remediation (and the Lease it competes for), when an action is configured.
+fn remediate(
+    config: &Config,
+    lead: Lead,
+    metrics: RemediationMetrics,
+    spans: FindingSpans,
+    snapshot: watch::Receiver<Arc<Snapshot>>,
+    stop: &watch::Receiver<bool>,
+    tasks: &mut JoinSet<()>,
+) -> Result<(), StartError> {
+    let actions = &config.remediation.actions;
+    if actions.is_empty() {
+        return Ok(());
+    }
+    let (lead_tx, lead_rx) = watch::channel(match lead.election {
+        None => Leadership::ALWAYS,
+        Some(_) => Leadership {
+            leader: false,
+            until: None,
+        },
+    });
+    // The Lease is released only once the controller has stopped, so that no call of this
+    // replica is still under way when another one takes over.
+    let (controller_done, controller_done_rx) = watch::channel(false);
+    match lead.election {
+        Some(elector) => {
+            info!(lease = %elector.name, namespace = %elector.namespace, identity = %elector.identity, "competing for the remediation lease");
+            tasks.spawn(elector.run(
+                lead.client.clone(),
+                lead_tx,
+                controller_done_rx,
+                metrics.lease_errors.clone(),
+            ));
+        }
+        None => drop(lead_tx),
+    }
+    let deliverer = Deliverer::new(actions, config.remediation.timeout, Some(lead.client))?;
+    let controller = Controller::new(
+        config.remediation.clone(),
+        config.profiles.clone(),
+        deliverer,
+        snapshot,
+        lead_rx,
+        metrics,
+        Arc::new(move |id| spans.get(id)),
+    );
+    let stop = stop.clone();
+    tasks.spawn(async move {
+        controller.run(stop).await;
+        let _ = controller_done.send(true);
+    });
+    Ok(())
+}
+
+/// Starts the PostgreSQL polls and the Kubernetes watches, each until `stop`.
+fn watch_sources(
+    cx: Context,
+    databases: Vec<Postgres>,
+    health: &HealthMetrics,
+    stop: &watch::Receiver<bool>,
+    tasks: &mut JoinSet<()>,
+) {
+    let records = RecordsContext {
+        profiles: cx.profiles.clone(),
+        changes: cx.changes.clone(),
+        counters: cx.counters.clone(),
+    };
+    for db in databases {
+        info!(source = %db.name, database = %db.target(), "polling records");
+        health.register_source(&db.name, SourceKind::Poll);
+        let records = records.clone();
+        tasks.spawn(until(stop.clone(), async move { db.run(records).await }));
+    }
+    for w in kube_source::watches(&cx.profiles) {
+        info!(source = %w.name, selector = w.label_selector.as_deref().unwrap_or(""), "watching");
+        health.register_source(&w.name, SourceKind::Watch);
+        let cx = cx.clone();
+        tasks.spawn(until(stop.clone(), async move { w.run(cx).await }));
+    }
+}
+
+/// Runs `task` until it ends or `stop` is set.
+async fn until(mut stop: watch::Receiver<bool>, task: impl Future<Output = ()>) {
+    tokio::select! {
+        _ = task => {}
+        _ = stop.wait_for(|s| *s) => {}
+    }
+}
+
+/// Hands every transition to in-process consumers (tests, tools).
+struct Broadcast(broadcast::Sender<Arc<Transition>>);
+
+impl TransitionSink for Broadcast {
+    fn transition(&mut self, t: &Transition) {
+        let _ = self.0.send(Arc::new(t.clone()));
+    }
+}
+
 struct EngineTask {
     engine: Engine,
-    spans: FindingSpans,
-    findings: crate::sinks::metrics::FindingSink,
+    /// Metrics, logs, spans and the broadcast.
+    sinks: Fanout<'static>,
+    findings: FindingMetrics,
     health: HealthMetrics,
     snapshot: watch::Sender<Arc<Snapshot>>,
-    transitions: broadcast::Sender<Arc<Transition>>,
 }
 
 impl EngineTask {
@@ -361,10 +460,7 @@ impl EngineTask {
                 warn!(reason = n.reason, "{}", crate::util::text::clip(&n.message));
             }
             for t in &out {
-                self.findings.transition(t);
-                self.spans.transition(t);
-                log::transition(t);
-                let _ = self.transitions.send(Arc::new(t.clone()));
+                self.sinks.transition(t);
             }
             dirty |= !out.is_empty() || source.is_some() || self.due_for_counts(at);
             if dirty && (changes.is_empty() || published.elapsed() >= Duration::from_millis(250)) {

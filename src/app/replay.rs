@@ -18,6 +18,7 @@ use crate::model::profile::Profiles;
 use crate::model::record::InputError;
 use crate::sinks::metrics::FindingMetrics;
 use crate::sinks::report::{Format, Report};
+use crate::sinks::{Fanout, TransitionSink};
 use crate::sources::object_change;
 use crate::sources::replay::{Decoded, Splitter, decode};
 use crate::util::time::Ts;
@@ -37,13 +38,27 @@ pub struct Outcome<W> {
     pub engine: Engine,
 }
 
+/// Why a replay stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum ReplayError {
+    #[error("reading {name}: {source}")]
+    Read {
+        name: String,
+        source: std::io::Error,
+    },
+    #[error("writing the report: {0}")]
+    Write(#[from] std::io::Error),
+    #[error("encoding the metrics: {0}")]
+    Metrics(#[from] std::fmt::Error),
+}
+
 /// Replays `inputs` in order and writes the report to `out`.
-pub fn run<W: Write>(
+pub fn run<W: Write + Send>(
     config: &Config,
     inputs: Vec<Input>,
     format: Format,
     out: W,
-) -> anyhow::Result<Outcome<W>> {
+) -> Result<Outcome<W>, ReplayError> {
     let profiles = config.profiles.clone();
     let metrics = FindingMetrics::new(&profiles, &config.all_feeds());
     let mut registry = crate::sinks::metrics::registry(crate::util::shard::Shard::ALL);
@@ -51,8 +66,8 @@ pub fn run<W: Write>(
     let mut metric_sink = metrics.sink();
     let mut report = Report::new(out, format);
     let mut replay = Replay::new(Engine::new(profiles.clone()), &profiles);
+    let mut sinks = Fanout::new().with(&mut metric_sink).with(&mut report);
     let mut transitions = Vec::new();
-    let mut write_error = None;
     for input in inputs {
         let name = input.name;
         Splitter::new(input.reader)
@@ -63,10 +78,7 @@ pub fn run<W: Write>(
                         warn!(reason = n.reason, "{}", crate::util::text::clip(&n.message));
                     }
                     for t in transitions.drain(..) {
-                        metric_sink.transition(&t);
-                        if write_error.is_none() {
-                            write_error = report.transition(&t).err();
-                        }
+                        sinks.transition(&t);
                     }
                     result
                 },
@@ -80,11 +92,9 @@ pub fn run<W: Write>(
                     );
                 },
             )
-            .map_err(|e| anyhow::anyhow!("reading {name}: {e}"))?;
+            .map_err(|source| ReplayError::Read { name, source })?;
     }
-    if let Some(e) = write_error {
-        return Err(anyhow::anyhow!("writing the report: {e}"));
-    }
+    drop(sinks);
     let counts = replay.counts;
     metrics.set_rules_active(&replay.engine.rules_active());
     let out = report.finish(&crate::sinks::report::Totals {

@@ -20,7 +20,8 @@ use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer};
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+/// How log lines are written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum LogFormat {
     Text,
     Json,
@@ -48,6 +49,15 @@ impl Traces {
     }
 }
 
+/// Why logs and traces could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum TelemetryError {
+    #[error("building the OTLP trace exporter: {0}")]
+    Exporter(#[from] opentelemetry_otlp::ExporterBuildError),
+    #[error("installing the log subscriber: {0}")]
+    Subscriber(#[from] tracing_subscriber::util::TryInitError),
+}
+
 /// Keeps the trace exporter alive; `shutdown` flushes it.
 pub struct Telemetry {
     provider: Option<SdkTracerProvider>,
@@ -56,7 +66,7 @@ pub struct Telemetry {
 impl Telemetry {
     /// Installs the global subscriber: the log layer, and the trace layer when traces are on.
     /// Call it before starting an async runtime (the exporter has its own thread).
-    pub fn init(format: LogFormat, traces: Traces) -> anyhow::Result<Telemetry> {
+    pub fn init(format: LogFormat, traces: Traces) -> Result<Telemetry, TelemetryError> {
         let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
         let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
         let logs = match format {

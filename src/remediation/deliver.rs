@@ -31,6 +31,11 @@ pub enum Outcome {
     Invalid(String),
 }
 
+/// An HTTP client for the receivers could not be built.
+#[derive(Debug, thiserror::Error)]
+#[error("building the remediation HTTP client: {0}")]
+pub struct DelivererError(String);
+
 /// Holds the HTTP clients (one per CA bundle) and the Kubernetes client.
 pub struct Deliverer {
     http: HashMap<Option<PathBuf>, reqwest::Client>,
@@ -43,7 +48,7 @@ impl Deliverer {
         actions: &[Action],
         timeout: Duration,
         kube: Option<kube::Client>,
-    ) -> anyhow::Result<Deliverer> {
+    ) -> Result<Deliverer, DelivererError> {
         let mut http = HashMap::new();
         for a in actions {
             let ca = match &a.target {
@@ -57,7 +62,8 @@ impl Deliverer {
                 .use_preconfigured_tls(crate::util::tls::client_config(ca.as_deref()))
                 .timeout(timeout)
                 .user_agent(concat!("sandwatch/", env!("CARGO_PKG_VERSION")))
-                .build()?;
+                .build()
+                .map_err(|e| DelivererError(e.to_string()))?;
             http.insert(ca, client);
         }
         Ok(Deliverer {

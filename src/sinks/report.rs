@@ -10,8 +10,10 @@ use std::io::{self, Write};
 use serde::Serialize;
 
 use crate::model::finding::{Event, FindingKind, Transition};
+use crate::model::view::FindingView;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+/// How the report is written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Format {
     Json,
     Table,
@@ -20,26 +22,11 @@ pub enum Format {
 #[derive(Serialize)]
 struct Line<'a> {
     event: Event,
-    kind: FindingKind,
     at: String,
-    profile: &'a str,
-    namespace: Option<&'a str>,
-    pod: Option<&'a str>,
-    session: Option<&'a str>,
-    execution: Option<&'a str>,
-    sandbox: Option<&'a str>,
-    reason: &'a str,
-    retries_after_death: u64,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    container: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    exit_code: Option<i32>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    state: Option<&'a str>,
+    #[serde(flatten)]
+    finding: FindingView<'a>,
     #[serde(skip_serializing_if = "Option::is_none")]
     detection_latency_seconds: Option<f64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    open_for_seconds: Option<f64>,
 }
 
 #[derive(Serialize)]
@@ -70,10 +57,16 @@ pub struct Report<W: Write> {
     resolved: u64,
     retries: u64,
     open: BTreeMap<&'static str, u64>,
+    /// The first write that failed; reported by [`Report::finish`].
+    error: Option<io::Error>,
 }
 
-fn opt(s: &Option<std::sync::Arc<str>>) -> Option<&str> {
-    s.as_deref()
+impl<W: Write> super::TransitionSink for Report<W> {
+    fn transition(&mut self, t: &Transition) {
+        if self.error.is_none() {
+            self.error = self.write(t).err();
+        }
+    }
 }
 
 impl<W: Write> Report<W> {
@@ -86,16 +79,17 @@ impl<W: Write> Report<W> {
             resolved: 0,
             retries: 0,
             open: FindingKind::ALL.iter().map(|k| (k.as_str(), 0)).collect(),
+            error: None,
         }
     }
 
-    pub fn transition(&mut self, t: &Transition) -> io::Result<()> {
-        let f = &t.finding.finding;
+    fn write(&mut self, t: &Transition) -> io::Result<()> {
+        let kind = t.finding.finding.kind.as_str();
         match t.event {
             Event::Opened => {
                 self.opened += 1;
                 self.retries += t.finding.retries_after_death;
-                *self.open.entry(f.kind.as_str()).or_default() += 1;
+                *self.open.entry(kind).or_default() += 1;
             }
             Event::Updated => {
                 self.retries += t.new_retries;
@@ -103,82 +97,35 @@ impl<W: Write> Report<W> {
             }
             Event::Resolved => {
                 self.resolved += 1;
-                *self.open.entry(f.kind.as_str()).or_default() -= 1;
+                *self.open.entry(kind).or_default() -= 1;
             }
         }
+        let view = FindingView::new(&t.finding, t.at);
         match self.format {
             Format::Json => {
                 let line = Line {
                     event: t.event,
-                    kind: f.kind,
                     at: t.at.to_string(),
-                    profile: &f.profile,
-                    namespace: opt(&f.namespace),
-                    pod: opt(&f.pod),
-                    session: opt(&f.session),
-                    execution: opt(&f.execution),
-                    sandbox: opt(&f.sandbox),
-                    reason: &f.reason,
-                    retries_after_death: t.finding.retries_after_death,
-                    container: opt(&f.container),
-                    exit_code: f.exit_code,
-                    state: opt(&f.state),
+                    finding: view,
                     detection_latency_seconds: (t.event == Event::Opened)
                         .then(|| t.detection_latency_secs())
                         .flatten(),
-                    open_for_seconds: (t.event == Event::Resolved).then(|| t.open_for_secs()),
                 };
                 serde_json::to_writer(&mut self.out, &line)?;
                 writeln!(self.out)
             }
             Format::Table => {
-                // Cells come from outside: escaped and bounded, so that no value can break
-                // the table or forge a line.
-                let clip = |s: &str| crate::util::text::clip(s).into_owned();
-                let dash = |s: Option<&str>| s.map_or_else(|| "-".to_string(), clip);
-                let target = match (opt(&f.namespace), opt(&f.pod)) {
-                    (Some(ns), Some(p)) => format!("{}/{}", clip(ns), clip(p)),
-                    (None, Some(p)) => clip(p),
-                    _ => "-".to_string(),
-                };
-                let mut detail = Vec::new();
-                if let Some(c) = &f.container {
-                    detail.push(format!("container={}", clip(c)));
-                }
-                if let Some(x) = f.exit_code {
-                    detail.push(format!("exit={x}"));
-                }
-                if let Some(s) = &f.state {
-                    detail.push(format!("state={}", clip(s)));
-                }
-                if t.finding.retries_after_death > 0 {
-                    detail.push(format!("retries={}", t.finding.retries_after_death));
-                }
-                if t.event == Event::Resolved {
-                    detail.push(format!("open_for={}s", t.open_for_secs()));
-                }
-                let work = match (opt(&f.execution), opt(&f.sandbox)) {
-                    (Some(e), Some(s)) => format!("{}@{}", clip(e), clip(s)),
-                    (Some(e), None) => clip(e),
-                    (None, s) => dash(s),
-                };
-                self.rows.push([
-                    t.at.to_string(),
-                    format!("{:?}", t.event).to_lowercase(),
-                    f.kind.to_string(),
-                    clip(&f.profile),
-                    target,
-                    dash(opt(&f.session)),
-                    work,
-                    clip(&f.reason),
-                    detail.join(" "),
-                ]);
+                self.rows.push(row(t, &view));
                 Ok(())
             }
         }
     }
 
+    /// Writes the summary (and the table), or the first write error.
     pub fn finish(mut self, counts: &Totals) -> io::Result<W> {
+        if let Some(e) = self.error.take() {
+            return Err(e);
+        }
         match self.format {
             Format::Json => {
                 let summary = Summary {
@@ -251,4 +198,48 @@ impl<W: Write> Report<W> {
         self.out.flush()?;
         Ok(self.out)
     }
+}
+
+/// A row of the table. Cells come from outside: escaped and bounded, so that no value can
+/// break the table or forge a line.
+fn row(t: &Transition, v: &FindingView<'_>) -> [String; 9] {
+    let clip = |s: &str| crate::util::text::clip(s).into_owned();
+    let dash = |s: Option<&str>| s.map_or_else(|| "-".to_string(), clip);
+    let target = match (v.namespace, v.pod) {
+        (Some(ns), Some(p)) => format!("{}/{}", clip(ns), clip(p)),
+        (None, Some(p)) => clip(p),
+        _ => "-".to_string(),
+    };
+    let mut detail = Vec::new();
+    if let Some(c) = v.container {
+        detail.push(format!("container={}", clip(c)));
+    }
+    if let Some(x) = v.exit_code {
+        detail.push(format!("exit={x}"));
+    }
+    if let Some(s) = v.state {
+        detail.push(format!("state={}", clip(s)));
+    }
+    if v.retries_after_death > 0 {
+        detail.push(format!("retries={}", v.retries_after_death));
+    }
+    if t.event == Event::Resolved {
+        detail.push(format!("open_for={}s", v.open_for_seconds));
+    }
+    let work = match (v.execution, v.sandbox) {
+        (Some(e), Some(s)) => format!("{}@{}", clip(e), clip(s)),
+        (Some(e), None) => clip(e),
+        (None, s) => dash(s),
+    };
+    [
+        t.at.to_string(),
+        format!("{:?}", t.event).to_lowercase(),
+        v.kind.to_string(),
+        clip(v.profile),
+        target,
+        dash(v.session),
+        work,
+        clip(v.reason),
+        detail.join(" "),
+    ]
 }

@@ -8,16 +8,17 @@ use std::sync::{Arc, Mutex};
 use tracing::{Span, info_span};
 
 use crate::model::finding::{Event, Transition};
+use crate::model::view::FindingView;
 
 /// A span per open finding, from its opening to its resolution, so that what happens to the
 /// finding (remediation attempts) nests under it.
 #[derive(Clone, Default)]
 pub struct FindingSpans(Arc<Mutex<HashMap<u64, Span>>>);
 
-impl FindingSpans {
-    pub fn transition(&self, t: &Transition) {
+impl super::TransitionSink for FindingSpans {
+    fn transition(&mut self, t: &Transition) {
         let f = &t.finding;
-        let d = &f.finding;
+        let v = FindingView::new(f, t.at);
         let mut spans = self.0.lock().unwrap_or_else(|e| e.into_inner());
         match t.event {
             Event::Opened => {
@@ -25,14 +26,14 @@ impl FindingSpans {
                     parent: None,
                     "finding",
                     finding.id = f.id,
-                    finding.kind = d.kind.as_str(),
-                    finding.reason = &*d.reason,
-                    profile = &*d.profile,
-                    namespace = d.namespace.as_deref(),
-                    pod = d.pod.as_deref(),
-                    session = d.session.as_deref(),
-                    execution = d.execution.as_deref(),
-                    sandbox = d.sandbox.as_deref(),
+                    finding.kind = v.kind.as_str(),
+                    finding.reason = v.reason,
+                    profile = v.profile,
+                    namespace = v.namespace,
+                    pod = v.pod,
+                    session = v.session,
+                    execution = v.execution,
+                    sandbox = v.sandbox,
                     detection_latency_seconds = t.detection_latency_secs(),
                     retries_after_death = tracing::field::Empty,
                     open_for_seconds = tracing::field::Empty,
@@ -42,13 +43,15 @@ impl FindingSpans {
             Event::Updated => {}
             Event::Resolved => {
                 if let Some(span) = spans.remove(&f.id) {
-                    span.record("retries_after_death", f.retries_after_death);
-                    span.record("open_for_seconds", t.open_for_secs());
+                    span.record("retries_after_death", v.retries_after_death);
+                    span.record("open_for_seconds", v.open_for_seconds);
                 }
             }
         }
     }
+}
 
+impl FindingSpans {
     /// The span of an open finding.
     pub fn get(&self, id: u64) -> Option<Span> {
         self.0

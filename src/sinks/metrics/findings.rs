@@ -267,6 +267,12 @@ impl FindingMetrics {
     }
 }
 
+impl crate::sinks::TransitionSink for FindingSink {
+    fn transition(&mut self, t: &Transition) {
+        self.record(t)
+    }
+}
+
 impl FindingSink {
     pub fn set_rules_active(&self, rules: &[(Arc<str>, FindingKind, bool)]) {
         self.metrics.set_rules_active(rules);
@@ -291,7 +297,7 @@ impl FindingSink {
         i
     }
 
-    pub fn transition(&mut self, t: &Transition) {
+    fn record(&mut self, t: &Transition) {
         let f = &t.finding.finding;
         let profile = f.profile.to_string();
         let namespace = f.namespace.as_deref().unwrap_or_default().to_string();
