@@ -24,7 +24,8 @@ use std::collections::{BTreeSet, HashSet};
 use std::sync::Arc;
 
 use crate::core::rules::{self, Rule, SubjectKind, SubjectView};
-use crate::core::world::{Feed, HashMap, Notice, SourceStatus, Subject, Trust, World};
+use crate::core::trust::{self, Verdict};
+use crate::core::world::{Feed, HashMap, Notice, SourceStatus, Subject, World};
 use crate::model::finding::FindingKind;
 use crate::model::finding::{Candidate, Event, FindingKey, OpenFinding, Transition};
 use crate::model::kubernetes::Object;
@@ -256,11 +257,7 @@ impl Engine {
             .iter()
             .flat_map(|(p, profile)| {
                 self.rules.iter().map(move |r| {
-                    let on = r
-                        .needs()
-                        .required
-                        .iter()
-                        .all(|f| w.trust(p, *f) != Trust::Unconfigured);
+                    let on = trust::verdict(w.sources(), p, &r.needs()) != Verdict::Off;
                     (profile.name.clone(), r.kind(), on)
                 })
             })
@@ -303,20 +300,10 @@ impl Engine {
             },
         };
         // Trust is per profile: one platform's sources say nothing about another's.
-        if needs
-            .required
-            .iter()
-            .any(|f| w.trust(profile, *f) == Trust::Unconfigured)
-        {
-            return Judgement::Clear;
-        }
-        if needs
-            .required
-            .iter()
-            .chain(needs.optional)
-            .any(|f| w.trust(profile, *f) == Trust::Untrusted)
-        {
-            return Judgement::Hold;
+        match trust::verdict(w.sources(), profile, &needs) {
+            Verdict::Off => return Judgement::Clear,
+            Verdict::Held => return Judgement::Hold,
+            Verdict::Judges => {}
         }
         match rule.evaluate(&view, w, self.now) {
             Some(c) => Judgement::Holds(Box::new(c)),

@@ -73,6 +73,7 @@ impl Deliverer {
         })
     }
 
+    /// Makes (or, in dry-run, describes) the call of one action for one finding.
     pub async fn deliver(
         &self,
         action: &Action,
@@ -87,98 +88,118 @@ impl Deliverer {
                 secret_file,
                 ca_file,
             } => {
-                let payload = Payload {
-                    action: action.name,
-                    idempotency_key: key,
-                    dry_run: !live,
-                    finding: FindingView::new(f, Ts::now()),
-                };
-                let body = match serde_json::to_vec(&payload) {
-                    Ok(b) => b,
-                    Err(e) => return Outcome::Invalid(format!("encoding the payload: {e}")),
-                };
-                if !live {
-                    return Outcome::DryRun(format!("POST a signed webhook to {url}"));
-                }
-                let secret = match std::fs::read_to_string(secret_file) {
-                    Ok(s) => s,
-                    Err(e) => {
-                        return Outcome::Invalid(format!(
-                            "reading the webhook secret {}: {e}",
-                            secret_file.display()
-                        ));
-                    }
-                };
-                let timestamp = Ts::now().0 / 1000;
-                let signature = match sign(&secret, key, timestamp, &body) {
-                    Ok(s) => s,
-                    Err(e) => return Outcome::Invalid(e),
-                };
-                let request = self
-                    .client(ca_file)
-                    .post(url)
-                    .header("content-type", "application/json")
-                    .header("webhook-id", key)
-                    .header("webhook-timestamp", timestamp.to_string())
-                    .header("webhook-signature", signature)
-                    .header("idempotency-key", key)
-                    .body(body);
-                send(request).await
+                self.webhook(action, (url, secret_file, ca_file), f, key, live)
+                    .await
             }
-            Target::Http {
-                method,
-                url,
-                body,
-                headers,
-                ca_file,
-            } => {
-                let base = action.base_url.as_deref();
-                let url = match render(url, f, key, base, Escape::Url) {
-                    Ok(u) => u,
-                    Err(e) => return Outcome::Invalid(format!("url: {e}")),
-                };
-                let body = match body
-                    .as_deref()
-                    .map(|b| render(b, f, key, base, Escape::Json))
-                    .transpose()
-                {
-                    Ok(b) => b,
-                    Err(e) => return Outcome::Invalid(format!("body: {e}")),
-                };
-                if !live {
-                    return Outcome::DryRun(format!("{method} {url}"));
-                }
-                let Ok(m) = reqwest::Method::from_bytes(method.as_bytes()) else {
-                    return Outcome::Invalid(format!("method {method:?}"));
-                };
-                let mut request = self
-                    .client(ca_file)
-                    .request(m, &url)
-                    .header("idempotency-key", key);
-                for (name, value) in headers {
-                    let value = match value {
-                        HeaderValue::Literal(v) => v.clone(),
-                        HeaderValue::File(path) => match std::fs::read_to_string(path) {
-                            Ok(v) => v.trim().to_string(),
-                            Err(e) => {
-                                return Outcome::Invalid(format!(
-                                    "reading header {name} from {}: {e}",
-                                    path.display()
-                                ));
-                            }
-                        },
-                    };
-                    request = request.header(name.as_str(), value);
-                }
-                if let Some(body) = body {
-                    request = request
-                        .header("content-type", "application/json")
-                        .body(body);
-                }
-                send(request).await
-            }
+            Target::Http { .. } => self.http(action, f, key, live).await,
             Target::Kubernetes(k) => self.kubernetes(k, profile, f, live).await,
         }
+    }
+
+    /// A signed Standard Webhooks POST of the finding.
+    async fn webhook(
+        &self,
+        action: &Action,
+        (url, secret_file, ca_file): (&str, &PathBuf, &Option<PathBuf>),
+        f: &OpenFinding,
+        key: &str,
+        live: bool,
+    ) -> Outcome {
+        let payload = Payload {
+            action: action.name,
+            idempotency_key: key,
+            dry_run: !live,
+            finding: FindingView::new(f, Ts::now()),
+        };
+        let body = match serde_json::to_vec(&payload) {
+            Ok(b) => b,
+            Err(e) => return Outcome::Invalid(format!("encoding the payload: {e}")),
+        };
+        if !live {
+            return Outcome::DryRun(format!("POST a signed webhook to {url}"));
+        }
+        let secret = match std::fs::read_to_string(secret_file) {
+            Ok(s) => s,
+            Err(e) => {
+                return Outcome::Invalid(format!(
+                    "reading the webhook secret {}: {e}",
+                    secret_file.display()
+                ));
+            }
+        };
+        let timestamp = Ts::now().0 / 1000;
+        let signature = match sign(&secret, key, timestamp, &body) {
+            Ok(s) => s,
+            Err(e) => return Outcome::Invalid(e),
+        };
+        let request = self
+            .client(ca_file)
+            .post(url)
+            .header("content-type", "application/json")
+            .header("webhook-id", key)
+            .header("webhook-timestamp", timestamp.to_string())
+            .header("webhook-signature", signature)
+            .header("idempotency-key", key)
+            .body(body);
+        send(request).await
+    }
+
+    /// A request to the platform's API, from the action's templates.
+    async fn http(&self, action: &Action, f: &OpenFinding, key: &str, live: bool) -> Outcome {
+        let Target::Http {
+            method,
+            url,
+            body,
+            headers,
+            ca_file,
+        } = &action.target
+        else {
+            return Outcome::Invalid("not an HTTP action".into());
+        };
+        let base = action.base_url.as_deref();
+        let url = match render(url, f, key, base, Escape::Url) {
+            Ok(u) => u,
+            Err(e) => return Outcome::Invalid(format!("url: {e}")),
+        };
+        let body = match body
+            .as_deref()
+            .map(|b| render(b, f, key, base, Escape::Json))
+            .transpose()
+        {
+            Ok(b) => b,
+            Err(e) => return Outcome::Invalid(format!("body: {e}")),
+        };
+        if !live {
+            return Outcome::DryRun(format!("{method} {url}"));
+        }
+        let Ok(m) = reqwest::Method::from_bytes(method.as_bytes()) else {
+            return Outcome::Invalid(format!("method {method:?}"));
+        };
+        let mut request = self
+            .client(ca_file)
+            .request(m, &url)
+            .header("idempotency-key", key);
+        for (name, value) in headers {
+            let value = match value {
+                HeaderValue::Literal(v) => v.clone(),
+                HeaderValue::File(path) => match std::fs::read_to_string(path) {
+                    Ok(v) => v.trim().to_string(),
+                    Err(e) => {
+                        return Outcome::Invalid(format!(
+                            "reading header {name} from {}: {e}",
+                            path.display()
+                        ));
+                    }
+                },
+            };
+            request = request.header(name.as_str(), value);
+        }
+        if let Some(body) = body {
+            request = request
+                .header("content-type", "application/json")
+                .body(body);
+        }
+        send(request).await
     }
 
     fn client(&self, ca_file: &Option<PathBuf>) -> reqwest::Client {

@@ -33,6 +33,10 @@ impl super::Rule for Rule {
         }
     }
 
+    fn rests_on_absence(&self, reason: &str) -> Option<Feed> {
+        matches!(reason, "NoSession" | "SessionTerminal").then_some(Feed::Sessions)
+    }
+
     fn evaluate(&self, subject: &SubjectView<'_>, world: &World, _now: Ts) -> Option<Candidate> {
         let SubjectView::Pod(pod) = subject else {
             return None;

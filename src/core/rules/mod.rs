@@ -61,6 +61,11 @@ pub trait Rule: Sync {
     fn subject(&self) -> SubjectKind;
     fn needs(&self) -> Needs;
     fn evaluate(&self, subject: &SubjectView<'_>, world: &World, now: Ts) -> Option<Candidate>;
+    /// The feed whose *absence* a finding with this reason rests on (a pod gone, a session
+    /// gone), if any: before acting on it, remediation checks that absence is still evidence.
+    fn rests_on_absence(&self, _reason: &str) -> Option<Feed> {
+        None
+    }
 }
 
 /// The finding fields that identify a pod.

@@ -33,6 +33,14 @@ impl super::Rule for Rule {
         }
     }
 
+    fn rests_on_absence(&self, reason: &str) -> Option<Feed> {
+        match reason {
+            "PodGone" => Some(Feed::Pods),
+            "ResourceGone" => Some(Feed::ResumeTargets),
+            _ => None,
+        }
+    }
+
     fn evaluate(&self, subject: &SubjectView<'_>, world: &World, _now: Ts) -> Option<Candidate> {
         let SubjectView::Record(key, rec) = subject else {
             return None;

@@ -33,6 +33,10 @@ impl super::Rule for Rule {
         }
     }
 
+    fn rests_on_absence(&self, reason: &str) -> Option<Feed> {
+        matches!(reason, "PodGone").then_some(Feed::Pods)
+    }
+
     fn evaluate(&self, subject: &SubjectView<'_>, world: &World, _now: Ts) -> Option<Candidate> {
         let SubjectView::Record(key, rec) = subject else {
             return None;
