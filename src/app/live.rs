@@ -16,6 +16,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::net::TcpListener;
 use tokio::sync::{broadcast, mpsc, watch};
 use tokio::task::JoinSet;
 use tracing::{info, warn};
@@ -109,27 +110,11 @@ impl Daemon {
         let databases = databases(&config, settings.database_url_file.as_deref());
         let token = settings.ingest_token.take();
         let ingest = ingest(&settings, token, changes_tx.clone(), &metrics.health)?;
-        let listener = tokio::net::TcpListener::bind(settings.listen)
-            .await
-            .map_err(|source| StartError::Listen {
-                addr: settings.listen,
-                source,
-            })?;
-        let addr = listener.local_addr().map_err(|source| StartError::Listen {
-            addr: settings.listen,
-            source,
-        })?;
+        let (listener, addr) = listen(settings.listen).await?;
         let mut app = http::router(snapshot_rx.clone(), Arc::new(metrics.registry));
         if let Some(ingest) = &ingest {
-            for status in ingest.statuses() {
-                if let Change::Source(s) = &status {
-                    metrics.health.register_source(&s.name, SourceKind::Push);
-                }
-                let _ = changes_tx.send((Ts::now(), status)).await;
-            }
             app = app.merge(ingest.clone().router());
-            tasks.spawn(ingest.clone().run(stop_rx.clone()));
-            info!("accepting records at POST /api/v1/records");
+            start_ingest(ingest, &changes_tx, &metrics.health, &stop_rx, &mut tasks).await;
         }
         tasks.spawn(http::serve::serve(
             listener,
@@ -282,6 +267,32 @@ fn databases(config: &Config, url_file: Option<&std::path::Path>) -> Vec<Postgre
         }
     }
     out
+}
+
+/// The HTTP listener, and the address it is bound to (the port may have been 0).
+async fn listen(addr: SocketAddr) -> Result<(TcpListener, SocketAddr), StartError> {
+    let failed = |source| StartError::Listen { addr, source };
+    let listener = TcpListener::bind(addr).await.map_err(failed)?;
+    let bound = listener.local_addr().map_err(failed)?;
+    Ok((listener, bound))
+}
+
+/// Announces the ingest sources (unsynced until a snapshot) and starts their expiry task.
+async fn start_ingest(
+    ingest: &Ingest,
+    changes: &mpsc::Sender<(Ts, Change)>,
+    health: &HealthMetrics,
+    stop: &watch::Receiver<bool>,
+    tasks: &mut JoinSet<()>,
+) {
+    for status in ingest.statuses() {
+        if let Change::Source(s) = &status {
+            health.register_source(&s.name, SourceKind::Push);
+        }
+        let _ = changes.send((Ts::now(), status)).await;
+    }
+    tasks.spawn(ingest.clone().run(stop.clone()));
+    info!("accepting records at POST /api/v1/records");
 }
 
 /// The ingest API, when a profile takes pushed records (it needs a token then).

@@ -10,14 +10,15 @@
 //! Request bodies are read, with their own deadline and size limit, by the one handler
 //! that takes a body (the ingest API).
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
-use tokio::net::TcpListener;
-use tokio::sync::{Semaphore, watch};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio::task::JoinSet;
 use tracing::{debug, warn};
 
@@ -85,32 +86,14 @@ pub async fn serve(
             full_logged = false;
         }
         let service = TowerToHyperService::new(app.clone());
-        let mut stop = stop.clone();
-        connections.spawn(async move {
-            let _permit = permit;
-            let mut builder = hyper::server::conn::http1::Builder::new();
-            builder
-                .timer(TokioTimer::new())
-                .header_read_timeout(limits.header_timeout)
-                .keep_alive(true);
-            let conn = builder.serve_connection(TokioIo::new(stream), service);
-            tokio::pin!(conn);
-            let ended = tokio::select! {
-                r = conn.as_mut() => Some(r),
-                _ = stopped(&mut stop) => None,
-            };
-            let result = match ended {
-                Some(r) => r,
-                None => {
-                    // Finish the request under way, if any, then close.
-                    conn.as_mut().graceful_shutdown();
-                    conn.await
-                }
-            };
-            if let Err(e) = result {
-                debug!(%peer, error = %e, "HTTP connection ended");
-            }
-        });
+        connections.spawn(connection(
+            stream,
+            peer,
+            service,
+            permit,
+            limits,
+            stop.clone(),
+        ));
         // Reap finished connections as they go, so the set stays as small as what is open.
         while connections.try_join_next().is_some() {}
     }
@@ -126,6 +109,41 @@ pub async fn serve(
         );
         connections.abort_all();
         while connections.join_next().await.is_some() {}
+    }
+}
+
+/// One client connection: HTTP/1.1 with keep-alive and a header-read timeout; on `stop`, the
+/// request under way finishes and the connection closes.
+async fn connection(
+    stream: TcpStream,
+    peer: SocketAddr,
+    service: TowerToHyperService<Router>,
+    permit: OwnedSemaphorePermit,
+    limits: Limits,
+    mut stop: watch::Receiver<bool>,
+) {
+    let _permit = permit;
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_timeout)
+        .keep_alive(true);
+    let conn = builder.serve_connection(TokioIo::new(stream), service);
+    tokio::pin!(conn);
+    let ended = tokio::select! {
+        r = conn.as_mut() => Some(r),
+        _ = stopped(&mut stop) => None,
+    };
+    let result = match ended {
+        Some(r) => r,
+        None => {
+            // Finish the request under way, if any, then close.
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+    };
+    if let Err(e) = result {
+        debug!(%peer, error = %e, "HTTP connection ended");
     }
 }
 
