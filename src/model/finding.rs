@@ -14,38 +14,40 @@ use serde::Serialize;
 use crate::model::ids::{Subject, Sym};
 use crate::util::time::Ts;
 
-/// The finding kinds. Their names are part of the interface (metrics, API, webhooks).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum FindingKind {
-    AgentTerminatedPodRunning,
-    ExecutionOnDeadAgent,
-    OrphanedSuspendedSession,
-    SessionActiveWithoutAgent,
-    LeakedSandboxPod,
+/// Declares [`FindingKind`], one line per kind: its variant and its name.
+macro_rules! finding_kinds {
+    ($($variant:ident => $name:literal,)*) => {
+        /// The finding kinds. Their names are part of the interface (metrics, API, webhooks).
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+        #[serde(rename_all = "snake_case")]
+        pub enum FindingKind {
+            $($variant,)*
+        }
+
+        impl FindingKind {
+            pub const ALL: &[FindingKind] = &[$(FindingKind::$variant,)*];
+
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $(FindingKind::$variant => $name,)*
+                }
+            }
+        }
+    };
+}
+
+// Adding a rule adds its line here (the rule itself lives in `core::rules`).
+finding_kinds! {
+    AgentTerminatedPodRunning => "agent_terminated_pod_running",
+    ExecutionOnDeadAgent => "execution_on_dead_agent",
+    OrphanedSuspendedSession => "orphaned_suspended_session",
+    SessionActiveWithoutAgent => "session_active_without_agent",
+    LeakedSandboxPod => "leaked_sandbox_pod",
 }
 
 impl FindingKind {
-    pub const ALL: [FindingKind; 5] = [
-        FindingKind::AgentTerminatedPodRunning,
-        FindingKind::ExecutionOnDeadAgent,
-        FindingKind::OrphanedSuspendedSession,
-        FindingKind::SessionActiveWithoutAgent,
-        FindingKind::LeakedSandboxPod,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            FindingKind::AgentTerminatedPodRunning => "agent_terminated_pod_running",
-            FindingKind::ExecutionOnDeadAgent => "execution_on_dead_agent",
-            FindingKind::OrphanedSuspendedSession => "orphaned_suspended_session",
-            FindingKind::SessionActiveWithoutAgent => "session_active_without_agent",
-            FindingKind::LeakedSandboxPod => "leaked_sandbox_pod",
-        }
-    }
-
     pub fn parse(s: &str) -> Option<FindingKind> {
-        FindingKind::ALL.into_iter().find(|k| k.as_str() == s)
+        FindingKind::ALL.iter().copied().find(|k| k.as_str() == s)
     }
 }
 

@@ -159,7 +159,7 @@ pub struct Oracle {
     pub probes: std::cell::RefCell<std::collections::BTreeMap<&'static str, u64>>,
 }
 
-const RULES: [FindingKind; 5] = FindingKind::ALL;
+const RULES: &[FindingKind] = FindingKind::ALL;
 
 fn feeds(kind: FindingKind) -> (&'static [Feed], &'static [Feed]) {
     match kind {
@@ -263,7 +263,7 @@ impl Oracle {
     /// Every (rule, subject) pair there is now.
     fn pairs(&self) -> Vec<(FindingKind, Subj)> {
         let mut out = Vec::new();
-        for kind in RULES {
+        for &kind in RULES {
             match kind {
                 FindingKind::AgentTerminatedPodRunning | FindingKind::LeakedSandboxPod => {
                     for p in &self.pods {

@@ -10,7 +10,7 @@
 //! a crash loop, not this finding. Resolves when the pod is deleted, starts terminating,
 //! leaves Running, or the agent runs again.
 
-use crate::core::rules::{Needs, SubjectKind, SubjectView, pod_identity};
+use crate::core::rules::{Label, Needs, Series, SubjectKind, SubjectView, pod_identity};
 use crate::core::world::{Feed, Phase, World};
 use crate::model::finding::{Candidate, FindingKind};
 use crate::util::time::Ts;
@@ -30,6 +30,15 @@ impl super::Rule for Rule {
         Needs {
             required: &[Feed::Pods],
             optional: &[],
+        }
+    }
+
+    fn series(&self) -> Series {
+        Series {
+            name: "sandwatch_agent_container_terminated_while_pod_running",
+            help: "Sandbox pods whose agent container has terminated (label reason) while a sidecar keeps the pod Running: the platform still believes these agents are alive. List them with /api/v1/findings?kind=agent_terminated_pod_running and restart or delete the pods",
+            labels: &[Label::Namespace, Label::Profile, Label::Reason],
+            counts_retries: false,
         }
     }
 

@@ -12,7 +12,7 @@
 
 use std::time::Duration;
 
-use crate::core::rules::{Needs, SubjectKind, SubjectView, pod_holder};
+use crate::core::rules::{Label, Needs, Series, SubjectKind, SubjectView, pod_holder};
 use crate::core::world::{Feed, PodLink, StateClass, World};
 use crate::model::finding::{Candidate, Finding, FindingKind};
 use crate::model::profile::{ExecutionClass, SandboxClass};
@@ -38,6 +38,15 @@ impl super::Rule for Rule {
 
     fn rests_on_absence(&self, reason: &str) -> Option<Feed> {
         matches!(reason, "PodGone").then_some(Feed::Pods)
+    }
+
+    fn series(&self) -> Series {
+        Series {
+            name: "sandwatch_executions_on_dead_agent",
+            help: "Executions in an active state (label state) whose agent is dead (container terminated, pod gone or sandbox dead): their users wait for a deadline. List them with /api/v1/findings?kind=execution_on_dead_agent and finalize them",
+            labels: &[Label::Profile, Label::State],
+            counts_retries: true,
+        }
     }
 
     fn evaluate(&self, subject: &SubjectView<'_>, world: &World, _now: Ts) -> Option<Candidate> {

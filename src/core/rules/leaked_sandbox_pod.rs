@@ -9,7 +9,7 @@
 //! that claimed it. Resolves when the pod is deleted or starts terminating,
 //! or a live session claims it.
 
-use crate::core::rules::{Needs, SubjectKind, SubjectView, pod_identity};
+use crate::core::rules::{Label, Needs, Series, SubjectKind, SubjectView, pod_identity};
 use crate::core::world::{Feed, Holder, StateClass, World};
 use crate::model::finding::{Candidate, FindingKind};
 use crate::model::profile::SessionClass;
@@ -35,6 +35,15 @@ impl super::Rule for Rule {
 
     fn rests_on_absence(&self, reason: &str) -> Option<Feed> {
         matches!(reason, "NoSession" | "SessionTerminal").then_some(Feed::Sessions)
+    }
+
+    fn series(&self) -> Series {
+        Series {
+            name: "sandwatch_leaked_sandbox_pods",
+            help: "Sandbox pods with no active, suspended or starting session for longer than the leak grace: they cost money until deleted. List them with /api/v1/findings?kind=leaked_sandbox_pod",
+            labels: &[Label::Namespace, Label::Profile],
+            counts_retries: false,
+        }
     }
 
     fn evaluate(&self, subject: &SubjectView<'_>, world: &World, _now: Ts) -> Option<Candidate> {

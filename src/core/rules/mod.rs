@@ -12,7 +12,9 @@
 //! trusted, see where it would be, and this shard would hold it), and dates its evidence from
 //! what the sources said: a record's `updated_at`, a pod's observed departure.
 //!
-//! Adding a rule: one new file here, and one line in [`ALL`].
+//! Adding a rule: one new file here (its judgement, the feeds it needs, the gauge its findings
+//! count in), one line in [`ALL`], and its [`FindingKind`] variant, which is part of the
+//! interface.
 
 use crate::core::world::{Feed, Holder, Pod, RecordKey, StoredRecord, World};
 use crate::model::finding::{Candidate, FindingKind};
@@ -50,6 +52,33 @@ pub struct Needs {
     pub optional: &'static [Feed],
 }
 
+/// A label of the gauge that counts a rule's open findings. Labels are bounded: per-entity
+/// detail (pod, session, execution ids) lives in the findings API and the logs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Label {
+    /// The finding's namespace; its series start at zero for each namespace the profile lists.
+    Namespace,
+    Profile,
+    /// The finding's reason; its series start at zero with an empty reason.
+    Reason,
+    /// The record's state; its series start at zero for each active state of the records the
+    /// rule judges.
+    State,
+}
+
+/// The gauge that counts a rule's open findings, declared by the rule.
+pub struct Series {
+    /// The metric name (part of the interface: alerts and dashboards use it).
+    pub name: &'static str,
+    /// Its help text: what it counts and what to do about it.
+    pub help: &'static str,
+    /// Its labels, in the order they are exposed.
+    pub labels: &'static [Label],
+    /// Whether its findings count attempts seen after the agent died
+    /// (`sandwatch_retries_against_dead_agent`).
+    pub counts_retries: bool,
+}
+
 /// The subject under judgement.
 pub enum SubjectView<'a> {
     Pod(&'a Pod),
@@ -60,6 +89,8 @@ pub trait Rule: Sync {
     fn kind(&self) -> FindingKind;
     fn subject(&self) -> SubjectKind;
     fn needs(&self) -> Needs;
+    /// The gauge its open findings count in.
+    fn series(&self) -> Series;
     fn evaluate(&self, subject: &SubjectView<'_>, world: &World, now: Ts) -> Option<Candidate>;
     /// The feed whose *absence* a finding with this reason rests on (a pod gone, a session
     /// gone), if any: before acting on it, remediation checks that absence is still evidence.

@@ -9,7 +9,7 @@
 //! the later of the session's `updated_at` and the pod's (or resource's) observed departure. Resolves when the session leaves the suspended
 //! state or its pod / resource exists again.
 
-use crate::core::rules::{Needs, SubjectKind, SubjectView, pod_holder};
+use crate::core::rules::{Label, Needs, Series, SubjectKind, SubjectView, pod_holder};
 use crate::core::world::{Feed, Holder, PodLink, StateClass, World};
 use crate::model::finding::{Candidate, Finding, FindingKind};
 use crate::model::profile::{ResumeFrom, SessionClass};
@@ -38,6 +38,15 @@ impl super::Rule for Rule {
             "PodGone" => Some(Feed::Pods),
             "ResourceGone" => Some(Feed::ResumeTargets),
             _ => None,
+        }
+    }
+
+    fn series(&self) -> Series {
+        Series {
+            name: "sandwatch_orphaned_suspended_sessions",
+            help: "Sessions in a suspended state whose pod (or resume resource) no longer exists: resuming them will fail. List them with /api/v1/findings?kind=orphaned_suspended_session and mark them gone or respawn them",
+            labels: &[Label::Profile],
+            counts_retries: false,
         }
     }
 

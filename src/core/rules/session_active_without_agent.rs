@@ -9,7 +9,7 @@
 
 use std::time::Duration;
 
-use crate::core::rules::{Needs, SubjectKind, SubjectView, pod_holder};
+use crate::core::rules::{Label, Needs, Series, SubjectKind, SubjectView, pod_holder};
 use crate::core::world::{Feed, PodLink, StateClass, World};
 use crate::model::finding::{Candidate, Finding, FindingKind};
 use crate::model::profile::SessionClass;
@@ -35,6 +35,15 @@ impl super::Rule for Rule {
 
     fn rests_on_absence(&self, reason: &str) -> Option<Feed> {
         matches!(reason, "PodGone").then_some(Feed::Pods)
+    }
+
+    fn series(&self) -> Series {
+        Series {
+            name: "sandwatch_sessions_active_without_agent",
+            help: "Sessions the records call active whose pod is gone or whose agent container has terminated. List them with /api/v1/findings?kind=session_active_without_agent and end or restart them",
+            labels: &[Label::Profile],
+            counts_retries: false,
+        }
     }
 
     fn evaluate(&self, subject: &SubjectView<'_>, world: &World, _now: Ts) -> Option<Candidate> {

@@ -1,6 +1,8 @@
 //! The finding series: gauges of open findings and counters of their transitions, kept up to
 //! date from the engine's transitions.
 //!
+//! Each rule declares the gauge its open findings count in ([`rules::Series`]: name, help,
+//! labels); this sink builds the families from those declarations and knows no rule by name.
 //! Labels are bounded (namespace, profile, kind, reason, state): per-entity detail (pod,
 //! session, execution ids) lives in the findings API and the logs, never in series. Every
 //! series of a rule that can run for a profile exists from the start, at zero (for each
@@ -17,7 +19,8 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
-use crate::model::finding::{Event, FindingKind, Transition};
+use crate::core::rules::{self, Label, Rule, SubjectKind};
+use crate::model::finding::{Event, Finding, FindingKind, Transition};
 use crate::model::profile::{Profile, Profiles};
 use crate::model::source::Feed;
 
@@ -37,34 +40,12 @@ pub struct ProfileLabels {
     pub profile: String,
 }
 
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct ProfileStateLabels {
-    pub profile: String,
-    pub state: String,
-}
+/// The labels of one series of a rule's gauge, in the order the rule declares them.
+type Labels = Vec<(&'static str, String)>;
 
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct NamespaceProfileLabels {
-    pub namespace: String,
-    pub profile: String,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct NamespaceProfileReasonLabels {
-    pub namespace: String,
-    pub profile: String,
-    pub reason: String,
-}
-
-/// Which gauge series an open finding counts in.
-#[derive(Clone, Debug, Hash, PartialEq, Eq)]
-enum Series {
-    AgentTerminated(NamespaceProfileReasonLabels),
-    ExecutionOnDeadAgent(ProfileStateLabels),
-    Orphaned(ProfileLabels),
-    ActiveWithoutAgent(ProfileLabels),
-    Leaked(NamespaceProfileLabels),
-}
+/// Which gauge series an open finding counts in: the rule's index in [`rules::ALL`] and the
+/// series' labels.
+type Series = (usize, Labels);
 
 type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
 
@@ -77,12 +58,9 @@ fn latency_histogram() -> Histogram {
 
 #[derive(Clone)]
 pub struct FindingMetrics {
-    agent_terminated: Family<NamespaceProfileReasonLabels, Gauge>,
-    orphaned: Family<ProfileLabels, Gauge>,
-    executions_dead: Family<ProfileStateLabels, Gauge>,
+    /// Each rule's gauge, in the order of [`rules::ALL`].
+    gauges: Vec<Family<Labels, Gauge>>,
     retries: Family<ProfileLabels, Counter>,
-    active_without_agent: Family<ProfileLabels, Gauge>,
-    leaked: Family<NamespaceProfileLabels, Gauge>,
     opened: Family<ProfileKindLabels, Counter>,
     resolved: Family<ProfileKindLabels, Counter>,
     latency: HistogramFamily<KindLabels>,
@@ -100,11 +78,8 @@ pub struct FindingSink {
 
 /// Whether a rule can run for a profile whose configuration provides these feeds (each feed
 /// the rule requires has a source).
-fn can_run(feeds: &[Feed], kind: FindingKind) -> bool {
-    crate::core::rules::ALL
-        .iter()
-        .find(|r| r.kind() == kind)
-        .is_some_and(|r| r.needs().required.iter().all(|f| feeds.contains(f)))
+fn can_run(feeds: &[Feed], rule: &dyn Rule) -> bool {
+    rule.needs().required.iter().all(|f| feeds.contains(f))
 }
 
 /// The namespaces a profile's series start at: the ones it lists, or none (all).
@@ -115,17 +90,81 @@ fn namespaces(p: &Profile) -> Vec<String> {
     }
 }
 
+/// The name of a label in the exposition.
+fn label_name(label: Label) -> &'static str {
+    match label {
+        Label::Namespace => "namespace",
+        Label::Profile => "profile",
+        Label::Reason => "reason",
+        Label::State => "state",
+    }
+}
+
+/// The values a label's series start at, for a rule judging `subject` in profile `p`.
+fn start_values(label: Label, subject: SubjectKind, p: &Profile) -> Vec<String> {
+    match label {
+        Label::Namespace => namespaces(p),
+        Label::Profile => vec![p.name.to_string()],
+        Label::Reason => vec![String::new()],
+        Label::State => match subject {
+            SubjectKind::Execution => p.executions.active.clone(),
+            SubjectKind::Session => p.sessions.active.clone(),
+            SubjectKind::Pod => vec![String::new()],
+        },
+    }
+}
+
+/// Every series a rule's gauge starts with for a profile: each combination of the labels'
+/// start values.
+fn start_series(rule: &dyn Rule, p: &Profile) -> Vec<Labels> {
+    let mut all: Vec<Labels> = vec![Vec::new()];
+    for &label in rule.series().labels {
+        let values = start_values(label, rule.subject(), p);
+        all = all
+            .into_iter()
+            .flat_map(|prefix| {
+                values.iter().map(move |v| {
+                    let mut l = prefix.clone();
+                    l.push((label_name(label), v.clone()));
+                    l
+                })
+            })
+            .collect();
+    }
+    all
+}
+
+/// The series of the rule's gauge that a finding counts in.
+fn finding_series(rule: &dyn Rule, f: &Finding) -> Labels {
+    let value = |label: Label| match label {
+        Label::Namespace => f.namespace.as_deref().unwrap_or_default().to_string(),
+        Label::Profile => f.profile.to_string(),
+        Label::Reason => f.reason.to_string(),
+        Label::State => f.state.as_deref().unwrap_or_default().to_string(),
+    };
+    rule.series()
+        .labels
+        .iter()
+        .map(|&l| (label_name(l), value(l)))
+        .collect()
+}
+
+/// A kind's rule and its index in [`rules::ALL`].
+fn rule_of(kind: FindingKind) -> Option<(usize, &'static dyn Rule)> {
+    rules::ALL
+        .iter()
+        .enumerate()
+        .find(|(_, r)| r.kind() == kind)
+        .map(|(i, r)| (i, *r))
+}
+
 impl FindingMetrics {
     /// The families, each series a profile can have created at zero; `feeds` lists, by
     /// profile id, the feeds its configuration provides.
     pub fn new(profiles: &Profiles, feeds: &[Vec<Feed>]) -> FindingMetrics {
         let m = FindingMetrics {
-            agent_terminated: Family::default(),
-            orphaned: Family::default(),
-            executions_dead: Family::default(),
+            gauges: rules::ALL.iter().map(|_| Family::default()).collect(),
             retries: Family::default(),
-            active_without_agent: Family::default(),
-            leaked: Family::default(),
             opened: Family::default(),
             resolved: Family::default(),
             latency: Family::new_with_constructor(latency_histogram),
@@ -133,58 +172,27 @@ impl FindingMetrics {
         };
         for (id, p) in profiles.iter() {
             let feeds = feeds.get(usize::from(id.0)).map_or(&[][..], Vec::as_slice);
-            let name = p.name.to_string();
-            let profile = ProfileLabels {
-                profile: name.clone(),
-            };
-            for kind in FindingKind::ALL {
+            for (i, rule) in rules::ALL.iter().enumerate() {
                 let pk = ProfileKindLabels {
-                    profile: name.clone(),
-                    kind: kind.as_str().to_string(),
+                    profile: p.name.to_string(),
+                    kind: rule.kind().as_str().to_string(),
                 };
                 m.rule_active.get_or_create_owned(&pk);
-                if !can_run(feeds, kind) {
+                if !can_run(feeds, *rule) {
                     continue;
                 }
                 m.opened.get_or_create_owned(&pk);
                 m.resolved.get_or_create_owned(&pk);
                 let _ = m.latency.get_or_create_owned(&KindLabels {
-                    kind: kind.as_str().to_string(),
+                    kind: rule.kind().as_str().to_string(),
                 });
-                match kind {
-                    FindingKind::AgentTerminatedPodRunning => {
-                        for namespace in namespaces(p) {
-                            m.agent_terminated
-                                .get_or_create_owned(&NamespaceProfileReasonLabels {
-                                    namespace,
-                                    profile: name.clone(),
-                                    reason: String::new(),
-                                });
-                        }
-                    }
-                    FindingKind::ExecutionOnDeadAgent => {
-                        m.retries.get_or_create_owned(&profile);
-                        for state in &p.executions.active {
-                            m.executions_dead.get_or_create_owned(&ProfileStateLabels {
-                                profile: name.clone(),
-                                state: state.clone(),
-                            });
-                        }
-                    }
-                    FindingKind::OrphanedSuspendedSession => {
-                        m.orphaned.get_or_create_owned(&profile);
-                    }
-                    FindingKind::SessionActiveWithoutAgent => {
-                        m.active_without_agent.get_or_create_owned(&profile);
-                    }
-                    FindingKind::LeakedSandboxPod => {
-                        for namespace in namespaces(p) {
-                            m.leaked.get_or_create_owned(&NamespaceProfileLabels {
-                                namespace,
-                                profile: name.clone(),
-                            });
-                        }
-                    }
+                if rule.series().counts_retries {
+                    m.retries.get_or_create_owned(&ProfileLabels {
+                        profile: p.name.to_string(),
+                    });
+                }
+                for labels in start_series(*rule, p) {
+                    m.gauges[i].get_or_create_owned(&labels);
                 }
             }
         }
@@ -192,35 +200,14 @@ impl FindingMetrics {
     }
 
     pub fn register(&self, registry: &mut Registry) {
-        registry.register(
-            "sandwatch_agent_container_terminated_while_pod_running",
-            "Sandbox pods whose agent container has terminated (label reason) while a sidecar keeps the pod Running: the platform still believes these agents are alive. List them with /api/v1/findings?kind=agent_terminated_pod_running and restart or delete the pods",
-            self.agent_terminated.clone(),
-        );
-        registry.register(
-            "sandwatch_orphaned_suspended_sessions",
-            "Sessions in a suspended state whose pod (or resume resource) no longer exists: resuming them will fail. List them with /api/v1/findings?kind=orphaned_suspended_session and mark them gone or respawn them",
-            self.orphaned.clone(),
-        );
-        registry.register(
-            "sandwatch_executions_on_dead_agent",
-            "Executions in an active state (label state) whose agent is dead (container terminated, pod gone or sandbox dead): their users wait for a deadline. List them with /api/v1/findings?kind=execution_on_dead_agent and finalize them",
-            self.executions_dead.clone(),
-        );
+        for (rule, gauge) in rules::ALL.iter().zip(&self.gauges) {
+            let series = rule.series();
+            registry.register(series.name, series.help, gauge.clone());
+        }
         registry.register(
             "sandwatch_retries_against_dead_agent",
             "Attempt increments (reclaims, stream breaks, download retries) seen on executions after their agent died: work wasted against a corpse. A steady rate means a retry loop; finalize the executions",
             self.retries.clone(),
-        );
-        registry.register(
-            "sandwatch_sessions_active_without_agent",
-            "Sessions the records call active whose pod is gone or whose agent container has terminated. List them with /api/v1/findings?kind=session_active_without_agent and end or restart them",
-            self.active_without_agent.clone(),
-        );
-        registry.register(
-            "sandwatch_leaked_sandbox_pods",
-            "Sandbox pods with no active, suspended or starting session for longer than the leak grace: they cost money until deleted. List them with /api/v1/findings?kind=leaked_sandbox_pod",
-            self.leaked.clone(),
         );
         registry.register(
             "sandwatch_findings_opened",
@@ -283,14 +270,7 @@ impl FindingSink {
         if let Some(i) = self.series_index.get(&s) {
             return *i;
         }
-        let m = &self.metrics;
-        let gauge = match &s {
-            Series::AgentTerminated(l) => m.agent_terminated.get_or_create_owned(l),
-            Series::ExecutionOnDeadAgent(l) => m.executions_dead.get_or_create_owned(l),
-            Series::Orphaned(l) => m.orphaned.get_or_create_owned(l),
-            Series::ActiveWithoutAgent(l) => m.active_without_agent.get_or_create_owned(l),
-            Series::Leaked(l) => m.leaked.get_or_create_owned(l),
-        };
+        let gauge = self.metrics.gauges[s.0].get_or_create_owned(&s.1);
         let i = self.series.len() as u32;
         self.series.push(gauge);
         self.series_index.insert(s, i);
@@ -299,31 +279,11 @@ impl FindingSink {
 
     fn record(&mut self, t: &Transition) {
         let f = &t.finding.finding;
-        let profile = f.profile.to_string();
-        let namespace = f.namespace.as_deref().unwrap_or_default().to_string();
-        let series = match f.kind {
-            FindingKind::AgentTerminatedPodRunning => {
-                Series::AgentTerminated(NamespaceProfileReasonLabels {
-                    namespace,
-                    profile: profile.clone(),
-                    reason: f.reason.to_string(),
-                })
-            }
-            FindingKind::ExecutionOnDeadAgent => Series::ExecutionOnDeadAgent(ProfileStateLabels {
-                profile: profile.clone(),
-                state: f.state.as_deref().unwrap_or_default().to_string(),
-            }),
-            FindingKind::OrphanedSuspendedSession => Series::Orphaned(ProfileLabels {
-                profile: profile.clone(),
-            }),
-            FindingKind::SessionActiveWithoutAgent => Series::ActiveWithoutAgent(ProfileLabels {
-                profile: profile.clone(),
-            }),
-            FindingKind::LeakedSandboxPod => Series::Leaked(NamespaceProfileLabels {
-                namespace,
-                profile: profile.clone(),
-            }),
+        let Some((index, rule)) = rule_of(f.kind) else {
+            return;
         };
+        let series = (index, finding_series(rule, f));
+        let profile = f.profile.to_string();
         let kind = ProfileKindLabels {
             profile: profile.clone(),
             kind: f.kind.as_str().to_string(),
