@@ -197,7 +197,7 @@ impl ProfileArgs {
     }
 }
 
-fn duration(text: &str) -> Result<std::time::Duration, String> {
+fn duration(text: &str) -> Result<std::time::Duration, config::DurationError> {
     config::parse_duration(text)
 }
 

@@ -170,18 +170,35 @@ pub struct Payload<'a> {
     pub finding: crate::model::view::FindingView<'a>,
 }
 
+/// Why a remediation call cannot be built from its action and finding.
+#[derive(Debug, thiserror::Error)]
+pub enum CallError {
+    #[error("the webhook secret is not valid base64 after whsec_: {0}")]
+    SecretBase64(base64::DecodeError),
+    #[error("unusable webhook secret: {0}")]
+    SecretKey(String),
+    #[error("{{base_url}} is used but the profile sets no remediation.base_url")]
+    NoBaseUrl,
+    #[error("the finding has no {0} for the {{{0}}} placeholder")]
+    NoValue(String),
+    #[error(
+        "the {name} {value:?} cannot be put in a URL safely (a path segment of it would move up the path)"
+    )]
+    UnsafeInUrl { name: String, value: String },
+}
+
 /// Signs a webhook per Standard Webhooks: `v1,` + base64(HMAC-SHA256(key, "id.timestamp.body")).
 /// A `whsec_` secret is base64 after its prefix; any other secret is used as its bytes.
-pub fn sign(secret: &str, msg_id: &str, timestamp: i64, body: &[u8]) -> Result<String, String> {
+pub fn sign(secret: &str, msg_id: &str, timestamp: i64, body: &[u8]) -> Result<String, CallError> {
     let secret = secret.trim();
     let key = match secret.strip_prefix("whsec_") {
         Some(b64) => base64::engine::general_purpose::STANDARD
             .decode(b64)
-            .map_err(|e| format!("the webhook secret is not valid base64 after whsec_: {e}"))?,
+            .map_err(CallError::SecretBase64)?,
         None => secret.as_bytes().to_vec(),
     };
     let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(&key)
-        .map_err(|e| format!("unusable webhook secret: {e}"))?;
+        .map_err(|e| CallError::SecretKey(e.to_string()))?;
     mac.update(msg_id.as_bytes());
     mac.update(b".");
     mac.update(timestamp.to_string().as_bytes());
@@ -247,7 +264,7 @@ pub fn render(
     key: &str,
     base_url: Option<&str>,
     escape: Escape,
-) -> Result<String, String> {
+) -> Result<String, CallError> {
     let d = &f.finding;
     let mut out = String::with_capacity(template.len());
     let mut rest = template;
@@ -270,9 +287,7 @@ pub fn render(
             "base_url" => {
                 // The base URL is part of the template's shape, not data: not escaped.
                 let Some(b) = base_url else {
-                    return Err(
-                        "{base_url} is used but the profile sets no remediation.base_url".into(),
-                    );
+                    return Err(CallError::NoBaseUrl);
                 };
                 out.push_str(b.trim_end_matches('/'));
                 rest = &rest[start + len + 1..];
@@ -286,15 +301,14 @@ pub fn render(
             }
         };
         let Some(value) = value else {
-            return Err(format!(
-                "the finding has no {name} for the {{{name}}} placeholder"
-            ));
+            return Err(CallError::NoValue(name.to_string()));
         };
         match escape {
             Escape::Url if matches!(value, "" | "." | "..") => {
-                return Err(format!(
-                    "the {name} {value:?} cannot be put in a URL safely (a path segment of it would move up the path)"
-                ));
+                return Err(CallError::UnsafeInUrl {
+                    name: name.to_string(),
+                    value: value.to_string(),
+                });
             }
             Escape::Url => out.push_str(&url_escape(value)),
             Escape::Json => out.push_str(&json_escape(value)),
@@ -429,7 +443,9 @@ mod tests {
             body,
             r#"{"thread_key": "slack:C0/1 x", "why": "execution_on_dead_agent"}"#
         );
-        let e = render("/x/{sandbox}", &f, "k", None, Escape::Url).unwrap_err();
+        let e = render("/x/{sandbox}", &f, "k", None, Escape::Url)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("no sandbox"), "{e}");
         // An id that would move up the path is refused; dots inside a value are encoded.
         let mut dots = finding();
@@ -442,7 +458,7 @@ mod tests {
             Escape::Url,
         )
         .unwrap_err();
-        assert!(e.contains("cannot be put in a URL"), "{e}");
+        assert!(e.to_string().contains("cannot be put in a URL"), "{e}");
         dots.finding.execution = Some("a.b".into());
         assert_eq!(
             render("/e/{execution}", &dots, "k", None, Escape::Url).unwrap(),

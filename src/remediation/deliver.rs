@@ -130,7 +130,7 @@ impl Deliverer {
         let timestamp = Ts::now().0 / 1000;
         let signature = match sign(&secret, key, timestamp, &body) {
             Ok(s) => s,
-            Err(e) => return Outcome::Invalid(e),
+            Err(e) => return Outcome::Invalid(e.to_string()),
         };
         let request = self
             .client(ca_file)

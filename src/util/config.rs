@@ -82,21 +82,29 @@ impl<'a> Validator<'a> {
         match parse_duration(&text) {
             Ok(d) => d,
             Err(e) => {
-                self.err(field, e);
+                self.err(field, e.to_string());
                 default
             }
         }
     }
 }
 
+/// A duration that cannot be used.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum DurationError {
+    #[error("{0:?} is not a duration (write e.g. 90s, 10m, 1h30m)")]
+    Syntax(String),
+    #[error("{0:?} is negative; durations must be zero or more")]
+    Negative(String),
+}
+
 /// Parses a duration such as `90s`, `10m`, `1h 30m`.
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
+pub fn parse_duration(text: &str) -> Result<Duration, DurationError> {
     let d: jiff::SignedDuration = text
         .trim()
         .parse()
-        .map_err(|_| format!("{text:?} is not a duration (write e.g. 90s, 10m, 1h30m)"))?;
-    Duration::try_from(d)
-        .map_err(|_| format!("{text:?} is negative; durations must be zero or more"))
+        .map_err(|_| DurationError::Syntax(text.to_string()))?;
+    Duration::try_from(d).map_err(|_| DurationError::Negative(text.to_string()))
 }
 
 /// Whether `s` is a DNS label (a namespace or a profile name).

@@ -12,6 +12,7 @@
 //! - **Values are judged one by one**: one bad value is reported with its position and
 //!   skipped, and the rest are used.
 
+use serde_json::value::RawValue;
 use std::collections::BTreeMap;
 use std::fmt;
 
@@ -58,22 +59,27 @@ pub fn unique_map<'de, D: Deserializer<'de>>(
     d.deserialize_option(V)
 }
 
+/// Why a body (or one value of it) is not JSON.
+#[derive(Debug, thiserror::Error)]
+pub enum BodyError {
+    #[error("the body is not a JSON array: {0}")]
+    NotArray(serde_json::Error),
+    #[error("not valid JSON: {0}")]
+    NotJson(serde_json::Error),
+}
+
 /// Splits a body that is either one JSON array or NDJSON (one value per line) into its raw
 /// values, each to be decoded on its own: `Err` for the whole body when it is neither; per
 /// value, `Err` with the value's reason when that value is not JSON.
-pub fn values(body: &str) -> Result<Vec<Result<&serde_json::value::RawValue, String>>, String> {
+pub fn values(body: &str) -> Result<Vec<Result<&RawValue, BodyError>>, BodyError> {
     if body.trim_start().starts_with('[') {
-        let values: Vec<&serde_json::value::RawValue> =
-            serde_json::from_str(body).map_err(|e| format!("the body is not a JSON array: {e}"))?;
+        let values: Vec<&RawValue> = serde_json::from_str(body).map_err(BodyError::NotArray)?;
         return Ok(values.into_iter().map(Ok).collect());
     }
     Ok(body
         .lines()
         .filter(|l| !l.trim().is_empty())
-        .map(|l| {
-            serde_json::from_str::<&serde_json::value::RawValue>(l)
-                .map_err(|e| format!("not valid JSON: {e}"))
-        })
+        .map(|l| serde_json::from_str::<&RawValue>(l).map_err(BodyError::NotJson))
         .collect())
 }
 

@@ -11,6 +11,17 @@
 
 use sha2::{Digest, Sha256};
 
+/// A shard setting that cannot be used.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ShardError {
+    #[error("--total-shards must be at least 1")]
+    NoShards,
+    #[error("--shard {index} is not below --total-shards {total} (shards count from 0)")]
+    OutOfRange { index: u32, total: u32 },
+    #[error("{0:?} does not end in a StatefulSet ordinal (-0, -1, ...)")]
+    NoOrdinal(String),
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Shard {
     pub index: u32,
@@ -21,27 +32,23 @@ impl Shard {
     /// No sharding: one shard owns everything.
     pub const ALL: Shard = Shard { index: 0, total: 1 };
 
-    pub fn new(index: u32, total: u32) -> Result<Shard, String> {
+    pub fn new(index: u32, total: u32) -> Result<Shard, ShardError> {
         if total == 0 {
-            return Err("--total-shards must be at least 1".into());
+            return Err(ShardError::NoShards);
         }
         if index >= total {
-            return Err(format!(
-                "--shard {index} is not below --total-shards {total} (shards count from 0)"
-            ));
+            return Err(ShardError::OutOfRange { index, total });
         }
         Ok(Shard { index, total })
     }
 
     /// The shard a StatefulSet pod serves: the ordinal at the end of its name (`sandwatch-2`).
-    pub fn ordinal(pod_name: &str) -> Result<u32, String> {
+    pub fn ordinal(pod_name: &str) -> Result<u32, ShardError> {
         pod_name
             .rsplit('-')
             .next()
             .and_then(|n| n.parse().ok())
-            .ok_or_else(|| {
-                format!("{pod_name:?} does not end in a StatefulSet ordinal (-0, -1, ...)")
-            })
+            .ok_or_else(|| ShardError::NoOrdinal(pod_name.to_string()))
     }
 
     /// Whether this shard keeps what has this session key. The hash is fixed (SHA-256), so

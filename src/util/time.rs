@@ -9,6 +9,19 @@
 use std::fmt;
 use std::time::Duration;
 
+/// A timestamp from outside that sandwatch will not use.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum TimeError {
+    #[error("{text:?} is not an RFC 3339 timestamp ({reason})")]
+    Syntax { text: String, reason: String },
+    #[error("{shown} is before 1970: not a plausible time")]
+    Before1970 { shown: String },
+    #[error(
+        "{shown} is after 2100: a far-future date is taken as a sentinel or a corrupt value, not a time"
+    )]
+    After2100 { shown: String },
+}
+
 /// Milliseconds since the Unix epoch (UTC).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Ts(pub i64);
@@ -30,28 +43,32 @@ impl Ts {
     /// replay files, the ingest API): RFC 3339 with an offset, as Kubernetes writes it
     /// (`2026-05-01T10:00:00Z`, `2026-05-01T10:00:08.123456Z`) or PostgreSQL prints it
     /// (`2026-05-01 10:00:00+00`), between [`Ts::EARLIEST`] and [`Ts::LATEST`].
-    pub fn parse(text: &str) -> Result<Ts, String> {
+    pub fn parse(text: &str) -> Result<Ts, TimeError> {
         let t = match Ts::parse_kubernetes(text.as_bytes()) {
             Some(t) => t,
             None => text
                 .trim()
                 .parse::<jiff::Timestamp>()
                 .map(|t| Ts(t.as_millisecond()))
-                .map_err(|e| format!("{text:?} is not an RFC 3339 timestamp ({e})"))?,
+                .map_err(|e| TimeError::Syntax {
+                    text: text.to_string(),
+                    reason: e.to_string(),
+                })?,
         };
-        Ts::plausible(t).map_err(|e| format!("{text:?} {e}"))
+        Ts::plausible(t, || format!("{text:?}"))
     }
 
     /// Milliseconds since the epoch from outside (a database column), within the same bounds.
-    pub fn from_millis(ms: i64) -> Result<Ts, String> {
-        Ts::plausible(Ts(ms)).map_err(|e| format!("{} {e}", Ts(ms)))
+    pub fn from_millis(ms: i64) -> Result<Ts, TimeError> {
+        Ts::plausible(Ts(ms), || Ts(ms).to_string())
     }
 
-    fn plausible(t: Ts) -> Result<Ts, String> {
+    /// `t` if it is between the bounds; else an error showing it as `shown` gives it.
+    fn plausible(t: Ts, shown: impl Fn() -> String) -> Result<Ts, TimeError> {
         if t < Ts::EARLIEST {
-            Err("is before 1970: not a plausible time".into())
+            Err(TimeError::Before1970 { shown: shown() })
         } else if t >= Ts::LATEST {
-            Err("is after 2100: a far-future date is taken as a sentinel or a corrupt value, not a time".into())
+            Err(TimeError::After2100 { shown: shown() })
         } else {
             Ok(t)
         }
@@ -157,7 +174,12 @@ mod tests {
         assert_eq!(b.to_string(), "2026-05-01T10:00:08.123Z");
         let c = Ts::parse("2026-05-01 12:00:00+02").unwrap();
         assert_eq!(c, a);
-        assert!(Ts::parse("yesterday").unwrap_err().contains("yesterday"));
+        assert!(
+            Ts::parse("yesterday")
+                .unwrap_err()
+                .to_string()
+                .contains("yesterday")
+        );
         // The fast path agrees with the general parser, and rejects what it should.
         for t in [
             "1970-01-01T00:00:00Z",
@@ -176,7 +198,7 @@ mod tests {
             "2100-01-01T00:00:00Z",
             "1969-07-20T20:17:40Z",
         ] {
-            let e = Ts::parse(bad).unwrap_err();
+            let e = Ts::parse(bad).unwrap_err().to_string();
             assert!(
                 e.contains(bad) && e.contains("plausible") || e.contains("far-future"),
                 "{e}"

@@ -27,7 +27,7 @@ use crate::model::ids::ProfileId;
 use crate::model::profile::{Profiles, ResourceRole};
 use crate::model::source::Feed;
 use crate::remediation::config::{GlobalSpec, Remediation};
-pub use crate::util::config::{ConfigError, ConfigErrors, parse_duration};
+pub use crate::util::config::{ConfigError, ConfigErrors, DurationError, parse_duration};
 pub use profile::{ProfileSpec, RecordSources, RecordsSpec};
 pub use selector::parse_selector;
 pub use warnings::warnings;

@@ -7,14 +7,19 @@ use kube::core::{Expression, Selector};
 
 /// Parses a Kubernetes label selector string (`a=b,c!=d,e in (f,g),h notin (i),j,!k`) into
 /// kube's [`Selector`], which matches label maps and renders back for the API server.
-pub fn parse_selector(text: &str) -> Result<Selector, String> {
+/// A label selector that cannot be parsed: what is wrong with which term.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct SelectorError(String);
+
+pub fn parse_selector(text: &str) -> Result<Selector, SelectorError> {
     let mut exprs = Vec::new();
     for term in split_outside_parens(text) {
         let term = term.trim();
         if term.is_empty() {
             continue;
         }
-        exprs.push(parse_term(term)?);
+        exprs.push(parse_term(term).map_err(SelectorError)?);
     }
     Ok(Selector::from_iter(exprs))
 }
@@ -130,11 +135,13 @@ mod tests {
         assert!(
             parse_selector("a in b")
                 .unwrap_err()
+                .to_string()
                 .contains("parenthesised")
         );
         assert!(
             parse_selector("a b c")
                 .unwrap_err()
+                .to_string()
                 .contains("not a selector term")
         );
     }

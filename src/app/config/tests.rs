@@ -43,11 +43,13 @@ fn selectors_parse_and_match() {
     assert!(
         parse_selector("a in b")
             .unwrap_err()
+            .to_string()
             .contains("parenthesised")
     );
     assert!(
         parse_selector("a b c")
             .unwrap_err()
+            .to_string()
             .contains("not a selector term")
     );
 }

@@ -595,11 +595,12 @@ fn not_ingested(profiles: &Profiles, profile: ProfileId, kind: RecordKind) -> In
 fn parse(body: &[u8]) -> Result<Vec<Result<RecordDoc, InputError>>, InputError> {
     let text = std::str::from_utf8(body)
         .map_err(|_| InputError::new("invalid_json", "the body is not UTF-8"))?;
-    let values = crate::util::json::values(text).map_err(|e| InputError::new("invalid_json", e))?;
+    let values = crate::util::json::values(text)
+        .map_err(|e| InputError::new("invalid_json", e.to_string()))?;
     Ok(values
         .into_iter()
         .map(|v| {
-            let raw = v.map_err(|e| InputError::new("invalid_json", e))?;
+            let raw = v.map_err(|e| InputError::new("invalid_json", e.to_string()))?;
             // The same decoder, and so the same policy, as replay files.
             let mut de = serde_json::Deserializer::from_str(raw.get());
             serde_path_to_error::deserialize::<_, RecordDoc>(&mut de).map_err(|e| {
