@@ -16,6 +16,7 @@
 //! the record's own `updated_at`, so evidence comes from what the sources said, not from when
 //! this process looked.
 
+mod departures;
 mod index;
 mod joins;
 pub mod pod;
@@ -23,7 +24,6 @@ mod records;
 mod sources;
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use crate::model::kubernetes::Object;
 use crate::model::profile::{ProfileId, Profiles};
@@ -32,15 +32,14 @@ use crate::util::shard::Shard;
 use crate::util::time::Ts;
 
 pub use crate::model::ids::{RecordKey, Subject, Sym, Uid};
-use index::{Departed, Departures, PodIndex};
+pub use departures::DEPARTURES_KEPT;
+use departures::{Departed, Departures};
+use index::PodIndex;
 pub use joins::PodLink;
 pub use pod::{AgentDeath, Container, ContainerState, Phase, Pod, PodEnd, RestartPolicy, Role};
 pub use records::{Notice, Resolved, StateClass, StoredRecord};
 
 pub use crate::model::source::{Blind, Feed, Holder, SourceStatus, Trust, TrustedSince, trust};
-
-/// How long the World remembers at least that a pod or record departed.
-pub const DEPARTURES_KEPT: Duration = Duration::from_secs(24 * 3600);
 
 /// The World's maps: foldhash is several times faster than SipHash on these short keys, and
 /// its per-process random seed keeps it resistant to crafted collisions.
@@ -224,22 +223,12 @@ impl World {
         self.records.len()
     }
 
-    /// How many departures are remembered (bounded by the churn of one grace period).
-    pub fn departures_remembered(&self) -> usize {
-        self.departures.len()
-    }
-
     pub fn pods(&self) -> impl Iterator<Item = &Pod> {
         self.pods.iter().flatten()
     }
 
     pub fn records(&self) -> impl Iterator<Item = (&RecordKey, &StoredRecord)> {
         self.records.iter()
-    }
-
-    /// Forgets departures too old to matter (called as the clock advances).
-    pub fn advance(&mut self, now: Ts) {
-        self.departures.forget_before(now);
     }
 
     // ----------------------------------------------------------------------------------------
@@ -504,47 +493,6 @@ impl World {
             Some(ns) => list.contains(ns),
             None => !list.is_empty(),
         }))
-    }
-
-    // ----------------------------------------------------------------------------------------
-    // When things departed
-
-    /// When the World last saw a pod of this name, session key or execution key go.
-    pub fn pod_departed(
-        &self,
-        profile: ProfileId,
-        name: Option<&Sym>,
-        session: Option<&Sym>,
-        execution: Option<&Sym>,
-    ) -> Option<Ts> {
-        let keys: Vec<Departed> = [
-            name.map(|n| Departed::PodName(profile, n.clone())),
-            session.map(|s| Departed::PodSession(profile, s.clone())),
-            execution.map(|e| Departed::PodExecution(profile, e.clone())),
-        ]
-        .into_iter()
-        .flatten()
-        .collect();
-        self.departures.latest(&keys)
-    }
-
-    /// When the World last saw a session record that claimed this pod go.
-    pub fn session_departed(&self, pod: &Pod) -> Option<Ts> {
-        let mut keys = vec![Departed::SessionNaming(pod.profile, pod.name.clone())];
-        if let Some(s) = &pod.session {
-            keys.push(Departed::Record(
-                RecordKind::Session,
-                pod.profile,
-                s.clone(),
-            ));
-        }
-        self.departures.latest(&keys)
-    }
-
-    /// When the World last saw a resume target of this name go.
-    pub fn resume_target_departed(&self, profile: ProfileId, name: &Sym) -> Option<Ts> {
-        self.departures
-            .latest(&[Departed::ResumeTarget(profile, name.clone())])
     }
 
     // ----------------------------------------------------------------------------------------
