@@ -22,6 +22,7 @@ mod joins;
 pub mod pod;
 mod pods;
 mod records;
+mod resume_targets;
 mod sources;
 
 use std::sync::Arc;
@@ -33,7 +34,7 @@ use crate::util::time::Ts;
 
 pub use crate::model::ids::{RecordKey, Subject, Sym, Uid};
 pub use departures::DEPARTURES_KEPT;
-use departures::{Departed, Departures};
+use departures::Departures;
 use index::PodIndex;
 pub use joins::PodLink;
 pub use pod::{AgentDeath, Container, ContainerState, Phase, Pod, PodEnd, RestartPolicy, Role};
@@ -229,63 +230,6 @@ impl World {
 
     pub fn records(&self) -> impl Iterator<Item = (&RecordKey, &StoredRecord)> {
         self.records.iter()
-    }
-
-    // ----------------------------------------------------------------------------------------
-    // Resume targets (custom resources a suspended session resumes from)
-
-    pub fn set_resume_target(
-        &mut self,
-        profile: ProfileId,
-        namespace: &str,
-        name: &str,
-        exists: bool,
-        at: Ts,
-        touched: &mut Vec<Subject>,
-    ) {
-        // A disappearance is looked up, never interned: unique namespaces must not pile up.
-        let ns = if exists {
-            self.intern(namespace)
-        } else {
-            Sym::from(namespace)
-        };
-        let key = (profile, Sym::from(name));
-        let list = self.resume_targets.entry(key.clone()).or_default();
-        let had = list.contains(&ns);
-        if exists && !had {
-            list.push(ns.clone());
-        } else if !exists {
-            list.retain(|n| *n != ns);
-        }
-        if list.is_empty() {
-            self.resume_targets.remove(&key);
-        }
-        if had && !exists {
-            self.departures
-                .record(Departed::ResumeTarget(profile, key.1.clone()), at);
-        }
-        if had != exists
-            && let Some(keys) = self.records_by_pod.get(name)
-        {
-            for k in keys {
-                if k.profile == profile
-                    && k.kind == RecordKind::Session
-                    && self.records.get(k).is_some_and(|r| r.admits(&ns))
-                {
-                    touched.push(Subject::Record(k.clone()));
-                }
-            }
-        }
-    }
-
-    /// Whether the resource a session resumes from exists (named by the session's pod link).
-    pub fn resume_target_exists(&self, key: &RecordKey, rec: &StoredRecord) -> Option<bool> {
-        let name = rec.pod.as_ref()?;
-        let namespaces = self.resume_targets.get(&(key.profile, name.clone()));
-        Some(namespaces.is_some_and(|list| match &rec.namespace {
-            Some(ns) => list.contains(ns),
-            None => !list.is_empty(),
-        }))
     }
 
     // ----------------------------------------------------------------------------------------
