@@ -17,6 +17,7 @@
 //! this process looked.
 
 mod departures;
+mod full_lists;
 mod index;
 mod joins;
 pub mod pod;
@@ -30,7 +31,6 @@ use std::sync::Arc;
 use crate::model::profile::{ProfileId, Profiles};
 use crate::model::record::RecordKind;
 use crate::util::shard::Shard;
-use crate::util::time::Ts;
 
 pub use crate::model::ids::{RecordKey, Subject, Sym, Uid};
 pub use departures::DEPARTURES_KEPT;
@@ -230,88 +230,6 @@ impl World {
 
     pub fn records(&self) -> impl Iterator<Item = (&RecordKey, &StoredRecord)> {
         self.records.iter()
-    }
-
-    // ----------------------------------------------------------------------------------------
-    // Full lists
-
-    /// After a source's full list: removes what it no longer lists within its scope (the
-    /// pods, records of one kind, or resume targets of a profile, in one namespace or all),
-    /// because those vanished while nobody was watching. `listed` holds (namespace, name) of
-    /// every object listed; records without a namespace are listed as ("", id), and records
-    /// whose ids are unique per profile are matched by id alone.
-    pub fn retain_listed(
-        &mut self,
-        feed: Feed,
-        profile: ProfileId,
-        namespace: Option<&str>,
-        listed: &std::collections::HashSet<(String, String)>,
-        at: Ts,
-        touched: &mut Vec<Subject>,
-    ) {
-        let in_scope = |ns: &str| namespace.is_none_or(|n| n == ns);
-        let missing = |ns: &str, name: &str| !listed.contains(&(ns.to_string(), name.to_string()));
-        let kind = match feed {
-            Feed::Pods => {
-                let gone: Vec<(Sym, Sym)> = self
-                    .pods()
-                    .filter(|p| p.profile == profile && in_scope(&p.namespace))
-                    .filter(|p| missing(&p.namespace, &p.name))
-                    .map(|p| (p.namespace.clone(), p.name.clone()))
-                    .collect();
-                for (ns, name) in gone {
-                    self.delete_pod(&ns, &name, None, at, touched);
-                }
-                return;
-            }
-            Feed::ResumeTargets => {
-                let gone: Vec<(Sym, Sym)> = self
-                    .resume_targets
-                    .iter()
-                    .filter(|((p, _), _)| *p == profile)
-                    .flat_map(|((_, name), nss)| {
-                        nss.iter().map(move |ns| (ns.clone(), name.clone()))
-                    })
-                    .filter(|(ns, name)| in_scope(ns) && missing(ns, name))
-                    .collect();
-                for (ns, name) in gone {
-                    self.set_resume_target(profile, &ns, &name, false, at, touched);
-                }
-                return;
-            }
-            Feed::Sessions => RecordKind::Session,
-            Feed::Executions => RecordKind::Execution,
-            Feed::Sandboxes => RecordKind::Sandbox,
-        };
-        let ids: std::collections::HashSet<&str> =
-            listed.iter().map(|(_, id)| id.as_str()).collect();
-        // A listed record that names no namespace is placed as upserts place it: in the
-        // profile's default namespace.
-        let default = self.profiles.get(profile).records.default_namespace.clone();
-        let placed: std::collections::HashSet<(&str, &str)> = listed
-            .iter()
-            .map(|(ns, id)| {
-                let ns = if ns.is_empty() {
-                    default.as_deref().unwrap_or("")
-                } else {
-                    ns.as_str()
-                };
-                (ns, id.as_str())
-            })
-            .collect();
-        let gone: Vec<RecordKey> = self
-            .records
-            .keys()
-            .filter(|k| k.kind == kind && k.profile == profile)
-            .filter(|k| match &k.namespace {
-                Some(ns) => in_scope(ns) && !placed.contains(&(&**ns, &*k.id)),
-                None => !ids.contains(&*k.id),
-            })
-            .cloned()
-            .collect();
-        for k in gone {
-            self.remove_record(&k, at, touched);
-        }
     }
 
     /// Every subject in the World (for a full re-evaluation when a source's trust changes).
