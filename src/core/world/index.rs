@@ -1,9 +1,10 @@
 //! The World's small data structures: the pod index that is almost always one-to-one (a pod
-//! by name, pods by session or execution key), and the lists of records kept per key.
+//! by name, pods by session or execution key), the lists of records kept per key, and how
+//! the World's maps give memory back once they have emptied.
 
 use std::collections::hash_map::Entry;
 
-use super::HashMap;
+use super::{HashMap, HashSet};
 
 /// A map from a key to pod slots that is almost always one-to-one: the usual single slot
 /// sits in `first` (4 bytes), the rare extra ones (a replacement pod next to a terminating
@@ -78,5 +79,43 @@ pub(super) fn vec_remove<K: std::hash::Hash + Eq, V: PartialEq>(
         if list.is_empty() {
             map.remove(key);
         }
+    }
+}
+
+/// Gives back a map's memory once it has emptied to a quarter of its capacity (amortized).
+pub(crate) fn shrink<T: ShrinkTo>(map: &mut T) {
+    if map.cap() > 1024 && map.len_() * 4 < map.cap() {
+        map.shrink(map.len_() * 2);
+    }
+}
+
+/// The maps [`shrink`] works on.
+pub(crate) trait ShrinkTo {
+    fn cap(&self) -> usize;
+    fn len_(&self) -> usize;
+    fn shrink(&mut self, to: usize);
+}
+
+impl<K: std::hash::Hash + Eq, V> ShrinkTo for HashMap<K, V> {
+    fn cap(&self) -> usize {
+        self.capacity()
+    }
+    fn len_(&self) -> usize {
+        self.len()
+    }
+    fn shrink(&mut self, to: usize) {
+        self.shrink_to(to);
+    }
+}
+
+impl<K: std::hash::Hash + Eq> ShrinkTo for HashSet<K> {
+    fn cap(&self) -> usize {
+        self.capacity()
+    }
+    fn len_(&self) -> usize {
+        self.len()
+    }
+    fn shrink(&mut self, to: usize) {
+        self.shrink_to(to);
     }
 }

@@ -15,6 +15,15 @@
 //! or session key; a record removed): an absence counts from the later of that and
 //! the record's own `updated_at`, so evidence comes from what the sources said, not from when
 //! this process looked.
+//!
+//! This file holds the World itself: its maps, the string pool and what it counts. The rest
+//! is by subject: [`pods`] adds and removes pods and keeps their indexes, [`records`] does the
+//! same for session, execution and sandbox records and resolves references to them,
+//! [`resume_targets`] keeps the resources suspended sessions resume from, [`joins`] answers
+//! the rules' questions (a session's or execution's pod, an execution's session and sandbox,
+//! a pod's sessions), [`sources`] keeps each source's status and trust, [`departures`]
+//! remembers what went and when, [`full_lists`] removes what a source's full list no longer
+//! holds, and [`index`] has the small data structures underneath.
 
 mod departures;
 mod full_lists;
@@ -36,6 +45,7 @@ pub use crate::model::ids::{RecordKey, Subject, Sym, Uid};
 pub use departures::DEPARTURES_KEPT;
 use departures::Departures;
 use index::PodIndex;
+pub(crate) use index::shrink;
 pub use joins::PodLink;
 pub use pod::{AgentDeath, Container, ContainerState, Phase, Pod, PodEnd, RestartPolicy, Role};
 pub use records::{Notice, Resolved, StateClass, StoredRecord};
@@ -55,44 +65,6 @@ pub struct Footprint {
     pub records_capacity: usize,
     pub strings: usize,
     pub departures: usize,
-}
-
-/// Gives back a map's memory once it has emptied to a quarter of its capacity (amortized).
-pub(crate) fn shrink<T: ShrinkTo>(map: &mut T) {
-    if map.cap() > 1024 && map.len_() * 4 < map.cap() {
-        map.shrink(map.len_() * 2);
-    }
-}
-
-/// The maps [`shrink`] works on.
-pub(crate) trait ShrinkTo {
-    fn cap(&self) -> usize;
-    fn len_(&self) -> usize;
-    fn shrink(&mut self, to: usize);
-}
-
-impl<K: std::hash::Hash + Eq, V> ShrinkTo for HashMap<K, V> {
-    fn cap(&self) -> usize {
-        self.capacity()
-    }
-    fn len_(&self) -> usize {
-        self.len()
-    }
-    fn shrink(&mut self, to: usize) {
-        self.shrink_to(to);
-    }
-}
-
-impl<K: std::hash::Hash + Eq> ShrinkTo for HashSet<K> {
-    fn cap(&self) -> usize {
-        self.capacity()
-    }
-    fn len_(&self) -> usize {
-        self.len()
-    }
-    fn shrink(&mut self, to: usize) {
-        self.shrink_to(to);
-    }
 }
 
 pub struct World {
