@@ -12,7 +12,7 @@ use serde::Deserialize;
 
 use crate::model::ids::ProfileId;
 pub use crate::model::ids::RecordKind;
-use crate::model::profile::Profiles;
+use crate::model::profile::{Profile, Profiles};
 use crate::util::time::Ts;
 
 /// A record as it arrives, before validation.
@@ -107,35 +107,16 @@ fn non_empty(v: Option<String>) -> Option<String> {
 }
 
 impl RecordDoc {
+    /// Checks the record against the profiles, field by field, into a change for the engine.
     pub fn validate(self, profiles: &Profiles) -> Result<RecordChange, InputError> {
-        let kind_text = self.kind.ok_or_else(|| {
-            InputError::new(
-                "missing_field",
-                "record.kind: missing (session, execution or sandbox)",
-            )
-        })?;
-        let kind = RecordKind::parse(&kind_text).ok_or_else(|| {
-            InputError::new(
-                "unknown_kind",
-                format!("record.kind: {kind_text:?} is not a record kind (session, execution or sandbox)"),
-            )
-        })?;
+        let (kind_text, kind) = parse_kind(self.kind)?;
         let id = non_empty(self.id).ok_or_else(|| {
             InputError::new(
                 "missing_field",
                 format!("record.id: missing or empty on a {kind_text} record"),
             )
         })?;
-        let profile = profiles.for_record(self.profile.as_deref()).ok_or_else(|| {
-            InputError::new(
-                "unknown_profile",
-                format!(
-                    "record.profile: {:?} is not a configured profile ({}) on {kind_text} {id:?}",
-                    self.profile.as_deref().unwrap_or_default(),
-                    profiles.names().join(", ")
-                ),
-            )
-        })?;
+        let profile = find_profile(profiles, self.profile.as_deref(), &kind_text, &id)?;
         let namespace = non_empty(self.namespace);
         if self.deleted {
             return Ok(RecordChange::Delete {
@@ -152,44 +133,8 @@ impl RecordDoc {
             )
         })?;
         let p = profiles.get(profile);
-        if namespace.is_none() && p.records.default_namespace.is_none() && p.namespaced_ids(kind) {
-            return Err(InputError::new(
-                "missing_field",
-                format!(
-                    "record.namespace: missing on {kind_text} {id:?}: profile {:?} identifies {kind_text}s by namespace and id",
-                    p.name
-                ),
-            ));
-        }
-        let known = match kind {
-            RecordKind::Session => p.sessions.classify(&state).is_some(),
-            RecordKind::Execution => p.executions.classify(&state).is_some(),
-            RecordKind::Sandbox => p.sandboxes.classify(&state).is_some(),
-        };
-        if !known {
-            let states = match kind {
-                RecordKind::Session => p.sessions.describe(),
-                RecordKind::Execution => p.executions.describe(),
-                RecordKind::Sandbox => p.sandboxes.describe(),
-            };
-            let states = if states.is_empty() {
-                "it defines none".to_string()
-            } else {
-                states
-            };
-            return Err(InputError::new(
-                "unknown_state",
-                format!(
-                    "record.state: {state:?} is not {} {kind_text} state of profile {:?} ({states}) on {kind_text} {id:?}",
-                    if kind == RecordKind::Execution {
-                        "an"
-                    } else {
-                        "a"
-                    },
-                    p.name
-                ),
-            ));
-        }
+        check_namespace(p, kind, &kind_text, &id, namespace.as_deref())?;
+        check_state(p, kind, &kind_text, &id, &state)?;
         Ok(RecordChange::Upsert(Record {
             kind,
             profile,
@@ -204,6 +149,102 @@ impl RecordDoc {
             deadline: self.deadline,
         }))
     }
+}
+
+/// The record's kind, and the text it came as (the messages quote it).
+fn parse_kind(text: Option<String>) -> Result<(String, RecordKind), InputError> {
+    let text = text.ok_or_else(|| {
+        InputError::new(
+            "missing_field",
+            "record.kind: missing (session, execution or sandbox)",
+        )
+    })?;
+    let kind = RecordKind::parse(&text).ok_or_else(|| {
+        InputError::new(
+            "unknown_kind",
+            format!("record.kind: {text:?} is not a record kind (session, execution or sandbox)"),
+        )
+    })?;
+    Ok((text, kind))
+}
+
+/// The profile a record names, or the default (first) one when it names none.
+fn find_profile(
+    profiles: &Profiles,
+    name: Option<&str>,
+    kind_text: &str,
+    id: &str,
+) -> Result<ProfileId, InputError> {
+    profiles.for_record(name).ok_or_else(|| {
+        InputError::new(
+            "unknown_profile",
+            format!(
+                "record.profile: {:?} is not a configured profile ({}) on {kind_text} {id:?}",
+                name.unwrap_or_default(),
+                profiles.names().join(", ")
+            ),
+        )
+    })
+}
+
+/// Refuses a record without a namespace when its profile needs one to tell it apart.
+fn check_namespace(
+    p: &Profile,
+    kind: RecordKind,
+    kind_text: &str,
+    id: &str,
+    namespace: Option<&str>,
+) -> Result<(), InputError> {
+    if namespace.is_none() && p.records.default_namespace.is_none() && p.namespaced_ids(kind) {
+        return Err(InputError::new(
+            "missing_field",
+            format!(
+                "record.namespace: missing on {kind_text} {id:?}: profile {:?} identifies {kind_text}s by namespace and id",
+                p.name
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Refuses a state the profile does not define for the kind; the message lists those.
+fn check_state(
+    p: &Profile,
+    kind: RecordKind,
+    kind_text: &str,
+    id: &str,
+    state: &str,
+) -> Result<(), InputError> {
+    let known = match kind {
+        RecordKind::Session => p.sessions.classify(state).is_some(),
+        RecordKind::Execution => p.executions.classify(state).is_some(),
+        RecordKind::Sandbox => p.sandboxes.classify(state).is_some(),
+    };
+    if known {
+        return Ok(());
+    }
+    let states = match kind {
+        RecordKind::Session => p.sessions.describe(),
+        RecordKind::Execution => p.executions.describe(),
+        RecordKind::Sandbox => p.sandboxes.describe(),
+    };
+    let states = if states.is_empty() {
+        "it defines none".to_string()
+    } else {
+        states
+    };
+    Err(InputError::new(
+        "unknown_state",
+        format!(
+            "record.state: {state:?} is not {} {kind_text} state of profile {:?} ({states}) on {kind_text} {id:?}",
+            if kind == RecordKind::Execution {
+                "an"
+            } else {
+                "a"
+            },
+            p.name
+        ),
+    ))
 }
 
 #[cfg(test)]

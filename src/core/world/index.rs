@@ -1,15 +1,10 @@
-//! The World's small data structures: the pod index that is almost always one-to-one, and
-//! the short memory of what departed (a pod deleted, a record removed) and when.
+//! The World's small data structures: the pod index that is almost always one-to-one (a pod
+//! by name, pods by session or execution key), the lists of records kept per key, and how
+//! the World's maps give memory back once they have emptied.
 
-use std::collections::VecDeque;
 use std::collections::hash_map::Entry;
-use std::time::Duration;
 
-use crate::model::profile::ProfileId;
-use crate::model::record::RecordKind;
-use crate::util::time::Ts;
-
-use super::{HashMap, Sym};
+use super::{HashMap, HashSet};
 
 /// A map from a key to pod slots that is almost always one-to-one: the usual single slot
 /// sits in `first` (4 bytes), the rare extra ones (a replacement pod next to a terminating
@@ -87,74 +82,40 @@ pub(super) fn vec_remove<K: std::hash::Hash + Eq, V: PartialEq>(
     }
 }
 
-/// Something the World saw go, by what records and pods find it by.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub(super) enum Departed {
-    /// A pod of this profile and name (in any namespace).
-    PodName(ProfileId, Sym),
-    /// A pod carrying this session key.
-    PodSession(ProfileId, Sym),
-    /// A pod carrying this execution key.
-    PodExecution(ProfileId, Sym),
-    /// A record of this kind and id.
-    Record(RecordKind, ProfileId, Sym),
-    /// A session record that named this pod.
-    SessionNaming(ProfileId, Sym),
-    /// A resume target of this name.
-    ResumeTarget(ProfileId, Sym),
+/// Gives back a map's memory once it has emptied to a quarter of its capacity (amortized).
+pub(crate) fn shrink<T: ShrinkTo>(map: &mut T) {
+    if map.cap() > 1024 && map.len_() * 4 < map.cap() {
+        map.shrink(map.len_() * 2);
+    }
 }
 
-/// When things departed, remembered for a day (or twice the longest grace), then forgotten:
-/// memory stays proportional to a day's churn. An absence counts from the later of the
-/// record's own change and its pod's departure, so a pod re-created within the grace opens
-/// nothing, and a finding held while a source was down is still dated by the departure when
-/// it opens; after a restart nothing is remembered and the record's `updated_at` is the
-/// evidence.
-pub(super) struct Departures {
-    at: HashMap<Departed, Ts>,
-    order: VecDeque<(Ts, Departed)>,
-    keep: Duration,
+/// The maps [`shrink`] works on.
+pub(crate) trait ShrinkTo {
+    fn cap(&self) -> usize;
+    fn len_(&self) -> usize;
+    fn shrink(&mut self, to: usize);
 }
 
-impl Departures {
-    pub(super) fn new(keep: Duration) -> Departures {
-        Departures {
-            at: HashMap::default(),
-            order: VecDeque::new(),
-            keep,
-        }
+impl<K: std::hash::Hash + Eq, V> ShrinkTo for HashMap<K, V> {
+    fn cap(&self) -> usize {
+        self.capacity()
     }
-
-    pub(super) fn record(&mut self, what: Departed, at: Ts) {
-        self.forget_before(at);
-        self.at.insert(what.clone(), at);
-        self.order.push_back((at, what));
+    fn len_(&self) -> usize {
+        self.len()
     }
-
-    /// The latest departure among `what`.
-    pub(super) fn latest<'a>(&self, what: impl IntoIterator<Item = &'a Departed>) -> Option<Ts> {
-        what.into_iter()
-            .filter_map(|d| self.at.get(d).copied())
-            .max()
+    fn shrink(&mut self, to: usize) {
+        self.shrink_to(to);
     }
+}
 
-    /// Forgets what departed longer than `keep` before `now`.
-    pub(super) fn forget_before(&mut self, now: Ts) {
-        while let Some((t, _)) = self.order.front() {
-            if t.saturating_add(self.keep) >= now {
-                break;
-            }
-            let (t, what) = self.order.pop_front().expect("checked");
-            if self.at.get(&what) == Some(&t) {
-                self.at.remove(&what);
-            }
-        }
-        if self.order.capacity() > 1024 && self.order.len() * 4 < self.order.capacity() {
-            self.order.shrink_to(self.order.len() * 2);
-        }
+impl<K: std::hash::Hash + Eq> ShrinkTo for HashSet<K> {
+    fn cap(&self) -> usize {
+        self.capacity()
     }
-
-    pub(super) fn len(&self) -> usize {
-        self.at.len()
+    fn len_(&self) -> usize {
+        self.len()
+    }
+    fn shrink(&mut self, to: usize) {
+        self.shrink_to(to);
     }
 }

@@ -14,7 +14,8 @@ use crate::model::record::{Record, RecordKind};
 use crate::util::time::Ts;
 
 use super::World;
-use super::index::{Departed, vec_remove};
+use super::departures::Departed;
+use super::index::vec_remove;
 use crate::model::ids::{RecordKey, Subject, Sym};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
