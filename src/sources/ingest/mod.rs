@@ -16,18 +16,19 @@
 //! What reaches the server is bounded before it costs anything: the token is checked from the
 //! headers, before the body is read; few bodies are read at once, each within a size limit and
 //! a deadline; the answer lists the first rejections and counts the rest. The token is compared
-//! by its SHA-256 digest, in constant time, and re-read when its file changes (rotation).
+//! by its SHA-256 digest, in constant time, and re-read when its file changes (rotation; see
+//! `token.rs`).
 //!
 //! ```json
 //! {"accepted": 2, "rejected": [{"index": 1, "reason": "unknown_state", "error": "record.state: ..."}], "rejected_total": 1}
 //! ```
 
 pub mod config;
+mod token;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use axum::Router;
 use axum::extract::{Query, Request, State};
@@ -36,10 +37,10 @@ use axum::response::{IntoResponse, Json, Response};
 use axum::routing::post;
 pub use config::IngestSettings;
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
+pub use token::Token;
 use tokio::sync::{Semaphore, mpsc, watch};
 use tokio::time::Instant;
-use tracing::{info, warn};
+use tracing::warn;
 
 use crate::core::engine::Change;
 use crate::core::world::{Feed, SourceStatus};
@@ -54,74 +55,6 @@ pub const SOURCE: &str = "ingest";
 const LISTED_REJECTIONS: usize = 100;
 /// At most this many request bodies are read at once.
 const CONCURRENT_BODIES: usize = 4;
-
-/// The bearer token: a literal, or a file re-read when it changes.
-pub struct Token {
-    file: Option<PathBuf>,
-    current: Mutex<(Option<SystemTime>, [u8; 32])>,
-}
-
-impl From<&str> for Token {
-    fn from(token: &str) -> Token {
-        Token {
-            file: None,
-            current: Mutex::new((None, digest(token.trim().as_bytes()))),
-        }
-    }
-}
-
-fn digest(b: &[u8]) -> [u8; 32] {
-    Sha256::digest(b).into()
-}
-
-impl Token {
-    /// The token in `path`; an unreadable or empty file is an error now, and later keeps the
-    /// token last read.
-    pub fn file(path: PathBuf) -> Result<Token, String> {
-        let (mtime, token) = read_token(&path)?;
-        Ok(Token {
-            file: Some(path),
-            current: Mutex::new((mtime, digest(token.as_bytes()))),
-        })
-    }
-
-    /// Whether `presented` is the token, comparing SHA-256 digests in constant time (so
-    /// neither the content nor the length of the token leaks through timing).
-    fn accepts(&self, presented: &str) -> bool {
-        let mut current = self.current.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(path) = &self.file {
-            let mtime = std::fs::metadata(path).and_then(|m| m.modified()).ok();
-            if mtime != current.0 {
-                match read_token(path) {
-                    Ok((mtime, token)) => {
-                        info!(file = %path.display(), "the ingest token file changed: using the new token");
-                        *current = (mtime, digest(token.as_bytes()));
-                    }
-                    Err(e) => warn!("{e}; keeping the token read before"),
-                }
-            }
-        }
-        let want = current.1;
-        let got = digest(presented.as_bytes());
-        want.iter().zip(got).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
-    }
-}
-
-fn read_token(path: &std::path::Path) -> Result<(Option<SystemTime>, String), String> {
-    let text = std::fs::read_to_string(path).map_err(|e| {
-        format!(
-            "reading the ingest token {}: {}",
-            path.display(),
-            crate::sources::io_reason(&e)
-        )
-    })?;
-    let token = text.trim().to_string();
-    if token.is_empty() {
-        return Err(format!("the ingest token file {} is empty", path.display()));
-    }
-    let mtime = std::fs::metadata(path).and_then(|m| m.modified()).ok();
-    Ok((mtime, token))
-}
 
 /// What one profile pushed, as the source holds it.
 #[derive(Default)]
