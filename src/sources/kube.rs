@@ -134,119 +134,136 @@ impl Watch {
         }
     }
 
+    /// Watches with one watcher stream after another, each starting with a full list, until
+    /// the engine goes away.
     async fn watch<K: Watched>(self, cx: Context) {
-        let send = |change: Change| {
-            let tx = cx.changes.clone();
-            async move { tx.send((Ts::now(), change)).await.is_ok() }
-        };
-        if !send(self.status(false)).await {
+        if !send(&cx, self.status(false)).await {
             return;
         }
         let mut config = watcher::Config::default();
         if let Some(selector) = &self.label_selector {
             config = config.labels(selector);
         }
-        let check_every =
-            (cx.stale_after / 4).clamp(Duration::from_millis(50), Duration::from_secs(1));
         let mut first = true;
         loop {
             if !first {
                 cx.counters.watch_restart(&self.name);
             }
             first = false;
-            let mut stream = watcher::watcher(self.api::<K>(cx.client.clone()), config.clone())
-                .default_backoff()
-                .boxed();
-            let mut listed: Option<HashSet<(String, String)>> = None;
-            // A span for each initial list (or relist), closed when it completes.
-            let mut sync_span: Option<tracing::Span> = None;
-            let mut synced = false;
-            let mut failing_since: Option<Instant> = None;
-            let mut check = tokio::time::interval(check_every);
-            loop {
-                let item = tokio::select! {
-                    item = stream.next() => item,
-                    _ = check.tick() => {
-                        let stale = failing_since.is_some_and(|t| t.elapsed() >= cx.stale_after);
-                        if stale && synced {
-                            warn!(source = %self.name, "the API server has not answered for {:?}: reporting the source unsynced and starting over with a full list", cx.stale_after);
-                            if !send(self.status(false)).await {
-                                return;
-                            }
-                            break;
-                        }
-                        continue;
-                    }
-                };
-                let event = match item {
-                    None => break,
-                    Some(Err(e)) => {
-                        cx.counters.watch_error(&self.name);
-                        warn!(source = %self.name, error = %e, "watch failed; retrying with backoff");
-                        failing_since.get_or_insert_with(Instant::now);
-                        continue;
-                    }
-                    Some(Ok(event)) => event,
-                };
-                failing_since = None;
-                cx.counters.watch_event(&self.name);
-                let change = match event {
-                    Event::Init => {
-                        debug!(source = %self.name, "listing");
-                        listed = Some(HashSet::new());
-                        sync_span = Some(tracing::info_span!(
-                            parent: None,
-                            "source.sync",
-                            source = %self.name,
-                            source.kind = "kubernetes",
-                            relist = synced,
-                            objects = tracing::field::Empty,
-                        ));
-                        if synced {
-                            synced = false;
-                            info!(source = %self.name, "relisting (the watch expired); findings that rest on this source hold until the list is complete");
-                            if !send(self.status(false)).await {
-                                return;
-                            }
-                        }
-                        continue;
-                    }
-                    Event::InitDone => {
-                        let listed = listed.take().unwrap_or_default();
-                        if let Some(span) = sync_span.take() {
-                            span.record("objects", listed.len());
-                        }
-                        info!(source = %self.name, objects = listed.len(), "synced");
-                        let done = Change::Listed {
-                            feed: self.feed,
-                            profile: self.profile,
-                            namespace: self.namespace.clone(),
-                            listed,
-                        };
-                        if !send(done).await || !send(self.status(true)).await {
-                            return;
-                        }
-                        synced = true;
-                        continue;
-                    }
-                    Event::InitApply(obj) => {
-                        if let Some(seen) = listed.as_mut() {
-                            // An object that cannot be read is still there: what was known
-                            // of it stays.
-                            seen.insert(key(kube::Resource::meta(&obj)));
-                        }
-                        self.change(WatchType::Added, obj, &cx)
-                    }
-                    Event::Apply(obj) => self.change(WatchType::Modified, obj, &cx),
-                    Event::Delete(obj) => self.change(WatchType::Deleted, obj, &cx),
-                };
-                if let Some(change) = change
-                    && !send(change).await
-                {
-                    return;
-                }
+            if !self.stream::<K>(&config, &cx).await {
+                return;
             }
         }
+    }
+
+    /// One watcher stream, from its first list until it ends or its errors outlast
+    /// `stale_after`; `false` when the engine is gone.
+    async fn stream<K: Watched>(&self, config: &watcher::Config, cx: &Context) -> bool {
+        let mut stream = watcher::watcher(self.api::<K>(cx.client.clone()), config.clone())
+            .default_backoff()
+            .boxed();
+        let check_every =
+            (cx.stale_after / 4).clamp(Duration::from_millis(50), Duration::from_secs(1));
+        let mut check = tokio::time::interval(check_every);
+        let mut pass = Pass::default();
+        loop {
+            let item = tokio::select! {
+                item = stream.next() => item,
+                _ = check.tick() => {
+                    let stale = pass.failing_since.is_some_and(|t| t.elapsed() >= cx.stale_after);
+                    if stale && pass.synced {
+                        warn!(source = %self.name, "the API server has not answered for {:?}: reporting the source unsynced and starting over with a full list", cx.stale_after);
+                        return send(cx, self.status(false)).await;
+                    }
+                    continue;
+                }
+            };
+            let event = match item {
+                None => return true,
+                Some(Err(e)) => {
+                    cx.counters.watch_error(&self.name);
+                    warn!(source = %self.name, error = %e, "watch failed; retrying with backoff");
+                    pass.failing_since.get_or_insert_with(Instant::now);
+                    continue;
+                }
+                Some(Ok(event)) => event,
+            };
+            pass.failing_since = None;
+            cx.counters.watch_event(&self.name);
+            if !self.event(event, &mut pass, cx).await {
+                return false;
+            }
+        }
+    }
+
+    /// Takes one watcher event: a list begins or ends, or an object (a pod or a custom
+    /// resource) is listed, changed or deleted. `false` when the engine is gone.
+    async fn event<K: Watched>(
+        &self,
+        event: Event<Lenient<K>>,
+        pass: &mut Pass,
+        cx: &Context,
+    ) -> bool {
+        let change = match event {
+            Event::Init => return self.list_begins(pass, cx).await,
+            Event::InitDone => return self.list_done(pass, cx).await,
+            Event::InitApply(obj) => {
+                if let Some(seen) = pass.listed.as_mut() {
+                    // An object that cannot be read is still there: what was known of it
+                    // stays.
+                    seen.insert(key(kube::Resource::meta(&obj)));
+                }
+                self.change(WatchType::Added, obj, cx)
+            }
+            Event::Apply(obj) => self.change(WatchType::Modified, obj, cx),
+            Event::Delete(obj) => self.change(WatchType::Deleted, obj, cx),
+        };
+        match change {
+            Some(change) => send(cx, change).await,
+            None => true,
+        }
+    }
+
+    /// A list (or relist) begins: its span opens, and a relist reports the source unsynced
+    /// until it is complete. `false` when the engine is gone.
+    async fn list_begins(&self, pass: &mut Pass, cx: &Context) -> bool {
+        debug!(source = %self.name, "listing");
+        pass.listed = Some(HashSet::new());
+        pass.sync_span = Some(tracing::info_span!(
+            parent: None,
+            "source.sync",
+            source = %self.name,
+            source.kind = "kubernetes",
+            relist = pass.synced,
+            objects = tracing::field::Empty,
+        ));
+        if pass.synced {
+            pass.synced = false;
+            info!(source = %self.name, "relisting (the watch expired); findings that rest on this source hold until the list is complete");
+            return send(cx, self.status(false)).await;
+        }
+        true
+    }
+
+    /// A list is complete: the engine learns every object it listed, and the source is
+    /// synced. `false` when the engine is gone.
+    async fn list_done(&self, pass: &mut Pass, cx: &Context) -> bool {
+        let listed = pass.listed.take().unwrap_or_default();
+        if let Some(span) = pass.sync_span.take() {
+            span.record("objects", listed.len());
+        }
+        info!(source = %self.name, objects = listed.len(), "synced");
+        let done = Change::Listed {
+            feed: self.feed,
+            profile: self.profile,
+            namespace: self.namespace.clone(),
+            listed,
+        };
+        if !send(cx, done).await || !send(cx, self.status(true)).await {
+            return false;
+        }
+        pass.synced = true;
+        true
     }
 
     /// Turns one object into a change; objects that cannot be used are logged and counted.
@@ -275,6 +292,24 @@ impl Watch {
             }
         }
     }
+}
+
+/// Sends a change to the engine: `false` when it is gone.
+async fn send(cx: &Context, change: Change) -> bool {
+    cx.changes.send((Ts::now(), change)).await.is_ok()
+}
+
+/// Where one watcher stream stands.
+#[derive(Default)]
+struct Pass {
+    /// The objects listed so far, while a list (or relist) is under way.
+    listed: Option<HashSet<(String, String)>>,
+    /// A span for each initial list (or relist), closed when it completes.
+    sync_span: Option<tracing::Span>,
+    /// A list has completed, and no relist has begun since.
+    synced: bool,
+    /// When the errors that have not stopped since began.
+    failing_since: Option<Instant>,
 }
 
 /// (namespace, name) of an object, as a full list reports it.

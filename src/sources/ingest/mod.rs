@@ -16,18 +16,19 @@
 //! What reaches the server is bounded before it costs anything: the token is checked from the
 //! headers, before the body is read; few bodies are read at once, each within a size limit and
 //! a deadline; the answer lists the first rejections and counts the rest. The token is compared
-//! by its SHA-256 digest, in constant time, and re-read when its file changes (rotation).
+//! by its SHA-256 digest, in constant time, and re-read when its file changes (rotation; see
+//! `token.rs`).
 //!
 //! ```json
 //! {"accepted": 2, "rejected": [{"index": 1, "reason": "unknown_state", "error": "record.state: ..."}], "rejected_total": 1}
 //! ```
 
 pub mod config;
+mod token;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use axum::Router;
 use axum::extract::{Query, Request, State};
@@ -36,10 +37,10 @@ use axum::response::{IntoResponse, Json, Response};
 use axum::routing::post;
 pub use config::IngestSettings;
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
+pub use token::Token;
 use tokio::sync::{Semaphore, mpsc, watch};
 use tokio::time::Instant;
-use tracing::{info, warn};
+use tracing::warn;
 
 use crate::core::engine::Change;
 use crate::core::world::{Feed, SourceStatus};
@@ -54,74 +55,6 @@ pub const SOURCE: &str = "ingest";
 const LISTED_REJECTIONS: usize = 100;
 /// At most this many request bodies are read at once.
 const CONCURRENT_BODIES: usize = 4;
-
-/// The bearer token: a literal, or a file re-read when it changes.
-pub struct Token {
-    file: Option<PathBuf>,
-    current: Mutex<(Option<SystemTime>, [u8; 32])>,
-}
-
-impl From<&str> for Token {
-    fn from(token: &str) -> Token {
-        Token {
-            file: None,
-            current: Mutex::new((None, digest(token.trim().as_bytes()))),
-        }
-    }
-}
-
-fn digest(b: &[u8]) -> [u8; 32] {
-    Sha256::digest(b).into()
-}
-
-impl Token {
-    /// The token in `path`; an unreadable or empty file is an error now, and later keeps the
-    /// token last read.
-    pub fn file(path: PathBuf) -> Result<Token, String> {
-        let (mtime, token) = read_token(&path)?;
-        Ok(Token {
-            file: Some(path),
-            current: Mutex::new((mtime, digest(token.as_bytes()))),
-        })
-    }
-
-    /// Whether `presented` is the token, comparing SHA-256 digests in constant time (so
-    /// neither the content nor the length of the token leaks through timing).
-    fn accepts(&self, presented: &str) -> bool {
-        let mut current = self.current.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(path) = &self.file {
-            let mtime = std::fs::metadata(path).and_then(|m| m.modified()).ok();
-            if mtime != current.0 {
-                match read_token(path) {
-                    Ok((mtime, token)) => {
-                        info!(file = %path.display(), "the ingest token file changed: using the new token");
-                        *current = (mtime, digest(token.as_bytes()));
-                    }
-                    Err(e) => warn!("{e}; keeping the token read before"),
-                }
-            }
-        }
-        let want = current.1;
-        let got = digest(presented.as_bytes());
-        want.iter().zip(got).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
-    }
-}
-
-fn read_token(path: &std::path::Path) -> Result<(Option<SystemTime>, String), String> {
-    let text = std::fs::read_to_string(path).map_err(|e| {
-        format!(
-            "reading the ingest token {}: {}",
-            path.display(),
-            crate::sources::io_reason(&e)
-        )
-    })?;
-    let token = text.trim().to_string();
-    if token.is_empty() {
-        return Err(format!("the ingest token file {} is empty", path.display()));
-    }
-    let mtime = std::fs::metadata(path).and_then(|m| m.modified()).ok();
-    Ok((mtime, token))
-}
 
 /// What one profile pushed, as the source holds it.
 #[derive(Default)]
@@ -288,7 +221,7 @@ struct Rejected {
     error: String,
 }
 
-#[derive(Serialize)]
+#[derive(Default, Serialize)]
 struct Outcome {
     accepted: usize,
     rejected: Vec<Rejected>,
@@ -334,93 +267,130 @@ fn bearer(headers: &HeaderMap) -> Option<&str> {
     scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
 }
 
+/// Why a request is refused, before or instead of taking its records.
+enum Refused {
+    /// No token, or not the token: the answer asks for a bearer token.
+    Unauthorized(&'static str),
+    /// Too many bodies are being read at once: the answer says to retry in a second.
+    Busy,
+    /// Anything else: the status and the error.
+    Other(StatusCode, String),
+}
+
+impl IntoResponse for Refused {
+    fn into_response(self) -> Response {
+        match self {
+            Refused::Unauthorized(msg) => unauthorized(msg),
+            Refused::Busy => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                [(header::RETRY_AFTER, "1")],
+                Json(serde_json::json!({"error": "too many ingest requests at once; retry"})),
+            )
+                .into_response(),
+            Refused::Other(code, msg) => error(code, msg),
+        }
+    }
+}
+
+/// `POST /api/v1/records`: the answer to one request, its outcome or why it was refused.
 async fn ingest(
     State(ingest): State<Ingest>,
     params: Result<Query<Params>, axum::extract::rejection::QueryRejection>,
     request: Request,
 ) -> Response {
-    // Who is asking, from the headers alone: no body is read for a missing or wrong token.
-    let Some(token) = bearer(request.headers()) else {
-        return unauthorized("missing Authorization: Bearer <token>");
-    };
-    if !ingest.inner.token.accepts(token) {
-        return unauthorized("invalid bearer token");
+    match ingest.receive(params, request).await {
+        Ok(outcome) => Json(outcome).into_response(),
+        Err(refused) => refused.into_response(),
     }
-    let Ok(Query(params)) = params else {
-        return error(
-            StatusCode::BAD_REQUEST,
-            "the query takes snapshot=true|false and profile=NAME",
-        );
-    };
-    let inner = &ingest.inner;
-    let snapshot_profile = if params.snapshot {
+}
+
+impl Ingest {
+    /// One request, step by step: who is asking, for what, its body, then its records.
+    async fn receive(
+        &self,
+        params: Result<Query<Params>, axum::extract::rejection::QueryRejection>,
+        request: Request,
+    ) -> Result<Outcome, Refused> {
+        let inner = &self.inner;
+        // Who is asking, from the headers alone: no body is read for a missing or wrong token.
+        let Some(token) = bearer(request.headers()) else {
+            return Err(Refused::Unauthorized(
+                "missing Authorization: Bearer <token>",
+            ));
+        };
+        if !inner.token.accepts(token) {
+            return Err(Refused::Unauthorized("invalid bearer token"));
+        }
+        let Ok(Query(params)) = params else {
+            return Err(Refused::Other(
+                StatusCode::BAD_REQUEST,
+                "the query takes snapshot=true|false and profile=NAME".into(),
+            ));
+        };
+        let snapshot = self.snapshot_profile(&params)?;
+        // Few bodies at once, each bounded in size and in time.
+        let Ok(Ok(_permit)) =
+            tokio::time::timeout(Duration::from_secs(2), inner.bodies.acquire()).await
+        else {
+            return Err(Refused::Busy);
+        };
+        let body = self.body(request).await?;
+        let docs = parse(&body).map_err(|e| {
+            inner.counters.rejected(SOURCE, e.reason);
+            Refused::Other(StatusCode::BAD_REQUEST, e.message)
+        })?;
+        self.apply(docs, snapshot)
+            .await
+            .map_err(|()| Refused::Other(StatusCode::SERVICE_UNAVAILABLE, "shutting down".into()))
+    }
+
+    /// The profile a snapshot is of: the one the request names, else the first that takes
+    /// pushed records. `None` when the request is no snapshot.
+    fn snapshot_profile(&self, params: &Params) -> Result<Option<ProfileId>, Refused> {
+        if !params.snapshot {
+            return Ok(None);
+        }
+        let inner = &self.inner;
         let found = match &params.profile {
             Some(name) => inner.profiles.by_name(name),
             None => inner.settings.keys().next().copied(),
         };
         match found {
-            Some(id) if inner.settings.contains_key(&id) => Some(id),
-            _ => {
-                return error(
-                    StatusCode::BAD_REQUEST,
-                    format!(
-                        "profile: {:?} is not a profile that takes records from the ingest API",
-                        params.profile.as_deref().unwrap_or_default()
-                    ),
-                );
-            }
+            Some(id) if inner.settings.contains_key(&id) => Ok(Some(id)),
+            _ => Err(Refused::Other(
+                StatusCode::BAD_REQUEST,
+                format!(
+                    "profile: {:?} is not a profile that takes records from the ingest API",
+                    params.profile.as_deref().unwrap_or_default()
+                ),
+            )),
         }
-    } else {
-        None
-    };
-    // Few bodies at once, each bounded in size and in time.
-    let Ok(Ok(_permit)) =
-        tokio::time::timeout(Duration::from_secs(2), inner.bodies.acquire()).await
-    else {
-        return (
-            StatusCode::SERVICE_UNAVAILABLE,
-            [(header::RETRY_AFTER, "1")],
-            Json(serde_json::json!({"error": "too many ingest requests at once; retry"})),
+    }
+
+    /// The body of a request, read within its size limit and its deadline.
+    async fn body(&self, request: Request) -> Result<axum::body::Bytes, Refused> {
+        let inner = &self.inner;
+        match tokio::time::timeout(
+            inner.body_timeout,
+            axum::body::to_bytes(request.into_body(), inner.max_body),
         )
-            .into_response();
-    };
-    let body = match tokio::time::timeout(
-        inner.body_timeout,
-        axum::body::to_bytes(request.into_body(), inner.max_body),
-    )
-    .await
-    {
-        Err(_) => {
-            return error(
+        .await
+        {
+            Err(_) => Err(Refused::Other(
                 StatusCode::REQUEST_TIMEOUT,
                 format!("the body did not arrive within {:?}", inner.body_timeout),
-            );
-        }
-        Ok(Err(_)) => {
-            return error(
+            )),
+            Ok(Err(_)) => Err(Refused::Other(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 format!(
                     "the body is larger than {} bytes (--ingest-max-body)",
                     inner.max_body
                 ),
-            );
+            )),
+            Ok(Ok(b)) => Ok(b),
         }
-        Ok(Ok(b)) => b,
-    };
-    let docs = match parse(&body) {
-        Ok(d) => d,
-        Err(e) => {
-            inner.counters.rejected(SOURCE, e.reason);
-            return error(StatusCode::BAD_REQUEST, e.message);
-        }
-    };
-    match ingest.apply(docs, snapshot_profile).await {
-        Ok(outcome) => Json(outcome).into_response(),
-        Err(()) => error(StatusCode::SERVICE_UNAVAILABLE, "shutting down"),
     }
-}
 
-impl Ingest {
     /// Validates and applies the records of one request; `Err` when the engine is gone.
     async fn apply(
         &self,
@@ -429,110 +399,174 @@ impl Ingest {
     ) -> Result<Outcome, ()> {
         let inner = &self.inner;
         let now = Ts::now();
-        let mut outcome = Outcome {
-            accepted: 0,
-            rejected: Vec::new(),
-            rejected_total: 0,
-            snapshot: None,
-        };
-        let mut changes = Vec::new();
-        let mut accepted: BTreeMap<ProfileId, u64> = BTreeMap::new();
-        let mut listed: HashSet<(RecordKind, Option<String>, String)> = HashSet::new();
+        let mut taken = Taken::default();
         {
             let mut pushed = inner.pushed.lock().unwrap_or_else(|e| e.into_inner());
             for (index, doc) in docs.into_iter().enumerate() {
-                let source = doc
-                    .as_ref()
-                    .ok()
-                    .and_then(|d| inner.profiles.for_record(d.profile.as_deref()))
-                    .map_or_else(|| SOURCE.to_string(), |p| self.source_name(p));
-                let expires_at = doc.as_ref().ok().and_then(|d| d.expires_at);
-                let identity = doc.as_ref().ok().and_then(|d| {
-                    Some((
-                        d.kind.as_deref().and_then(RecordKind::parse)?,
-                        d.namespace.clone().filter(|n| !n.is_empty()),
-                        d.id.clone().filter(|i| !i.is_empty())?,
-                    ))
-                });
-                let result = doc
-                    .and_then(|d| admit(inner, d, snapshot))
-                    .and_then(|change| {
-                        hold(inner, &mut pushed, &change, expires_at, now)?;
-                        Ok(change)
-                    });
-                match result {
-                    Ok(change) => {
-                        let profile = match &change {
-                            RecordChange::Upsert(r) => r.profile,
-                            RecordChange::Delete { profile, .. } => *profile,
-                        };
-                        if let RecordChange::Upsert(r) = &change {
-                            listed.insert((r.kind, r.namespace.clone(), r.id.clone()));
-                        }
-                        *accepted.entry(profile).or_default() += 1;
-                        changes.push(Change::Record(change));
-                        outcome.accepted += 1;
-                    }
-                    Err(e) => {
-                        // In a snapshot, a record that is there but unreadable keeps what was
-                        // known of it: absence is not evidence.
-                        if let Some(identity) = identity {
-                            listed.insert(identity);
-                        }
-                        inner.counters.rejected(&source, e.reason);
-                        outcome.rejected_total += 1;
-                        if outcome.rejected.len() < LISTED_REJECTIONS {
-                            outcome.rejected.push(Rejected {
-                                index,
-                                reason: e.reason,
-                                error: crate::util::text::clip(&e.message).into_owned(),
-                            });
-                        }
-                    }
-                }
+                self.take(&mut pushed, &mut taken, index, doc, snapshot, now);
             }
             for (profile, p) in pushed.iter_mut() {
-                if accepted.contains_key(profile) || snapshot == Some(*profile) {
+                if taken.accepted.contains_key(profile) || snapshot == Some(*profile) {
                     p.last_report = Some(Instant::now());
                 }
             }
             if let Some(profile) = snapshot {
-                let p = pushed
-                    .get_mut(&profile)
-                    .expect("a profile that takes pushed records");
-                let before = p.records.len();
-                p.records.retain(|k, _| listed.contains(k));
-                p.synced = true;
-                outcome.snapshot = Some(SnapshotOutcome {
-                    profile: inner.profiles.get(profile).name.to_string(),
-                    removed: before - p.records.len(),
-                });
-                for kind in &inner.settings[&profile].kinds {
-                    changes.push(Change::Listed {
-                        feed: Feed::of_record(*kind),
-                        profile,
-                        namespace: None,
-                        listed: listed
-                            .iter()
-                            .filter(|(k, _, _)| k == kind)
-                            .map(|(_, ns, id)| (ns.clone().unwrap_or_default(), id.clone()))
-                            .collect(),
-                    });
-                }
+                self.end_snapshot(&mut pushed, &mut taken, profile);
             }
         }
-        for change in changes {
-            inner.changes.send((now, change)).await.map_err(|_| ())?;
-        }
+        self.send(now, taken.changes).await?;
         // The status (synced by a snapshot, fresh by a report) at once, not at the next sweep.
-        for change in self.sweep(now, Instant::now()) {
-            inner.changes.send((now, change)).await.map_err(|_| ())?;
-        }
-        for (profile, n) in accepted {
+        self.send(now, self.sweep(now, Instant::now())).await?;
+        for (profile, n) in taken.accepted {
             inner.counters.pushed(&self.source_name(profile), n);
         }
-        Ok(outcome)
+        Ok(taken.outcome)
     }
+
+    /// Takes in one record of a request: admitted and held, or rejected (and counted).
+    fn take(
+        &self,
+        pushed: &mut BTreeMap<ProfileId, Pushed>,
+        taken: &mut Taken,
+        index: usize,
+        doc: Result<RecordDoc, InputError>,
+        snapshot: Option<ProfileId>,
+        now: Ts,
+    ) {
+        let inner = &*self.inner;
+        let source = doc
+            .as_ref()
+            .ok()
+            .and_then(|d| inner.profiles.for_record(d.profile.as_deref()))
+            .map_or_else(|| SOURCE.to_string(), |p| self.source_name(p));
+        let expires_at = doc.as_ref().ok().and_then(|d| d.expires_at);
+        let identity = doc.as_ref().ok().and_then(identity_of);
+        let result = doc
+            .and_then(|d| admit(inner, d, snapshot))
+            .and_then(|change| {
+                hold(inner, pushed, &change, expires_at, now)?;
+                Ok(change)
+            });
+        match result {
+            Ok(change) => taken.accept(change),
+            Err(e) => {
+                inner.counters.rejected(&source, e.reason);
+                taken.reject(index, identity, e);
+            }
+        }
+    }
+
+    /// Ends a snapshot of `profile`: the records it left out are no longer held, the source
+    /// is synced, and the engine learns what it listed of each kind.
+    fn end_snapshot(
+        &self,
+        pushed: &mut BTreeMap<ProfileId, Pushed>,
+        taken: &mut Taken,
+        profile: ProfileId,
+    ) {
+        let inner = &self.inner;
+        let p = pushed
+            .get_mut(&profile)
+            .expect("a profile that takes pushed records");
+        let before = p.records.len();
+        p.records.retain(|k, _| taken.listed.contains(k));
+        p.synced = true;
+        taken.outcome.snapshot = Some(SnapshotOutcome {
+            profile: inner.profiles.get(profile).name.to_string(),
+            removed: before - p.records.len(),
+        });
+        for kind in &inner.settings[&profile].kinds {
+            let listed = taken.listed_of(*kind);
+            taken.changes.push(Change::Listed {
+                feed: Feed::of_record(*kind),
+                profile,
+                namespace: None,
+                listed,
+            });
+        }
+    }
+
+    /// Sends changes to the engine, all stamped `now`; `Err` when it is gone.
+    async fn send(&self, now: Ts, changes: Vec<Change>) -> Result<(), ()> {
+        for change in changes {
+            self.inner
+                .changes
+                .send((now, change))
+                .await
+                .map_err(|_| ())?;
+        }
+        Ok(())
+    }
+}
+
+/// What the records of one request come to, as they are taken in.
+#[derive(Default)]
+struct Taken {
+    outcome: Outcome,
+    /// The changes for the engine, in order.
+    changes: Vec<Change>,
+    /// Records accepted, per profile.
+    accepted: BTreeMap<ProfileId, u64>,
+    /// Every record the request carries, readable or not: what a snapshot keeps.
+    listed: HashSet<(RecordKind, Option<String>, String)>,
+}
+
+impl Taken {
+    /// A record admitted and held.
+    fn accept(&mut self, change: RecordChange) {
+        let profile = match &change {
+            RecordChange::Upsert(r) => r.profile,
+            RecordChange::Delete { profile, .. } => *profile,
+        };
+        if let RecordChange::Upsert(r) = &change {
+            self.listed
+                .insert((r.kind, r.namespace.clone(), r.id.clone()));
+        }
+        *self.accepted.entry(profile).or_default() += 1;
+        self.changes.push(Change::Record(change));
+        self.outcome.accepted += 1;
+    }
+
+    /// The record at `index` rejected: the answer lists the first rejections and counts
+    /// them all.
+    fn reject(
+        &mut self,
+        index: usize,
+        identity: Option<(RecordKind, Option<String>, String)>,
+        e: InputError,
+    ) {
+        // In a snapshot, a record that is there but unreadable keeps what was known of it:
+        // absence is not evidence.
+        if let Some(identity) = identity {
+            self.listed.insert(identity);
+        }
+        self.outcome.rejected_total += 1;
+        if self.outcome.rejected.len() < LISTED_REJECTIONS {
+            self.outcome.rejected.push(Rejected {
+                index,
+                reason: e.reason,
+                error: crate::util::text::clip(&e.message).into_owned(),
+            });
+        }
+    }
+
+    /// The (namespace, id) of every record of `kind` listed, as the engine takes a list.
+    fn listed_of(&self, kind: RecordKind) -> HashSet<(String, String)> {
+        self.listed
+            .iter()
+            .filter(|(k, _, _)| *k == kind)
+            .map(|(_, ns, id)| (ns.clone().unwrap_or_default(), id.clone()))
+            .collect()
+    }
+}
+
+/// A record's identity (kind, namespace, id), when it names one, whether or not it is valid.
+fn identity_of(d: &RecordDoc) -> Option<(RecordKind, Option<String>, String)> {
+    Some((
+        d.kind.as_deref().and_then(RecordKind::parse)?,
+        d.namespace.clone().filter(|n| !n.is_empty()),
+        d.id.clone().filter(|i| !i.is_empty())?,
+    ))
 }
 
 /// Holds a pushed record (within the profile's cap) or forgets a deleted one.
