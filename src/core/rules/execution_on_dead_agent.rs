@@ -13,7 +13,7 @@
 use std::time::Duration;
 
 use crate::core::rules::{Label, Needs, Series, SubjectKind, SubjectView, pod_holder};
-use crate::core::world::{Feed, PodLink, StateClass, World};
+use crate::core::world::{Feed, PodLink, RecordKey, StateClass, StoredRecord, World};
 use crate::model::finding::{Candidate, Finding, FindingKind};
 use crate::model::profile::{ExecutionClass, SandboxClass};
 use crate::util::time::Ts;
@@ -92,33 +92,7 @@ impl super::Rule for Rule {
         match world.pod_of_execution(key, rec) {
             PodLink::None | PodLink::Ambiguous => None,
             PodLink::Missing => {
-                // Where its pod would be: the execution's own link, else its session's.
-                let session = world.found_session_of(key, rec);
-                let srec = session.as_ref().map(|(_, s)| *s);
-                let namespace = rec
-                    .namespace
-                    .clone()
-                    .or_else(|| srec.and_then(|s| s.namespace.clone()));
-                let pod = rec.pod.clone().or_else(|| srec.and_then(|s| s.pod.clone()));
-                let session_id = session.as_ref().map(|(k, _)| k.id.clone());
-                let holder = pod_holder(world, key.profile, session_id.as_deref(), pod.as_deref());
-                world
-                    .absence(key.profile, Feed::Pods, namespace.as_deref(), holder)
-                    .ok()?;
-                let departed = world.pod_departed(
-                    key.profile,
-                    pod.as_ref(),
-                    session_id.as_ref(),
-                    Some(&key.id),
-                );
-                let evidence = [Some(rec.since), srec.map(|s| s.since), departed]
-                    .into_iter()
-                    .flatten()
-                    .max()
-                    .unwrap_or(rec.since);
-                finding.namespace = namespace;
-                finding.pod = pod;
-                finding.reason = "PodGone".into();
+                let (finding, evidence) = pod_gone(world, key, rec, finding)?;
                 candidate(finding, evidence, profile.grace.absence)
             }
             PodLink::Found(pod) => {
@@ -133,4 +107,42 @@ impl super::Rule for Rule {
             }
         }
     }
+}
+
+/// An execution whose pod is gone, when that absence is evidence: the finding placed where
+/// its pod would be (the execution's own link, else its session's), and when the evidence
+/// dates from (the later of the records' last changes and the pod's departure).
+fn pod_gone(
+    world: &World,
+    key: &RecordKey,
+    rec: &StoredRecord,
+    mut finding: Finding,
+) -> Option<(Finding, Ts)> {
+    let session = world.found_session_of(key, rec);
+    let srec = session.as_ref().map(|(_, s)| *s);
+    let namespace = rec
+        .namespace
+        .clone()
+        .or_else(|| srec.and_then(|s| s.namespace.clone()));
+    let pod = rec.pod.clone().or_else(|| srec.and_then(|s| s.pod.clone()));
+    let session_id = session.as_ref().map(|(k, _)| k.id.clone());
+    let holder = pod_holder(world, key.profile, session_id.as_deref(), pod.as_deref());
+    world
+        .absence(key.profile, Feed::Pods, namespace.as_deref(), holder)
+        .ok()?;
+    let departed = world.pod_departed(
+        key.profile,
+        pod.as_ref(),
+        session_id.as_ref(),
+        Some(&key.id),
+    );
+    let evidence = [Some(rec.since), srec.map(|s| s.since), departed]
+        .into_iter()
+        .flatten()
+        .max()
+        .unwrap_or(rec.since);
+    finding.namespace = namespace;
+    finding.pod = pod;
+    finding.reason = "PodGone".into();
+    Some((finding, evidence))
 }

@@ -24,6 +24,15 @@ impl From<&str> for Token {
     }
 }
 
+/// An ingest token file that cannot be used.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum TokenError {
+    #[error("reading the ingest token {path}: {reason}")]
+    Read { path: String, reason: String },
+    #[error("the ingest token file {0} is empty")]
+    Empty(String),
+}
+
 fn digest(b: &[u8]) -> [u8; 32] {
     Sha256::digest(b).into()
 }
@@ -31,7 +40,7 @@ fn digest(b: &[u8]) -> [u8; 32] {
 impl Token {
     /// The token in `path`; an unreadable or empty file is an error now, and later keeps the
     /// token last read.
-    pub fn file(path: PathBuf) -> Result<Token, String> {
+    pub fn file(path: PathBuf) -> Result<Token, TokenError> {
         let (mtime, token) = read_token(&path)?;
         Ok(Token {
             file: Some(path),
@@ -61,17 +70,14 @@ impl Token {
     }
 }
 
-fn read_token(path: &std::path::Path) -> Result<(Option<SystemTime>, String), String> {
-    let text = std::fs::read_to_string(path).map_err(|e| {
-        format!(
-            "reading the ingest token {}: {}",
-            path.display(),
-            crate::sources::io_reason(&e)
-        )
+fn read_token(path: &std::path::Path) -> Result<(Option<SystemTime>, String), TokenError> {
+    let text = std::fs::read_to_string(path).map_err(|e| TokenError::Read {
+        path: path.display().to_string(),
+        reason: crate::sources::io_reason(&e),
     })?;
     let token = text.trim().to_string();
     if token.is_empty() {
-        return Err(format!("the ingest token file {} is empty", path.display()));
+        return Err(TokenError::Empty(path.display().to_string()));
     }
     let mtime = std::fs::metadata(path).and_then(|m| m.modified()).ok();
     Ok((mtime, token))
