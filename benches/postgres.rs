@@ -14,10 +14,10 @@ mod postgres;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use sandwatch::engine::{Change, Engine};
+use sandwatch::core::engine::{Change, Engine};
 use sandwatch::sources::SourceCounters;
 use sandwatch::sources::postgres::{Context, Postgres};
-use sandwatch::time::Ts;
+use sandwatch::util::time::Ts;
 
 fn arg(name: &str, default: usize) -> usize {
     let args: Vec<String> = std::env::args().collect();
@@ -81,13 +81,13 @@ async fn main() -> anyhow::Result<()> {
     sql.batch_execute("ANALYZE sandbox_sessions").await?;
     println!("filled {rows} rows in {:.1?}", t.elapsed());
 
-    let config = sandwatch::config::load(
+    let config = sandwatch::app::config::load(
         "profiles:\n  - preset: sandbox-api\n    records:\n      postgres:\n        poll_interval: 200ms\n        resync_interval: 1h\n",
     )?;
     let settings = config.records[0].postgres.clone().unwrap();
     let profiles = config.profiles.clone();
     let source = Postgres::new(
-        sandwatch::profile::ProfileId(0),
+        sandwatch::model::profile::ProfileId(0),
         "sandbox-api",
         settings,
         Some(&db.url_file("sandwatch_ro")),

@@ -11,8 +11,8 @@ use std::fs::File;
 use std::io::{BufWriter, Read, Write};
 use std::time::Instant;
 
-use sandwatch::config;
-use sandwatch::replay::{self, Input};
+use sandwatch::app::config;
+use sandwatch::app::replay::{self, Input};
 use sandwatch::sinks::report::Format;
 
 const POD: &str = include_str!("pod-template.json");

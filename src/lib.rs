@@ -23,10 +23,3 @@ pub mod remediation;
 pub mod sinks;
 pub mod sources;
 pub mod util;
-
-// The previous paths, kept while callers move.
-pub use self::app::{config, live, replay, telemetry};
-pub use self::core::{engine, rules, world};
-pub use self::model::source as trust;
-pub use self::model::{finding, kubernetes, profile, record};
-pub use self::util::{json, shard, text, time, tls};

@@ -8,14 +8,14 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 
+use sandwatch::app::config::{self, PRESETS};
 use sandwatch::app::live;
-use sandwatch::config::{self, PRESETS};
+use sandwatch::app::replay::{self, Input};
+use sandwatch::app::telemetry::{LogFormat, Telemetry, Traces};
 use sandwatch::remediation::lease::Elector;
-use sandwatch::replay::{self, Input};
-use sandwatch::shard::Shard;
 use sandwatch::sinks::report::Format;
 use sandwatch::sources::ingest::Token;
-use sandwatch::telemetry::{LogFormat, Telemetry, Traces};
+use sandwatch::util::shard::Shard;
 
 /// Joins agent-sandbox pods with the platform's session and execution records, and reports
 /// where they drift apart: agents dead behind live sidecars, executions retried against dead

@@ -168,7 +168,7 @@ fn the_deployment_is_hardened_and_probed() {
     // The ConfigMap's config is valid.
     let cm = docs.iter().find(|d| d["kind"] == "ConfigMap").unwrap();
     let config = cm["data"]["sandwatch.yaml"].as_str().unwrap();
-    sandwatch::config::load(config)
+    sandwatch::app::config::load(config)
         .unwrap_or_else(|e| panic!("the shipped config is invalid: {e}"));
 }
 
@@ -282,7 +282,7 @@ remediation:
   mode: live
   timeout: 500ms
 "#;
-    let c = sandwatch::config::load(yaml).unwrap();
+    let c = sandwatch::app::config::load(yaml).unwrap();
     let d = start_with(&server, c, |s| {
         s.leader_election = Some(Elector {
             retry_period: Duration::from_millis(200),
@@ -357,15 +357,15 @@ fn every_file_a_preset_reads_is_where_the_deployment_mounts_its_secrets() {
             .map(|m| m["mountPath"].as_str().unwrap().to_string())
             .collect();
     let mut checked = 0;
-    for (name, _, _) in sandwatch::config::PRESETS {
+    for (name, _, _) in sandwatch::app::config::PRESETS {
         // Every action of the preset enabled, as a user would turn them on.
         let yaml = format!(
             "profiles:\n  - preset: {name}\n    remediation:\n      base_url: https://api.internal\n      actions:\n        finalize_execution: {{ enabled: true }}\n        mark_session_gone: {{ enabled: true }}\n        finalize_session: {{ enabled: true }}\n"
         );
-        let Ok(profiles) = sandwatch::config::load(&yaml) else {
+        let Ok(profiles) = sandwatch::app::config::load(&yaml) else {
             continue;
         };
-        for w in sandwatch::config::warnings(&profiles) {
+        for w in sandwatch::app::config::warnings(&profiles) {
             let Some(path) = w.message.split(" is not readable here").next() else {
                 continue;
             };

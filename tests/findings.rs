@@ -7,10 +7,10 @@ mod common;
 use common::*;
 use serde_json::json;
 
-use sandwatch::engine::{Change, Engine};
-use sandwatch::profile::ProfileId;
-use sandwatch::shard::Shard;
-use sandwatch::world::{Feed, SourceStatus};
+use sandwatch::core::engine::{Change, Engine};
+use sandwatch::core::world::{Feed, SourceStatus};
+use sandwatch::model::profile::ProfileId;
+use sandwatch::util::shard::Shard;
 
 fn agent_pod(ns: &str, session: &str) -> PodB {
     pod(ns, &format!("sandbox-{session}"))
@@ -147,8 +147,8 @@ fn an_ambiguous_reference_is_reported_and_never_guessed() {
 
 #[test]
 fn records_without_a_namespace_for_namespace_scoped_ids_are_refused() {
-    let profiles = sandwatch::config::load(CR_SESSIONS).unwrap().profiles;
-    let doc: sandwatch::record::RecordDoc =
+    let profiles = sandwatch::app::config::load(CR_SESSIONS).unwrap().profiles;
+    let doc: sandwatch::model::record::RecordDoc =
         serde_json::from_value(json!({"kind":"session","id":"s-1","state":"Running"})).unwrap();
     let e = doc.validate(&profiles).unwrap_err();
     assert!(e.message.starts_with("record.namespace: missing"), "{e}");
@@ -165,7 +165,7 @@ profiles:
 
 /// The sources as `sandwatch run` reports them for a profile watching one namespace.
 fn scoped_sim(yaml: &str) -> Sim {
-    let mut s = Sim::bare(sandwatch::config::load(yaml).unwrap());
+    let mut s = Sim::bare(sandwatch::app::config::load(yaml).unwrap());
     s.apply(Change::Source(
         SourceStatus::new(
             "pods/generic/agents",
@@ -222,8 +222,8 @@ fn a_default_namespace_places_the_records_of_a_scoped_profile() {
 #[test]
 fn check_config_warns_when_a_scoped_profiles_records_can_never_be_placed() {
     let yaml = "profiles:\n  - preset: sandbox-api\n    pods:\n      namespaces: [agents]\n";
-    let profiles = sandwatch::config::load(yaml).unwrap();
-    let w = sandwatch::config::warnings(&profiles);
+    let profiles = sandwatch::app::config::load(yaml).unwrap();
+    let w = sandwatch::app::config::warnings(&profiles);
     assert_eq!(w.len(), 2, "{w:?}");
     assert_eq!(w[0].field, "profiles[0].records.postgres.queries.session");
     assert!(
@@ -232,7 +232,10 @@ fn check_config_warns_when_a_scoped_profiles_records_can_never_be_placed() {
         w[0]
     );
     let placed = format!("{yaml}    records:\n      default_namespace: agents\n");
-    assert!(sandwatch::config::warnings(&sandwatch::config::load(&placed).unwrap()).is_empty());
+    assert!(
+        sandwatch::app::config::warnings(&sandwatch::app::config::load(&placed).unwrap())
+            .is_empty()
+    );
 }
 
 const BY_NAME: &str = r#"
@@ -250,7 +253,7 @@ profiles:
 #[test]
 fn a_pod_sharded_by_its_name_is_never_judged_leaked_for_want_of_a_session_on_another_shard() {
     let sim = |shard: Shard| {
-        let mut s = Sim::bare(sandwatch::config::load(BY_NAME).unwrap());
+        let mut s = Sim::bare(sandwatch::app::config::load(BY_NAME).unwrap());
         s.engine = Engine::sharded(s.profiles.clone(), shard);
         for f in Feed::ALL {
             s.source(&format!("{f:?}"), &[f], true);
@@ -298,7 +301,7 @@ fn a_restarted_engine_reports_a_long_standing_condition_at_once_with_the_same_ev
 
     // The restart at 1000: sources list what is (no pod; the suspended row, with its
     // updated_at), and the finding is back at once, with the evidence time it had.
-    let mut after = Sim::bare(sandwatch::config::preset("generic").unwrap());
+    let mut after = Sim::bare(sandwatch::app::config::preset("generic").unwrap());
     after.at(1000);
     after.source("pods", &[Feed::Pods], true);
     after.source("records", &[Feed::Sessions, Feed::Executions], true);
@@ -316,7 +319,7 @@ fn a_restarted_engine_reports_a_long_standing_condition_at_once_with_the_same_ev
 
 #[test]
 fn a_restart_during_a_grace_keeps_the_time_already_served() {
-    let mut s = Sim::bare(sandwatch::config::preset("generic").unwrap());
+    let mut s = Sim::bare(sandwatch::app::config::preset("generic").unwrap());
     s.at(950);
     s.source("pods", &[Feed::Pods], true);
     s.source("records", &[Feed::Sessions], true);
@@ -348,7 +351,7 @@ fn a_pod_recreated_within_the_grace_or_a_session_moved_to_a_new_pod_opens_nothin
 
 #[test]
 fn a_pod_left_behind_long_ago_is_reported_leaked_at_once_after_a_restart() {
-    let mut s = Sim::bare(sandwatch::config::preset("generic").unwrap());
+    let mut s = Sim::bare(sandwatch::app::config::preset("generic").unwrap());
     s.at(5000);
     s.source("pods", &[Feed::Pods], true);
     s.source("records", &[Feed::Sessions], true);
@@ -422,7 +425,7 @@ profiles:
 
 #[test]
 fn a_full_listing_keeps_rows_placed_by_the_default_namespace() {
-    let profiles = sandwatch::config::load(NAMESPACED_WITH_DEFAULT)
+    let profiles = sandwatch::app::config::load(NAMESPACED_WITH_DEFAULT)
         .unwrap()
         .profiles;
     let mut e = Engine::new(profiles.clone());
@@ -438,7 +441,7 @@ fn a_full_listing_keeps_rows_placed_by_the_default_namespace() {
     e.apply(t, source("pods", Feed::Pods));
     e.apply(t, source("postgres/nsd", Feed::Sessions));
     // A row that names no namespace: `default_namespace` places it (its key is ns-b/s-1).
-    let doc: sandwatch::record::RecordDoc =
+    let doc: sandwatch::model::record::RecordDoc =
         serde_json::from_value(json!({"kind":"session","id":"s-1","state":"Running"})).unwrap();
     e.apply(t, Change::Record(doc.validate(&profiles).unwrap()));
     assert_eq!(e.world().record_count(), 1);

@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use sandwatch::live::Daemon;
+use sandwatch::app::live::Daemon;
 use support::apiserver::TestApiServer;
 use support::daemon::*;
 use support::metrics::has;
@@ -20,11 +20,11 @@ const TOKEN: &str = "a-long-ingest-token";
 
 async fn ingest_daemon(
     server: &TestApiServer,
-    adjust: impl FnOnce(&mut sandwatch::live::Settings),
+    adjust: impl FnOnce(&mut sandwatch::app::live::Settings),
 ) -> Daemon {
     start_with(
         server,
-        sandwatch::config::preset("offload-modal").unwrap(),
+        sandwatch::app::config::preset("offload-modal").unwrap(),
         |s| {
             s.ingest_token = Some(TOKEN.into());
             adjust(s);
@@ -142,7 +142,7 @@ async fn half_sent_requests_and_idle_connections_are_closed_and_health_still_ans
     let server = TestApiServer::start().await;
     let d = start_with(
         &server,
-        sandwatch::config::preset("generic").unwrap(),
+        sandwatch::app::config::preset("generic").unwrap(),
         |s| {
             s.http.header_timeout = Duration::from_millis(500);
         },
@@ -184,7 +184,7 @@ async fn open_connections_are_capped() {
     let server = TestApiServer::start().await;
     let d = start_with(
         &server,
-        sandwatch::config::preset("generic").unwrap(),
+        sandwatch::app::config::preset("generic").unwrap(),
         |s| {
             s.http.max_connections = 4;
             s.http.header_timeout = Duration::from_secs(30);
@@ -215,7 +215,7 @@ async fn a_half_sent_request_does_not_hold_shutdown_up() {
     let server = TestApiServer::start().await;
     let d = start_with(
         &server,
-        sandwatch::config::preset("generic").unwrap(),
+        sandwatch::app::config::preset("generic").unwrap(),
         |s| {
             s.http.header_timeout = Duration::from_secs(60);
             s.http.shutdown_grace = Duration::from_secs(1);
@@ -246,11 +246,11 @@ async fn a_leader_whose_api_server_drops_packets_counts_the_failures_and_still_s
         format!("http://{}", proxy.addr).parse().unwrap(),
     ))
     .unwrap();
-    let c = sandwatch::config::load(
+    let c = sandwatch::app::config::load(
         "profiles:\n  - preset: generic\n    remediation:\n      actions:\n        reap_pod: { enabled: true, kubernetes: { delete_pod: true } }\n",
     )
     .unwrap();
-    let settings = sandwatch::live::Settings {
+    let settings = sandwatch::app::live::Settings {
         tick: Duration::from_millis(100),
         leader_election: Some(sandwatch::remediation::lease::Elector {
             duration: Duration::from_secs(3),
@@ -258,7 +258,7 @@ async fn a_leader_whose_api_server_drops_packets_counts_the_failures_and_still_s
             retry_period: Duration::from_millis(200),
             ..sandwatch::remediation::lease::Elector::new("sandwatch-remediation", "default", "a")
         }),
-        ..sandwatch::live::Settings::new(c, "127.0.0.1:0".parse().unwrap())
+        ..sandwatch::app::live::Settings::new(c, "127.0.0.1:0".parse().unwrap())
     };
     let d = Daemon::start(settings, client).await.unwrap();
     wait_for(Duration::from_secs(10), "the lease taken", || async {
@@ -388,7 +388,7 @@ async fn the_token_file_can_be_rotated_and_the_scheme_is_case_insensitive() {
     let token = sandwatch::sources::ingest::Token::file(file.clone()).unwrap();
     let d = start_with(
         &server,
-        sandwatch::config::preset("offload-modal").unwrap(),
+        sandwatch::app::config::preset("offload-modal").unwrap(),
         |s| {
             s.ingest_token = Some(token);
         },
@@ -548,13 +548,13 @@ async fn pushed_records_expire_go_stale_and_are_capped() {
     let server = TestApiServer::start().await;
     let d = start_with(
         &server,
-        sandwatch::config::load(QUICK_INGEST).unwrap(),
+        sandwatch::app::config::load(QUICK_INGEST).unwrap(),
         |s| {
             s.ingest_token = Some(TOKEN.into());
         },
     )
     .await;
-    let soon = sandwatch::time::Ts(sandwatch::time::Ts::now().0 + 1500).to_string();
+    let soon = sandwatch::util::time::Ts(sandwatch::util::time::Ts::now().0 + 1500).to_string();
     let out = push(
         &d,
         "?snapshot=true",
@@ -599,15 +599,17 @@ async fn pushed_records_expire_go_stale_and_are_capped() {
 
 #[test]
 fn records_pushed_and_deleted_leave_nothing_behind() {
-    use sandwatch::engine::{Change, Engine};
-    use sandwatch::record::RecordDoc;
-    let profiles = sandwatch::config::preset("offload-modal").unwrap().profiles;
+    use sandwatch::core::engine::{Change, Engine};
+    use sandwatch::model::record::RecordDoc;
+    let profiles = sandwatch::app::config::preset("offload-modal")
+        .unwrap()
+        .profiles;
     let mut engine = Engine::new(profiles.clone());
     let change = |v: Value| {
         let doc: RecordDoc = serde_json::from_value(v).unwrap();
         Change::Record(doc.validate(&profiles).unwrap())
     };
-    let t = sandwatch::time::Ts::from_secs(1_800_000_000);
+    let t = sandwatch::util::time::Ts::from_secs(1_800_000_000);
     for i in 0..200_000 {
         engine.apply(t, change(json!({"kind": "sandbox", "id": format!("sb-{i}"), "namespace": format!("ns-{i}"), "state": format!("running")})));
     }

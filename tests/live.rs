@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 
 use common::{C, PodB, pod};
-use sandwatch::finding::Event;
+use sandwatch::model::finding::Event;
 use support::apiserver::TestApiServer;
 use support::daemon::*;
 use support::metrics::has;
@@ -30,8 +30,8 @@ fn kubelet_update(server: &TestApiServer, p: &PodB) {
     server.update(current);
 }
 
-fn generic() -> sandwatch::config::Config {
-    sandwatch::config::preset("generic").unwrap()
+fn generic() -> sandwatch::app::config::Config {
+    sandwatch::app::config::preset("generic").unwrap()
 }
 
 #[tokio::test]
@@ -193,7 +193,7 @@ async fn an_api_server_outage_holds_findings_and_the_daemon_recovers_by_itself()
     server.create(runner("project-a", "s-9").stored());
     let daemon = start(
         &server,
-        sandwatch::config::load(AMBIENT_FAST).unwrap(),
+        sandwatch::app::config::load(AMBIENT_FAST).unwrap(),
         Duration::from_millis(500),
     )
     .await;
@@ -327,7 +327,7 @@ async fn agentic_sessions_are_session_records_joined_with_their_runner_pods() {
     server.create(runner("project-b", "s-9").stored());
     let daemon = start(
         &server,
-        sandwatch::config::preset("ambient").unwrap(),
+        sandwatch::app::config::preset("ambient").unwrap(),
         Duration::from_secs(5),
     )
     .await;
@@ -404,7 +404,7 @@ async fn each_profile_owns_the_custom_resources_its_own_watch_lists() {
     }
     let daemon = start(
         &server,
-        sandwatch::config::load(TWO_TEAMS).unwrap(),
+        sandwatch::app::config::load(TWO_TEAMS).unwrap(),
         Duration::from_secs(5),
     )
     .await;
@@ -559,7 +559,7 @@ async fn native_sidecars_crash_loops_and_graceful_deletion_through_the_api() {
     let server = TestApiServer::start().await;
     // A native sidecar still running after the agent exited (just now): counts only after its
     // grace, measured from the agent's finishedAt.
-    let just_now = sandwatch::time::Ts::now().0 / 1000 - common::T0;
+    let just_now = sandwatch::util::time::Ts::now().0 / 1000 - common::T0;
     let native = pod("agents", "native")
         .label("sandwatch.io/session", "native")
         .container("agent", C::Terminated(1, "Error", just_now))
@@ -577,7 +577,7 @@ async fn native_sidecars_crash_loops_and_graceful_deletion_through_the_api() {
     }
     let daemon = start(
         &server,
-        sandwatch::config::load(GENERIC_FAST_SIDECAR).unwrap(),
+        sandwatch::app::config::load(GENERIC_FAST_SIDECAR).unwrap(),
         Duration::from_secs(5),
     )
     .await;

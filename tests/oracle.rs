@@ -29,10 +29,10 @@ use common::*;
 use proptest::prelude::*;
 use serde_json::json;
 
-use sandwatch::engine::{Change, Engine};
-use sandwatch::profile::ProfileId;
-use sandwatch::record::RecordDoc;
-use sandwatch::trust::{Feed, SourceStatus};
+use sandwatch::core::engine::{Change, Engine};
+use sandwatch::model::profile::ProfileId;
+use sandwatch::model::record::RecordDoc;
+use sandwatch::model::source::{Feed, SourceStatus};
 
 fn cases() -> u32 {
     std::env::var("SANDWATCH_ORACLE_CASES")
@@ -207,7 +207,7 @@ profiles:
 
 #[test]
 fn a_full_listing_keeps_rows_placed_by_the_default_namespace() {
-    let profiles = sandwatch::config::load(NAMESPACED_WITH_DEFAULT)
+    let profiles = sandwatch::app::config::load(NAMESPACED_WITH_DEFAULT)
         .unwrap()
         .profiles;
     let mut e = Engine::new(profiles.clone());
@@ -293,7 +293,7 @@ profiles:
 
 #[test]
 fn a_pod_source_that_starts_later_makes_absence_count_in_its_namespace() {
-    let mut s = Sim::bare(sandwatch::config::load(TWO_NAMESPACES).unwrap());
+    let mut s = Sim::bare(sandwatch::app::config::load(TWO_NAMESPACES).unwrap());
     let pods = |ns: &str| {
         Change::Source(
             SourceStatus::new(

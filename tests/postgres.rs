@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 
 use common::centaur_pod;
-use sandwatch::finding::Event;
+use sandwatch::model::finding::Event;
 use support::apiserver::TestApiServer;
 use support::daemon::*;
 use support::metrics::has;
@@ -38,16 +38,20 @@ async fn setup() -> (TestPostgres, tokio_postgres::Client, TestApiServer) {
     (db, client, TestApiServer::start().await)
 }
 
-async fn daemon(server: &TestApiServer, db: &TestPostgres, yaml: &str) -> sandwatch::live::Daemon {
+async fn daemon(
+    server: &TestApiServer,
+    db: &TestPostgres,
+    yaml: &str,
+) -> sandwatch::app::live::Daemon {
     let url_file = db.url_file("sandwatch_ro");
-    start_with(server, sandwatch::config::load(yaml).unwrap(), |s| {
+    start_with(server, sandwatch::app::config::load(yaml).unwrap(), |s| {
         s.database_url_file = Some(url_file);
         s.stale_after = Duration::from_secs(1);
     })
     .await
 }
 
-async fn metrics(d: &sandwatch::live::Daemon) -> String {
+async fn metrics(d: &sandwatch::app::live::Daemon) -> String {
     reqwest::get(format!("http://{}/metrics", d.addr))
         .await
         .unwrap()
@@ -227,7 +231,7 @@ async fn rows_it_cannot_understand_are_reported_counted_and_skipped() {
     d.shutdown().await;
 }
 
-async fn records(d: &sandwatch::live::Daemon) -> Value {
+async fn records(d: &sandwatch::app::live::Daemon) -> Value {
     get(d, "/readyz").await.1["records"].clone()
 }
 
@@ -263,10 +267,14 @@ async fn a_database_that_stops_answering_is_reported_stale_and_read_again_after(
         ),
     )
     .unwrap();
-    let d = start_with(&server, sandwatch::config::load(IMPATIENT).unwrap(), |s| {
-        s.database_url_file = Some(url_file.clone());
-        s.stale_after = Duration::from_secs(1);
-    })
+    let d = start_with(
+        &server,
+        sandwatch::app::config::load(IMPATIENT).unwrap(),
+        |s| {
+            s.database_url_file = Some(url_file.clone());
+            s.stale_after = Duration::from_secs(1);
+        },
+    )
     .await;
     wait_ready(&d, true).await;
 
@@ -511,10 +519,10 @@ async fn incident_02_every_orphaned_suspended_session_and_nothing_else() {
 
 const TOKEN: &str = "s3cret-ingest-token";
 
-async fn ingest_daemon(server: &TestApiServer) -> sandwatch::live::Daemon {
+async fn ingest_daemon(server: &TestApiServer) -> sandwatch::app::live::Daemon {
     let d = start_with(
         server,
-        sandwatch::config::preset("offload-modal").unwrap(),
+        sandwatch::app::config::preset("offload-modal").unwrap(),
         |s| {
             s.ingest_token = Some(TOKEN.into());
             s.ingest_max_body = 4096;
@@ -526,7 +534,7 @@ async fn ingest_daemon(server: &TestApiServer) -> sandwatch::live::Daemon {
     d
 }
 
-async fn post(d: &sandwatch::live::Daemon, token: &str, body: String) -> (u16, Value) {
+async fn post(d: &sandwatch::app::live::Daemon, token: &str, body: String) -> (u16, Value) {
     let r = reqwest::Client::new()
         .post(format!("http://{}/api/v1/records", d.addr))
         .bearer_auth(token)
@@ -816,7 +824,7 @@ async fn a_database_without_a_url_makes_the_daemon_not_ready_until_one_is_there(
     let file = url_file.clone();
     let d = start_with(
         &server,
-        sandwatch::config::load(SANDBOX_API_FAST).unwrap(),
+        sandwatch::app::config::load(SANDBOX_API_FAST).unwrap(),
         |s| s.database_url_file = Some(file),
     )
     .await;

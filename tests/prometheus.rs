@@ -390,9 +390,11 @@ async fn a_real_prometheus_scrapes_sandwatch_evaluates_every_expression_and_fire
     .await
     .unwrap();
     let url_file = db.url_file("sandwatch_ro");
-    let d = start_with(&server, sandwatch::config::load(PROFILE).unwrap(), |s| {
-        s.database_url_file = Some(url_file)
-    })
+    let d = start_with(
+        &server,
+        sandwatch::app::config::load(PROFILE).unwrap(),
+        |s| s.database_url_file = Some(url_file),
+    )
     .await;
     wait_ready(&d, true).await;
     wait_for(
@@ -648,7 +650,7 @@ fn metric_names(expr: &str) -> Vec<String> {
 
 /// The shipped config (deploy/base/sandwatch.yaml) with its sandbox-api example in use, made
 /// quick for a test: graces of a second, fast polls, a dry-run remediation.
-fn deployed_config() -> sandwatch::config::Config {
+fn deployed_config() -> sandwatch::app::config::Config {
     let shipped = std::fs::read_to_string(root().join("deploy/base/sandwatch.yaml")).unwrap();
     let uncommented: String = shipped
         .lines()
@@ -676,7 +678,7 @@ fn deployed_config() -> sandwatch::config::Config {
       actions:
         mark_session_gone: { enabled: true, grace: 0s }",
     );
-    sandwatch::config::load(&quick).unwrap_or_else(|e| panic!("{e}\n{quick}"))
+    sandwatch::app::config::load(&quick).unwrap_or_else(|e| panic!("{e}\n{quick}"))
 }
 
 /// The pods and rows of a healthy platform: eight running sessions with live agents (two of
@@ -829,7 +831,7 @@ fn matches(labels: &BTreeMap<String, String>, want: &[(&str, &str)]) -> bool {
 /// two of each of two: sharded), all scraped by one Prometheus with the shipped rules, and
 /// checks that every dashboard query and every alert reads the ground truth: nothing on a
 /// healthy platform, the true counts during the incident.
-async fn as_deployed(shards: &[sandwatch::shard::Shard]) {
+async fn as_deployed(shards: &[sandwatch::util::shard::Shard]) {
     let db = tokio::task::spawn_blocking(TestPostgres::start)
         .await
         .unwrap();
@@ -924,7 +926,7 @@ async fn as_deployed(shards: &[sandwatch::shard::Shard]) {
     // The incident.
     incident(&server, &sql).await;
     // One replica per shard speaks for it.
-    let mut speakers: Vec<&sandwatch::live::Daemon> = Vec::new();
+    let mut speakers: Vec<&sandwatch::app::live::Daemon> = Vec::new();
     let mut seen = std::collections::BTreeSet::new();
     for (d, shard) in replicas.iter().zip(shards) {
         if seen.insert(shard.index) {
@@ -1081,13 +1083,13 @@ async fn as_deployed(shards: &[sandwatch::shard::Shard]) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_replicas_as_shipped_read_the_true_counts() {
-    use sandwatch::shard::Shard;
+    use sandwatch::util::shard::Shard;
     as_deployed(&[Shard::ALL, Shard::ALL]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_shards_of_two_replicas_add_up_to_the_true_counts() {
-    use sandwatch::shard::Shard;
+    use sandwatch::util::shard::Shard;
     let (a, b) = (Shard::new(0, 2).unwrap(), Shard::new(1, 2).unwrap());
     as_deployed(&[a, a, b, b]).await;
 }

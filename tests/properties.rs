@@ -10,9 +10,9 @@ use proptest::prelude::*;
 use serde_json::{Value, json};
 
 use sandwatch::app::replay::Replay;
-use sandwatch::engine::{Change, Engine};
-use sandwatch::finding::Transition;
-use sandwatch::record::RecordDoc;
+use sandwatch::core::engine::{Change, Engine};
+use sandwatch::model::finding::Transition;
+use sandwatch::model::record::RecordDoc;
 use sandwatch::sources::replay::Splitter;
 
 /// One step of one group's life: a pod, its session and its execution.
@@ -201,13 +201,13 @@ proptest! {
     }
 }
 
-fn presets() -> &'static [Arc<sandwatch::profile::Profiles>] {
-    static PRESETS: std::sync::OnceLock<Vec<Arc<sandwatch::profile::Profiles>>> =
+fn presets() -> &'static [Arc<sandwatch::model::profile::Profiles>] {
+    static PRESETS: std::sync::OnceLock<Vec<Arc<sandwatch::model::profile::Profiles>>> =
         std::sync::OnceLock::new();
     PRESETS.get_or_init(|| {
         ["generic", "sandbox-api", "ambient", "offload-modal"]
             .iter()
-            .map(|p| sandwatch::config::preset(p).unwrap().profiles)
+            .map(|p| sandwatch::app::config::preset(p).unwrap().profiles)
             .collect()
     })
 }
@@ -226,7 +226,9 @@ fn replay_bytes(bytes: &[u8]) {
             .unwrap();
         assert_eq!(replay.counts.values, values);
         assert!(replay.counts.rejected <= values);
-        let _ = replay.engine.advance(sandwatch::time::Ts(i64::MAX / 2));
+        let _ = replay
+            .engine
+            .advance(sandwatch::util::time::Ts(i64::MAX / 2));
     }
 }
 

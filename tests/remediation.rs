@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use sandwatch::live::Daemon;
+use sandwatch::app::live::Daemon;
 use sandwatch::remediation::lease::Elector;
 use support::apiserver::TestApiServer;
 use support::daemon::*;
@@ -54,7 +54,7 @@ fn http_target(url: &str) -> String {
 }
 
 async fn daemon_with(server: &TestApiServer, yaml: &str) -> Daemon {
-    let c = sandwatch::config::load(yaml).unwrap_or_else(|e| panic!("{e}"));
+    let c = sandwatch::app::config::load(yaml).unwrap_or_else(|e| panic!("{e}"));
     let d = start_with(server, c, |s| {
         s.ingest_token = Some(TOKEN.into());
         s.stale_after = Duration::from_millis(300);
@@ -572,7 +572,7 @@ remediation:
     let start = |yaml: String, url_file: std::path::PathBuf| {
         let server = &server;
         async move {
-            let c = sandwatch::config::load(&yaml).unwrap();
+            let c = sandwatch::app::config::load(&yaml).unwrap();
             start_with(server, c, |s| {
                 s.database_url_file = Some(url_file);
             })
@@ -683,7 +683,7 @@ remediation:
         ..Elector::new("sandwatch-remediation", "default", id)
     };
     let start = |replica: &'static str| {
-        let c = sandwatch::config::load(&yaml(replica)).unwrap();
+        let c = sandwatch::app::config::load(&yaml(replica)).unwrap();
         let e = elector(replica);
         let server = &server;
         async move {
@@ -805,9 +805,9 @@ async fn a_finding_that_outlives_a_successful_call_is_called_again_and_counted_i
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deleting_a_pod_spares_a_replacement_of_the_same_name() {
-    use sandwatch::finding::{Finding, FindingKind, OpenFinding};
+    use sandwatch::core::world::{Subject, Uid};
+    use sandwatch::model::finding::{Finding, FindingKind, OpenFinding};
     use sandwatch::remediation::deliver::{Deliverer, Outcome};
-    use sandwatch::world::{Subject, Uid};
 
     let server = TestApiServer::start().await;
     // The leaked pod was replaced by a new one of the same name before the call went out.
@@ -819,7 +819,7 @@ async fn deleting_a_pod_spares_a_replacement_of_the_same_name() {
         .get("", "v1", "pods", "agents", "sandbox-s-1")
         .unwrap();
     let current_uid = current["metadata"]["uid"].as_str().unwrap().to_string();
-    let profiles = sandwatch::config::load(
+    let profiles = sandwatch::app::config::load(
         "profiles:\n  - preset: generic\n    remediation:\n      actions:\n        reap_pod:\n          kubernetes: { delete_pod: true }\n",
     )
     .unwrap();
@@ -842,8 +842,8 @@ async fn deleting_a_pod_spares_a_replacement_of_the_same_name() {
             state: None,
             pod_uid: Some(uid.into()),
         },
-        opened_at: sandwatch::time::Ts(0),
-        evidence_at: sandwatch::time::Ts(0),
+        opened_at: sandwatch::util::time::Ts(0),
+        evidence_at: sandwatch::util::time::Ts(0),
         retries_after_death: 0,
         seen_live: true,
         subject: Subject::Pod {
@@ -852,7 +852,9 @@ async fn deleting_a_pod_spares_a_replacement_of_the_same_name() {
             uid: Uid::parse(uid),
         },
     };
-    let profile = profiles.profiles.get(sandwatch::profile::ProfileId(0));
+    let profile = profiles
+        .profiles
+        .get(sandwatch::model::profile::ProfileId(0));
     let deletion = || {
         server
             .get("", "v1", "pods", "agents", "sandbox-s-1")
@@ -895,7 +897,7 @@ async fn a_graceful_shutdown_releases_the_lease_only_after_its_last_call_ends() 
     receiver.on_request(move |_| {
         seen.lock().unwrap().get_or_insert(Instant::now());
     });
-    let c = sandwatch::config::load(&config(
+    let c = sandwatch::app::config::load(&config(
         "mark_session_gone",
         &http_target(&receiver.url),
         "  timeout: 1500ms",

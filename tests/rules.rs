@@ -5,8 +5,8 @@ mod common;
 use common::*;
 use serde_json::json;
 
-use sandwatch::engine::Change;
-use sandwatch::world::{Feed, SourceStatus};
+use sandwatch::core::engine::Change;
+use sandwatch::core::world::{Feed, SourceStatus};
 
 fn agent_pod(session: &str) -> PodB {
     pod("agents", &format!("sandbox-{session}"))
@@ -258,7 +258,7 @@ fn near_miss_pod_deleted_while_suspended_on_a_custom_resource_backed_profile() {
         .annotation("centaur.ai/thread-key", "t-1")
         .container("sandbox", C::Running(1));
     s.at(1).apply(Change::ResumeTarget {
-        profile: sandwatch::profile::ProfileId(0),
+        profile: sandwatch::model::profile::ProfileId(0),
         namespace: "centaur".into(),
         name: "asbx-1".into(),
         exists: true,
@@ -272,7 +272,7 @@ fn near_miss_pod_deleted_while_suspended_on_a_custom_resource_backed_profile() {
     assert!(s.events().is_empty(), "{:?}", s.events());
     // The Sandbox itself is deleted: now there is nothing to resume from.
     s.apply(Change::ResumeTarget {
-        profile: sandwatch::profile::ProfileId(0),
+        profile: sandwatch::model::profile::ProfileId(0),
         namespace: "centaur".into(),
         name: "asbx-1".into(),
         exists: false,
@@ -391,7 +391,7 @@ fn transitional_sessions_own_their_pod() {
 
 #[test]
 fn nothing_absence_based_opens_or_resolves_while_the_pod_source_is_unsynced() {
-    let mut s = Sim::bare(sandwatch::config::preset("generic").unwrap());
+    let mut s = Sim::bare(sandwatch::app::config::preset("generic").unwrap());
     s.source("records", &[Feed::Sessions, Feed::Executions], true);
     s.source("pods", &[Feed::Pods], false);
     s.at(0)
@@ -427,7 +427,7 @@ fn nothing_absence_based_opens_or_resolves_while_the_pod_source_is_unsynced() {
 
 #[test]
 fn rules_that_need_records_do_not_run_without_a_records_source() {
-    let mut s = Sim::bare(sandwatch::config::preset("generic").unwrap());
+    let mut s = Sim::bare(sandwatch::app::config::preset("generic").unwrap());
     s.source("pods", &[Feed::Pods], true);
     s.at(0).pod(&agent_pod("s-1"));
     s.at(100_000);
@@ -482,8 +482,8 @@ profiles:
 
 #[test]
 fn a_records_source_of_one_profile_does_not_vouch_for_another() {
-    use sandwatch::profile::ProfileId;
-    let mut s = Sim::bare(sandwatch::config::load(TWO_PLATFORMS).unwrap());
+    use sandwatch::model::profile::ProfileId;
+    let mut s = Sim::bare(sandwatch::app::config::load(TWO_PLATFORMS).unwrap());
     s.source("pods", &[Feed::Pods], true);
     // Sessions are known for the first profile only.
     s.apply(Change::Source(SourceStatus::new(
@@ -539,10 +539,10 @@ fn an_evicted_pod_whose_agent_still_reads_running_is_a_dead_agent_with_the_pods_
 
 #[test]
 fn executions_without_a_session_are_judged_where_their_pod_is_and_never_by_its_absence() {
-    use sandwatch::engine::Engine;
-    use sandwatch::shard::Shard;
+    use sandwatch::core::engine::Engine;
+    use sandwatch::util::shard::Shard;
     let sim = |shard: Shard| {
-        let mut s = Sim::bare(sandwatch::config::preset("generic").unwrap());
+        let mut s = Sim::bare(sandwatch::app::config::preset("generic").unwrap());
         s.engine = Engine::sharded(s.profiles.clone(), shard);
         for f in Feed::ALL {
             s.source(&format!("{f:?}"), &[f], true);

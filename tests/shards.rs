@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use common::{C, centaur_pod};
-use sandwatch::shard::Shard;
+use sandwatch::util::shard::Shard;
 use support::apiserver::TestApiServer;
 use support::daemon::*;
 use support::metrics::has;
@@ -26,7 +26,7 @@ profiles:
 "#;
 
 /// kind|pod|session|execution of every open finding.
-async fn findings(d: &sandwatch::live::Daemon) -> Vec<String> {
+async fn findings(d: &sandwatch::app::live::Daemon) -> Vec<String> {
     let (_, body) = get(d, "/api/v1/findings").await;
     body["findings"]
         .as_array()
@@ -95,7 +95,7 @@ async fn each_finding_is_reported_by_exactly_one_of_three_shards() {
         let url_file = url_file.clone();
         let server = &server;
         async move {
-            start_with(server, sandwatch::config::load(CONFIG).unwrap(), |s| {
+            start_with(server, sandwatch::app::config::load(CONFIG).unwrap(), |s| {
                 s.database_url_file = Some(url_file);
                 s.shard = shard;
             })

@@ -17,7 +17,7 @@ use opentelemetry_proto::tonic::trace::v1::Span;
 use prost::Message;
 use serde_json::json;
 
-use sandwatch::telemetry::{LogFormat, Telemetry, Traces};
+use sandwatch::app::telemetry::{LogFormat, Telemetry, Traces};
 use support::apiserver::TestApiServer;
 use support::daemon::*;
 use support::receiver::Receiver;
@@ -100,7 +100,7 @@ remediation:
 "#,
             receiver.url
         );
-        let c = sandwatch::config::load(&yaml).unwrap();
+        let c = sandwatch::app::config::load(&yaml).unwrap();
         let d = start_with(&server, c, |s| {
             s.ingest_token = Some("t".into());
         })

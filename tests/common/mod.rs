@@ -6,14 +6,14 @@ use std::sync::Arc;
 
 use serde_json::{Value, json};
 
-use sandwatch::config;
-use sandwatch::engine::{Change, Engine};
-use sandwatch::finding::{Event, Transition};
-use sandwatch::kubernetes::Object;
-use sandwatch::profile::Profiles;
-use sandwatch::record::RecordDoc;
-use sandwatch::time::Ts;
-use sandwatch::world::{Feed, SourceStatus};
+use sandwatch::app::config;
+use sandwatch::core::engine::{Change, Engine};
+use sandwatch::core::world::{Feed, SourceStatus};
+use sandwatch::model::finding::{Event, Transition};
+use sandwatch::model::kubernetes::Object;
+use sandwatch::model::profile::Profiles;
+use sandwatch::model::record::RecordDoc;
+use sandwatch::util::time::Ts;
 
 pub const T0: i64 = 1_774_000_000; // 2026-03-20T09:46:40Z
 
@@ -212,7 +212,7 @@ impl Sim {
     }
 
     /// An engine for a config's profiles, with no sources registered.
-    pub fn bare(config: sandwatch::config::Config) -> Sim {
+    pub fn bare(config: sandwatch::app::config::Config) -> Sim {
         let profiles = config.profiles;
         Sim {
             engine: Engine::new(profiles.clone()),

@@ -9,13 +9,13 @@ use std::sync::Arc;
 use proptest::prelude::*;
 use serde_json::{Value, json};
 
-use sandwatch::engine::{Change, Engine};
-use sandwatch::profile::{ProfileId, Profiles};
-use sandwatch::record::{Record, RecordChange, RecordDoc, RecordKind};
-use sandwatch::shard::Shard;
-use sandwatch::time::Ts;
-use sandwatch::trust::{Feed, SourceStatus};
-use sandwatch::world::Subject;
+use sandwatch::core::engine::{Change, Engine};
+use sandwatch::core::world::Subject;
+use sandwatch::model::profile::{ProfileId, Profiles};
+use sandwatch::model::record::{Record, RecordChange, RecordDoc, RecordKind};
+use sandwatch::model::source::{Feed, SourceStatus};
+use sandwatch::util::shard::Shard;
+use sandwatch::util::time::Ts;
 
 use super::model::{OpenKey, Oracle, RKey, Subj};
 
@@ -1259,7 +1259,7 @@ pub fn profiles(yaml: &str) -> Arc<Profiles> {
         m.borrow_mut()
             .entry(yaml.to_string())
             .or_insert_with(|| {
-                sandwatch::config::load(yaml)
+                sandwatch::app::config::load(yaml)
                     .unwrap_or_else(|e| panic!("{yaml}\n{e}"))
                     .profiles
             })
@@ -1569,7 +1569,7 @@ impl Harness {
     }
 
     fn profile_of(&self, p: &PodState) -> Option<ProfileId> {
-        let o: sandwatch::kubernetes::Object = serde_json::from_value(p.json()).unwrap();
+        let o: sandwatch::model::kubernetes::Object = serde_json::from_value(p.json()).unwrap();
         self.profiles.for_pod(&p.ns, o.metadata.labels.as_ref())
     }
 
@@ -1991,7 +1991,7 @@ impl Harness {
                     .get(ProfileId(1))
                     .custom_resources
                     .iter()
-                    .any(|c| c.role == sandwatch::profile::ResourceRole::ResumeTarget)
+                    .any(|c| c.role == sandwatch::model::profile::ResourceRole::ResumeTarget)
                 {
                     return Ok(());
                 }
@@ -2027,7 +2027,7 @@ impl Harness {
                         Feed::Pods => {
                             let profiles = self.profiles.clone();
                             self.cluster.retain(|p| {
-                                let o: sandwatch::kubernetes::Object =
+                                let o: sandwatch::model::kubernetes::Object =
                                     serde_json::from_value(p.json()).unwrap();
                                 let listed_here = s.namespace.as_ref().is_none_or(|n| *n == p.ns)
                                     && profiles

@@ -5,16 +5,16 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use sandwatch::engine::Change;
-use sandwatch::finding::FindingKind;
-use sandwatch::kubernetes::{ContainerStatus, Object};
-use sandwatch::profile::{
+use sandwatch::core::engine::Change;
+use sandwatch::model::finding::FindingKind;
+use sandwatch::model::kubernetes::{ContainerStatus, Object};
+use sandwatch::model::profile::{
     ExecutionClass, ProfileId, Profiles, ResumeFrom, SandboxClass, SessionClass,
 };
-use sandwatch::record::{Record, RecordChange, RecordKind};
-use sandwatch::shard::Shard;
-use sandwatch::time::Ts;
-use sandwatch::trust::{Feed, Holder, SourceStatus, Trust, absence, trust};
+use sandwatch::model::record::{Record, RecordChange, RecordKind};
+use sandwatch::model::source::{Feed, Holder, SourceStatus, Trust, absence, trust};
+use sandwatch::util::shard::Shard;
+use sandwatch::util::time::Ts;
 
 /// What a finding is about: a pod incarnation or a record key.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -408,7 +408,7 @@ impl Oracle {
         let m = self.profiles.get(profile).pods.as_ref().unwrap();
         let labels = o.metadata.labels.as_ref();
         let annotations = o.metadata.annotations.as_ref();
-        let read = |k: &Option<sandwatch::profile::MetaKey>| {
+        let read = |k: &Option<sandwatch::model::profile::MetaKey>| {
             k.as_ref()
                 .and_then(|k| k.read(labels, annotations))
                 .map(String::from)
@@ -906,7 +906,7 @@ impl Oracle {
         self.records.iter().find(|r| r.key == *k).unwrap()
     }
 
-    fn grace(&self, profile: ProfileId) -> sandwatch::profile::Grace {
+    fn grace(&self, profile: ProfileId) -> sandwatch::model::profile::Grace {
         self.profiles.get(profile).grace
     }
 

@@ -6,9 +6,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use sandwatch::config::Config;
-use sandwatch::finding::{Event, Transition};
-use sandwatch::live::{Daemon, Settings};
+use sandwatch::app::config::Config;
+use sandwatch::app::live::{Daemon, Settings};
+use sandwatch::model::finding::{Event, Transition};
 
 use super::apiserver::TestApiServer;
 
