@@ -104,7 +104,8 @@ enum Command {
         #[arg(long)]
         strict: bool,
     },
-    /// List the built-in presets, or print one as a config profile to start from.
+    /// List the built-in presets, or print one as a whole config file to start from
+    /// (`check-config` accepts it as printed).
     Presets {
         /// A preset name to print.
         name: Option<String>,
@@ -440,9 +441,7 @@ fn presets(name: Option<&str>) -> anyhow::Result<ExitCode> {
         }
         return Ok(ExitCode::SUCCESS);
     };
-    let (_, _, text) = PRESETS
-        .iter()
-        .find(|(n, _, _)| *n == name)
+    let text = config::preset_file(name)
         .with_context(|| format!("unknown preset {name:?}; `sandwatch presets` lists them"))?;
     print!("{text}");
     Ok(ExitCode::SUCCESS)

@@ -143,6 +143,31 @@ pub fn load(text: &str) -> Result<Config, ConfigErrors> {
 }
 
 /// The config of one preset alone, by name (remediation settings at their defaults).
+/// A preset as a whole config file, to start from: its comment lines, then its profile
+/// under `profiles:`. `check-config` accepts it as printed.
+pub fn preset_file(name: &str) -> Option<String> {
+    let (_, _, text) = PRESETS.iter().find(|(n, _, _)| *n == name)?;
+    let mut out = String::new();
+    let mut lines = text.lines().peekable();
+    while let Some(l) = lines.next_if(|l| l.starts_with('#')) {
+        out.push_str(l);
+        out.push('\n');
+    }
+    out.push_str("profiles:\n");
+    let mut first = true;
+    for l in lines {
+        if l.trim().is_empty() {
+            out.push('\n');
+            continue;
+        }
+        out.push_str(if first { "  - " } else { "    " });
+        out.push_str(l);
+        out.push('\n');
+        first = false;
+    }
+    Some(out)
+}
+
 pub fn preset(name: &str) -> Result<Config, ConfigErrors> {
     let spec = preset_value(name)
         .and_then(|v| from_value(v, "preset"))

@@ -217,3 +217,19 @@ profiles:
         "{w:?}"
     );
 }
+
+#[test]
+fn every_preset_prints_as_a_config_file_that_loads_as_the_preset() {
+    for (name, _, _) in PRESETS {
+        let text = preset_file(name).unwrap();
+        let file = load(&text).unwrap_or_else(|e| panic!("{name}:\n{e}\n{text}"));
+        let preset = preset(name).unwrap();
+        assert_eq!(file.profiles.names(), preset.profiles.names(), "{name}");
+        assert_eq!(
+            format!("{:?}", file.profiles.get(ProfileId(0))),
+            format!("{:?}", preset.profiles.get(ProfileId(0))),
+            "{name}"
+        );
+    }
+    assert!(preset_file("nope").is_none());
+}
