@@ -224,9 +224,9 @@ async fn an_api_server_outage_holds_findings_and_the_daemon_recovers_by_itself()
         log.lines()
     );
 
+    let came_up = sandwatch::util::time::Ts::now();
     server.come_up().await;
     wait_ready(&daemon, true).await;
-    let recovered = Instant::now();
     // Now the relist shows the pod gone: the session is active without an agent, once the
     // absence grace has passed since the source was trusted again.
     wait_for(
@@ -235,9 +235,19 @@ async fn an_api_server_outage_holds_findings_and_the_daemon_recovers_by_itself()
         || async { log.lines() == ["opened session_active_without_agent s-9"] },
     )
     .await;
+    // In the daemon's own timeline: the evidence is the departure seen after recovery (not
+    // the deletion during the outage), and the finding opened a whole grace after it.
+    let found = findings(&daemon).await;
+    let at =
+        |field: &str| sandwatch::util::time::Ts::parse(found[0][field].as_str().unwrap()).unwrap();
+    let (evidence_at, opened_at) = (at("evidence_at"), at("opened_at"));
     assert!(
-        recovered.elapsed() >= Duration::from_millis(500),
-        "the grace counts from recovery"
+        evidence_at >= came_up,
+        "the grace counts from recovery: evidence at {evidence_at}, the API server came up at {came_up}: {found:?}"
+    );
+    assert!(
+        opened_at.0 - evidence_at.0 >= 500,
+        "the finding waited its grace: evidence at {evidence_at}, opened at {opened_at}"
     );
     let metrics = reqwest::get(format!("http://{}/metrics", daemon.addr))
         .await
