@@ -103,7 +103,6 @@ fn parse_term(term: &str) -> Result<Expression, String> {
 }
 
 #[cfg(test)]
-#[cfg(test)]
 mod tests {
     use super::*;
     use kube::core::SelectorExt;

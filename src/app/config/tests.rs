@@ -2,8 +2,6 @@
 
 use super::*;
 use crate::remediation::action::{HeaderValue, Target};
-use kube::core::SelectorExt;
-use std::collections::BTreeMap;
 use std::time::Duration;
 
 #[test]
@@ -15,43 +13,6 @@ fn every_preset_is_valid() {
             *name
         );
     }
-}
-
-#[test]
-fn selectors_parse_and_match() {
-    let s = parse_selector(
-        "centaur.ai/managed=true,centaur.ai/warm!=true,!centaur.ai/iron-proxy,tier in (a, b)",
-    )
-    .unwrap();
-    let labels = |pairs: &[(&str, &str)]| -> BTreeMap<String, String> {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
-    };
-    assert!(s.matches(&labels(&[("centaur.ai/managed", "true"), ("tier", "a")])));
-    assert!(!s.matches(&labels(&[("centaur.ai/managed", "true"), ("tier", "c")])));
-    assert!(!s.matches(&labels(&[
-        ("centaur.ai/managed", "true"),
-        ("tier", "a"),
-        ("centaur.ai/warm", "true")
-    ])));
-    assert_eq!(
-        s.to_string(),
-        "centaur.ai/managed=true,centaur.ai/warm!=true,!centaur.ai/iron-proxy,tier in (a,b)"
-    );
-    assert!(
-        parse_selector("a in b")
-            .unwrap_err()
-            .to_string()
-            .contains("parenthesised")
-    );
-    assert!(
-        parse_selector("a b c")
-            .unwrap_err()
-            .to_string()
-            .contains("not a selector term")
-    );
 }
 
 #[test]
