@@ -43,6 +43,15 @@ pub struct Deliverer {
     kube: Option<kube::Client>,
 }
 
+/// The templates of an HTTP action's request, as its config gives them.
+struct HttpRequest<'a> {
+    method: &'a str,
+    url: &'a str,
+    body: Option<&'a str>,
+    headers: &'a [(String, HeaderValue)],
+    ca_file: &'a Option<PathBuf>,
+}
+
 impl Deliverer {
     pub fn new(
         actions: &[Action],
@@ -91,7 +100,22 @@ impl Deliverer {
                 self.webhook(action, (url, secret_file, ca_file), f, key, live)
                     .await
             }
-            Target::Http { .. } => self.http(action, f, key, live).await,
+            Target::Http {
+                method,
+                url,
+                body,
+                headers,
+                ca_file,
+            } => {
+                let request = HttpRequest {
+                    method,
+                    url,
+                    body: body.as_deref(),
+                    headers,
+                    ca_file,
+                };
+                self.http(action, request, f, key, live).await
+            }
             Target::Kubernetes(k) => self.kubernetes(k, profile, f, live).await,
         }
     }
@@ -145,24 +169,26 @@ impl Deliverer {
     }
 
     /// A request to the platform's API, from the action's templates.
-    async fn http(&self, action: &Action, f: &OpenFinding, key: &str, live: bool) -> Outcome {
-        let Target::Http {
+    async fn http(
+        &self,
+        action: &Action,
+        HttpRequest {
             method,
             url,
             body,
             headers,
             ca_file,
-        } = &action.target
-        else {
-            return Outcome::Invalid("not an HTTP action".into());
-        };
+        }: HttpRequest<'_>,
+        f: &OpenFinding,
+        key: &str,
+        live: bool,
+    ) -> Outcome {
         let base = action.base_url.as_deref();
         let url = match render(url, f, key, base, Escape::Url) {
             Ok(u) => u,
             Err(e) => return Outcome::Invalid(format!("url: {e}")),
         };
         let body = match body
-            .as_deref()
             .map(|b| render(b, f, key, base, Escape::Json))
             .transpose()
         {

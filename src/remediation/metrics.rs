@@ -12,7 +12,7 @@ use super::action::{Action, ActionName};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub(super) struct ActionLabels {
-    pub(super) action: String,
+    action: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -62,9 +62,7 @@ impl RemediationMetrics {
         names.sort();
         names.dedup();
         for name in names {
-            let action = ActionLabels {
-                action: name.as_str().to_string(),
-            };
+            let action = ActionLabels::of(name);
             m.circuit_open.get_or_create(&action).set(0);
             m.backlog.get_or_create(&action).set(0);
             let _ = m.duration.get_or_create_owned(&action);
