@@ -389,3 +389,31 @@ fn every_file_a_preset_reads_is_where_the_deployment_mounts_its_secrets() {
     assert_eq!(ingest["spec"]["clusterIP"], "None", "headless");
     assert_eq!(ingest["spec"]["publishNotReadyAddresses"], true);
 }
+
+#[test]
+fn every_rule_names_a_shipped_alert_with_a_runbook() {
+    let rules = std::fs::read_to_string(root().join("alerts/sandwatch.rules.yml")).unwrap();
+    let runbooks = std::fs::read_to_string(root().join("docs/runbooks.md")).unwrap();
+    for rule in sandwatch::core::rules::ALL {
+        let s = rule.series();
+        let alert = format!("- alert: {}\n", s.alert);
+        let at = rules
+            .find(&alert)
+            .unwrap_or_else(|| panic!("{}: no alert {} in alerts/", rule.kind(), s.alert));
+        let body = &rules[at + alert.len()..];
+        let body = &body[..body.find("- alert:").unwrap_or(body.len())];
+        assert!(
+            body.contains(s.name),
+            "{}: alert {} does not read {}",
+            rule.kind(),
+            s.alert,
+            s.name
+        );
+        assert!(
+            runbooks.contains(&format!("\n## {}\n", s.alert)),
+            "{}: docs/runbooks.md has no section {}",
+            rule.kind(),
+            s.alert
+        );
+    }
+}

@@ -36,6 +36,7 @@ impl super::Rule for Rule {
     fn series(&self) -> Series {
         Series {
             name: "sandwatch_agent_container_terminated_while_pod_running",
+            alert: "SandwatchAgentTerminatedPodRunning",
             help: "Sandbox pods whose agent container has terminated (label reason) while a sidecar keeps the pod Running: the platform still believes these agents are alive. List them with /api/v1/findings?kind=agent_terminated_pod_running and restart or delete the pods",
             labels: &[Label::Namespace, Label::Profile, Label::Reason],
             counts_retries: false,

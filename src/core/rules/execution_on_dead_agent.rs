@@ -43,6 +43,7 @@ impl super::Rule for Rule {
     fn series(&self) -> Series {
         Series {
             name: "sandwatch_executions_on_dead_agent",
+            alert: "SandwatchExecutionsOnDeadAgent",
             help: "Executions in an active state (label state) whose agent is dead (container terminated, pod gone or sandbox dead): their users wait for a deadline. List them with /api/v1/findings?kind=execution_on_dead_agent and finalize them",
             labels: &[Label::Profile, Label::State],
             counts_retries: true,

@@ -40,6 +40,7 @@ impl super::Rule for Rule {
     fn series(&self) -> Series {
         Series {
             name: "sandwatch_leaked_sandbox_pods",
+            alert: "SandwatchLeakedSandboxPods",
             help: "Sandbox pods with no active, suspended or starting session for longer than the leak grace: they cost money until deleted. List them with /api/v1/findings?kind=leaked_sandbox_pod",
             labels: &[Label::Namespace, Label::Profile],
             counts_retries: false,

@@ -70,6 +70,8 @@ pub enum Label {
 pub struct Series {
     /// The metric name (part of the interface: alerts and dashboards use it).
     pub name: &'static str,
+    /// The shipped alert on it (`deploy/`), whose runbook (`docs/runbooks.md`) says what to do.
+    pub alert: &'static str,
     /// Its help text: what it counts and what to do about it.
     pub help: &'static str,
     /// Its labels, in the order they are exposed.

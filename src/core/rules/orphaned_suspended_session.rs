@@ -44,6 +44,7 @@ impl super::Rule for Rule {
     fn series(&self) -> Series {
         Series {
             name: "sandwatch_orphaned_suspended_sessions",
+            alert: "SandwatchOrphanedSuspendedSessions",
             help: "Sessions in a suspended state whose pod (or resume resource) no longer exists: resuming them will fail. List them with /api/v1/findings?kind=orphaned_suspended_session and mark them gone or respawn them",
             labels: &[Label::Profile],
             counts_retries: false,

@@ -40,6 +40,7 @@ impl super::Rule for Rule {
     fn series(&self) -> Series {
         Series {
             name: "sandwatch_sessions_active_without_agent",
+            alert: "SandwatchSessionsActiveWithoutAgent",
             help: "Sessions the records call active whose pod is gone or whose agent container has terminated. List them with /api/v1/findings?kind=session_active_without_agent and end or restart them",
             labels: &[Label::Profile],
             counts_retries: false,
