@@ -11,7 +11,7 @@
 //! every second so that grace-period timers fire. Sources are independent tasks; the HTTP
 //! server reads only what the engine task publishes.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -24,7 +24,7 @@ use tracing::{info, warn};
 use crate::app::config::Config;
 use crate::core::engine::{Change, Engine};
 use crate::model::finding::Transition;
-use crate::model::view::Snapshot;
+use crate::model::view::{About, RemediationView, Snapshot, SourceTimes};
 use crate::remediation::deliver::Deliverer;
 use crate::remediation::lease::Elector;
 use crate::remediation::{Controller, Leadership, RemediationMetrics};
@@ -111,7 +111,12 @@ impl Daemon {
         let token = settings.ingest_token.take();
         let ingest = ingest(&settings, token, changes_tx.clone(), &metrics.health)?;
         let (listener, addr) = listen(settings.listen).await?;
-        let mut app = http::router(snapshot_rx.clone(), Arc::new(metrics.registry));
+        let (remediation_tx, remediation_rx) = watch::channel(Arc::default());
+        let status = http::Status {
+            about: about(&config, settings.shard),
+            remediation: remediation_rx,
+        };
+        let mut app = http::router(snapshot_rx.clone(), Arc::new(metrics.registry), status);
         if let Some(ingest) = &ingest {
             app = app.merge(ingest.clone().router());
             start_ingest(ingest, &changes_tx, &metrics.health, &stop_rx, &mut tasks).await;
@@ -135,6 +140,7 @@ impl Daemon {
             findings: metrics.findings.clone(),
             health: metrics.health.clone(),
             snapshot: snapshot_tx,
+            errors: HashMap::new(),
         };
         tasks.spawn(engine.run(changes_rx, settings.tick, stop_rx.clone()));
         let lead = Lead {
@@ -144,7 +150,7 @@ impl Daemon {
         remediate(
             &config,
             lead,
-            metrics.remediation,
+            (metrics.remediation, remediation_tx),
             spans,
             snapshot_rx.clone(),
             &stop_rx,
@@ -269,6 +275,22 @@ fn databases(config: &Config, url_file: Option<&std::path::Path>) -> Vec<Postgre
     out
 }
 
+/// The daemon, as the status page introduces it.
+fn about(config: &Config, shard: Shard) -> About {
+    About {
+        version: env!("CARGO_PKG_VERSION"),
+        started_at: Ts::now(),
+        shard: format!("{}/{}", shard.index, shard.total),
+        remediation: (!config.remediation.actions.is_empty()).then_some(
+            if config.remediation.live {
+                "live"
+            } else {
+                "dry_run"
+            },
+        ),
+    }
+}
+
 /// The HTTP listener, and the address it is bound to (the port may have been 0).
 async fn listen(addr: SocketAddr) -> Result<(TcpListener, SocketAddr), StartError> {
     let failed = |source| StartError::Listen { addr, source };
@@ -332,7 +354,7 @@ struct Lead {
 fn remediate(
     config: &Config,
     lead: Lead,
-    metrics: RemediationMetrics,
+    (metrics, view): (RemediationMetrics, watch::Sender<Arc<RemediationView>>),
     spans: FindingSpans,
     snapshot: watch::Receiver<Arc<Snapshot>>,
     stop: &watch::Receiver<bool>,
@@ -373,7 +395,8 @@ fn remediate(
         lead_rx,
         metrics,
         Arc::new(move |id| spans.get(id)),
-    );
+    )
+    .publishing_to(view);
     let stop = stop.clone();
     tasks.spawn(async move {
         controller.run(stop).await;
@@ -433,6 +456,8 @@ struct EngineTask {
     findings: FindingMetrics,
     health: HealthMetrics,
     snapshot: watch::Sender<Arc<Snapshot>>,
+    /// The last error each source reported, and when.
+    errors: HashMap<String, (Ts, String)>,
 }
 
 impl EngineTask {
@@ -458,7 +483,12 @@ impl EngineTask {
                 _ = stop.wait_for(|s| *s) => break,
             };
             let source = match &change {
-                Change::Source(s) => Some((s.name.clone(), s.synced && s.fresh)),
+                Change::Source(s) => {
+                    if let Some(e) = &s.error {
+                        self.errors.insert(s.name.clone(), (at, e.clone()));
+                    }
+                    Some((s.name.clone(), s.synced && s.fresh))
+                }
                 _ => None,
             };
             let out = self.engine.apply(at, change);
@@ -501,6 +531,19 @@ impl EngineTask {
             pods: self.engine.world().pod_count(),
             records: self.engine.world().record_count(),
             rules: self.engine.rules_active(),
+            source_times: self
+                .engine
+                .world()
+                .sources()
+                .iter()
+                .map(|s| {
+                    let times = SourceTimes {
+                        last_success: self.health.last_success(&s.name),
+                        last_error: self.errors.get(&s.name).cloned(),
+                    };
+                    (s.name.clone(), times)
+                })
+                .collect(),
         };
         self.snapshot.send_replace(Arc::new(snap));
     }

@@ -1,7 +1,10 @@
 //! What readers outside the engine see: the one layout of a finding ([`FindingView`]: the
 //! findings API, webhook payloads, the replay report and the logs all show these fields), and
-//! the [`Snapshot`] the engine task publishes for the HTTP endpoints and remediation.
+//! the [`Snapshot`] the engine task publishes for the HTTP endpoints and remediation, and
+//! what the status page shows besides: the daemon itself ([`About`]) and remediation's state
+//! per finding ([`RemediationView`]).
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use serde::Serialize;
@@ -21,6 +24,51 @@ pub struct Snapshot {
     pub records: usize,
     /// Which rules run for which profile.
     pub rules: Vec<(Arc<str>, FindingKind, bool)>,
+    /// When each source (by name) last succeeded and last failed.
+    pub source_times: HashMap<String, SourceTimes>,
+}
+
+/// When a source last talked to its backend successfully, and its last error.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct SourceTimes {
+    pub last_success: Option<Ts>,
+    pub last_error: Option<(Ts, String)>,
+}
+
+/// The daemon itself, as the status page introduces it.
+#[derive(Clone, Debug, Default)]
+pub struct About {
+    pub version: &'static str,
+    pub started_at: Ts,
+    /// This replica's shard, `ORDINAL/COUNT` (`0/1` unsharded).
+    pub shard: String,
+    /// `live` or `dry_run`; `None` when no remediation action is configured.
+    pub remediation: Option<&'static str>,
+}
+
+/// What remediation is doing, as its controller last published it.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct RemediationView {
+    /// This replica remediates (it holds the Lease, or there is no election).
+    pub leader: bool,
+    /// Per open finding that has an action (by finding id).
+    pub findings: HashMap<u64, ActionState>,
+}
+
+/// Remediation's state for one open finding.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ActionState {
+    pub action: &'static str,
+    pub dry_run: bool,
+    /// Calls made for this incident.
+    pub calls: u32,
+    /// The last call: when, and its outcome (`success`, `error`, `refused`, `dry_run`...).
+    pub last: Option<(Ts, &'static str)>,
+    /// When the next call may go (a grace ending, a retry, a resend), if one is planned.
+    pub next_at: Option<Ts>,
+    /// Why no call goes now: `grace`, `untrusted source`, `retry`, `resend`, `done`,
+    /// `rate limit`, `circuit open`, `not leader`; `None`: it is due.
+    pub waiting: Option<&'static str>,
 }
 
 /// One open finding as the API shows it.

@@ -19,7 +19,7 @@ use super::metrics::{ActionLabels, RemediationMetrics};
 use crate::core::trust;
 use crate::model::finding::{FindingKind, OpenFinding};
 use crate::model::profile::Profiles;
-use crate::model::view::Snapshot;
+use crate::model::view::{ActionState, RemediationView, Snapshot};
 use crate::util::text::clip;
 use crate::util::time::Ts;
 
@@ -32,6 +32,16 @@ struct KeyState {
     resends: u32,
     /// Refused by the receiver, or dry-run logged: nothing more to do for this incident.
     done: bool,
+    /// Calls made, and the last one's time and outcome (for the status page).
+    calls: u32,
+    last: Option<(Ts, &'static str)>,
+}
+
+/// Where an open finding with an action stands in this round, for the status page.
+struct Standing {
+    index: usize,
+    waiting: Option<&'static str>,
+    next_at: Option<Ts>,
 }
 
 /// A finding due for a call: its key, the finding, and the index of its action.
@@ -60,6 +70,10 @@ pub struct Controller {
     keys: HashMap<u64, String>,
     /// Set on shutdown: no call starts after it.
     stopping: Option<watch::Receiver<bool>>,
+    /// This round's open findings with an action, by id, and what the status page shows.
+    standing: HashMap<u64, Standing>,
+    view: watch::Sender<Arc<RemediationView>>,
+    published: Option<Instant>,
 }
 
 impl Controller {
@@ -96,7 +110,17 @@ impl Controller {
             spans,
             keys: HashMap::new(),
             stopping: None,
+            standing: HashMap::new(),
+            view: watch::Sender::new(Arc::default()),
+            published: None,
         }
+    }
+
+    /// Publishes what the controller is doing, per open finding with an action, to `view`
+    /// (about every second), for the status page.
+    pub fn publishing_to(mut self, view: watch::Sender<Arc<RemediationView>>) -> Controller {
+        self.view = view;
+        self
     }
 
     /// Runs rounds until `stop`; a round under way starts no further call once it is set,
@@ -164,12 +188,52 @@ impl Controller {
                 }
             }
             self.set_backlog(&backlog);
+            for s in self.standing.values_mut() {
+                s.waiting = s.waiting.or(Some("not leader"));
+            }
+            self.publish(leader);
             return None;
         }
         let token_due = self.send(due, &mut backlog).await;
         self.set_backlog(&backlog);
         self.report_circuits(Instant::now());
+        self.publish(leader);
         token_due
+    }
+
+    /// Publishes where each open finding with an action stands, at most every second.
+    fn publish(&mut self, leader: bool) {
+        let now = Instant::now();
+        if self
+            .published
+            .is_some_and(|t| now.duration_since(t) < Duration::from_secs(1))
+        {
+            return;
+        }
+        self.published = Some(now);
+        let wall = Ts::now();
+        let mut findings = HashMap::with_capacity(self.standing.len());
+        for (id, s) in &self.standing {
+            let key = self.keys.get(id);
+            let st = key.and_then(|k| self.state.get(k));
+            let next_at = s.next_at.or_else(|| {
+                let at = st?.next_at?;
+                Some(wall.saturating_add(at.saturating_duration_since(now)))
+            });
+            findings.insert(
+                *id,
+                ActionState {
+                    action: self.list[s.index].name.as_str(),
+                    dry_run: !self.settings.live,
+                    calls: st.map_or(0, |st| st.calls),
+                    last: st.and_then(|st| st.last),
+                    next_at,
+                    waiting: s.waiting,
+                },
+            );
+        }
+        self.view
+            .send_replace(Arc::new(RemediationView { leader, findings }));
     }
 
     /// The open findings due for a call, oldest first; forgets the incidents that resolved.
@@ -182,6 +246,7 @@ impl Controller {
         findings.sort_by_key(|f| (f.opened_at, f.id));
         let now = Instant::now();
         let wall = Ts::now();
+        self.standing.clear();
         for f in findings {
             let Some(&index) = self
                 .by_kind
@@ -197,15 +262,37 @@ impl Controller {
                 .clone();
             open_ids.insert(f.id);
             open_keys.insert(key.clone());
-            if wall < f.opened_at.saturating_add(action.grace)
-                || !trust::may_act(&snap.sources, action.profile, &f.finding)
-            {
+            let graced = f.opened_at.saturating_add(action.grace);
+            let mut stand = |waiting, next_at| {
+                self.standing.insert(
+                    f.id,
+                    Standing {
+                        index,
+                        waiting,
+                        next_at,
+                    },
+                );
+            };
+            if wall < graced {
+                stand(Some("grace"), Some(graced));
+                continue;
+            }
+            if !trust::may_act(&snap.sources, action.profile, &f.finding) {
+                stand(Some("untrusted source"), None);
                 continue;
             }
             let st = self.state.entry(key.clone()).or_default();
+            let resend = st.delivered_at.is_some();
             if st.done || st.next_at.is_some_and(|t| now < t) {
+                let why = match (st.done, resend) {
+                    (true, _) => "done",
+                    (false, true) => "resend",
+                    (false, false) => "retry",
+                };
+                stand(Some(why), None);
                 continue;
             }
+            stand(None, None);
             due.push((key, f.clone(), index));
         }
         self.state.retain(|k, _| open_keys.contains(k));
@@ -226,10 +313,12 @@ impl Controller {
             let now = Instant::now();
             if self.circuits[index].is_open(now) {
                 *backlog.entry(name).or_default() += 1;
+                self.waits(f.id, "circuit open");
                 continue;
             }
             if !self.global.ready(now) || !self.buckets[index].ready(now) {
                 *backlog.entry(name).or_default() += 1;
+                self.waits(f.id, "rate limit");
                 let at = self
                     .global
                     .next_at(now)
@@ -246,6 +335,12 @@ impl Controller {
             self.act(key, f, index).await;
         }
         token_due
+    }
+
+    fn waits(&mut self, id: u64, why: &'static str) {
+        if let Some(s) = self.standing.get_mut(&id) {
+            s.waiting = Some(why);
+        }
     }
 
     /// `sandwatch_remediation_circuit_open`, as the breakers are now: 1 while a breaker of
@@ -342,6 +437,7 @@ impl Controller {
         let settings = &self.settings;
         let metrics = &self.metrics;
         let st = self.state.entry(key.to_string()).or_default();
+        (st.calls, st.last) = (st.calls + 1, Some((Ts::now(), outcome_label(&outcome))));
         let c = &mut self.circuits[index];
         let label = ActionLabels::of(name);
         match outcome {

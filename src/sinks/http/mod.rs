@@ -10,11 +10,11 @@
 //! - `GET /api/v1/findings[?kind=&namespace=&profile=]`: the open findings with their
 //!   evidence. Per-entity detail (pod, session, execution ids) lives here, not in metrics.
 //! - `GET /metrics`: Prometheus / OpenMetrics text.
-//! - `GET /`: a plain HTML page listing the open findings, for a person.
+//! - `GET /`: the status page, for a person (see [`page`]).
 
+pub mod page;
 pub mod serve;
 
-use std::fmt::Write as _;
 use std::sync::Arc;
 
 use axum::Router;
@@ -27,7 +27,7 @@ use serde::Serialize;
 use tokio::sync::watch;
 
 use crate::model::finding::{FindingKind, OpenFinding};
-use crate::model::view::{FindingView, Snapshot};
+use crate::model::view::{About, FindingView, RemediationView, Snapshot};
 use crate::sinks::metrics::Exposition;
 use crate::util::time::Ts;
 
@@ -38,9 +38,22 @@ struct AppState {
     /// Pages of findings (API and status page) are built one at a time: however many
     /// clients ask, they take one core at most, and the probes keep the rest.
     pages: Arc<tokio::sync::Semaphore>,
+    status: Status,
 }
 
-pub fn router(snapshot: watch::Receiver<Arc<Snapshot>>, registry: Arc<Registry>) -> Router {
+/// What the status page shows besides the snapshot.
+#[derive(Clone)]
+pub struct Status {
+    pub about: About,
+    /// Remediation's state per finding, as its controller publishes it.
+    pub remediation: watch::Receiver<Arc<RemediationView>>,
+}
+
+pub fn router(
+    snapshot: watch::Receiver<Arc<Snapshot>>,
+    registry: Arc<Registry>,
+    status: Status,
+) -> Router {
     Router::new()
         .route("/", get(index))
         .route("/healthz", get(|| async { "ok\n" }))
@@ -57,6 +70,7 @@ pub fn router(snapshot: watch::Receiver<Arc<Snapshot>>, registry: Arc<Registry>)
             snapshot,
             registry,
             pages: Arc::new(tokio::sync::Semaphore::new(1)),
+            status,
         })
 }
 
@@ -297,61 +311,45 @@ async fn metrics(State(s): State<AppState>, headers: HeaderMap) -> Response {
     }
 }
 
-fn escape(s: &str) -> String {
-    s.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-        .replace('"', "&quot;")
+/// The status page, rendered off the latest snapshot on the blocking pool (one at a time, as
+/// the findings API's pages are).
+async fn index(
+    State(s): State<AppState>,
+    query: Result<Query<Vec<(String, String)>>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    let Ok(Query(pairs)) = query else {
+        return page_error("the query string cannot be read");
+    };
+    let q = match page::PageQuery::parse(pairs) {
+        Ok(q) => q,
+        Err(e) => return page_error(&e.to_string()),
+    };
+    let Ok(_turn) = s.pages.acquire().await else {
+        return json_error(StatusCode::SERVICE_UNAVAILABLE, "shutting down");
+    };
+    let snap = s.snapshot.borrow().clone();
+    let remediation = s.status.remediation.borrow().clone();
+    let about = s.status.about.clone();
+    let rendered = tokio::task::spawn_blocking(move || {
+        let now = Ts::now().max(snap.at);
+        page::render(&snap, &about, &remediation, &q, now)
+    })
+    .await;
+    match rendered {
+        Ok(h) => Html(h).into_response(),
+        Err(_) => json_error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "rendering the page failed",
+        ),
+    }
 }
 
-async fn index(State(s): State<AppState>) -> Html<String> {
-    let snap = s.snapshot.borrow().clone();
-    let now = Ts::now().max(snap.at);
-    let mut h = String::from(
-        "<!doctype html><html><head><meta charset=\"utf-8\"><title>sandwatch</title>\
-         <meta http-equiv=\"refresh\" content=\"15\"><style>body{font-family:sans-serif;margin:1.5em}\
-         table{border-collapse:collapse}td,th{border-bottom:1px solid #ddd;padding:4px 8px;text-align:left;font-size:14px}\
-         .bad{color:#b00}.ok{color:#070}</style></head><body><h1>sandwatch</h1>",
+/// A bad page URL, answered for a person.
+fn page_error(message: &str) -> Response {
+    let body = format!(
+        "<!doctype html><html><head><meta charset=\"utf-8\"><title>sandwatch: bad request</title></head>\
+         <body><h1>Bad request</h1><p id=\"error\">{}</p><p><a href=\"/\">the status page</a></p></body></html>",
+        page::escape(message)
     );
-    let down: Vec<&str> = snap
-        .sources
-        .iter()
-        .filter(|s| !(s.synced && s.fresh))
-        .map(|s| s.name.as_str())
-        .collect();
-    if down.is_empty() {
-        let _ = write!(
-            h,
-            "<p class=\"ok\">All {} sources synced and fresh.</p>",
-            snap.sources.len()
-        );
-    } else {
-        let _ = write!(
-            h,
-            "<p class=\"bad\">Not synced or stale: {}. Findings that rest on them are held.</p>",
-            escape(&down.join(", "))
-        );
-    }
-    let _ = write!(h, "<h2>{} open findings</h2>", snap.findings.len());
-    h.push_str("<table><tr><th>kind</th><th>profile</th><th>namespace/pod</th><th>session</th><th>execution / sandbox</th><th>reason</th><th>opened</th><th>open for</th><th>retries</th></tr>");
-    for f in &snap.findings {
-        let v = FindingView::new(f, now);
-        let _ = write!(
-            h,
-            "<tr><td>{}</td><td>{}</td><td>{}/{}</td><td>{}</td><td>{} {}</td><td>{}</td><td>{}</td><td>{:.0} s</td><td>{}</td></tr>",
-            v.kind,
-            escape(v.profile),
-            escape(v.namespace.unwrap_or("-")),
-            escape(v.pod.unwrap_or("-")),
-            escape(v.session.unwrap_or("-")),
-            escape(v.execution.unwrap_or("-")),
-            escape(v.sandbox.unwrap_or("")),
-            escape(v.reason),
-            v.opened_at,
-            v.open_for_seconds,
-            v.retries_after_death
-        );
-    }
-    h.push_str("</table><p><a href=\"/api/v1/findings\">JSON</a> · <a href=\"/readyz\">readiness</a> · <a href=\"/metrics\">metrics</a></p></body></html>");
-    Html(h)
+    (StatusCode::BAD_REQUEST, Html(body)).into_response()
 }

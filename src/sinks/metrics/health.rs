@@ -202,6 +202,12 @@ impl HealthMetrics {
             .set(i64::from(synced));
     }
 
+    /// When the source last talked to its backend successfully, if it has.
+    pub fn last_success(&self, name: &str) -> Option<crate::util::time::Ts> {
+        let secs = self.last_success.get_or_create(&source(name)).get();
+        (secs > 0.0).then_some(crate::util::time::Ts((secs * 1000.0) as i64))
+    }
+
     fn success(&self, name: &str) {
         self.last_success
             .get_or_create(&source(name))
