@@ -1,6 +1,7 @@
 #![allow(dead_code)]
 
 pub mod apiserver;
+pub mod browser;
 pub mod daemon;
 pub mod metrics;
 pub mod postgres;

@@ -207,7 +207,7 @@ fn age(secs: f64) -> String {
 
 /// A time, with how long ago (or from now) it is.
 fn when(at: Ts, now: Ts) -> String {
-    let d = now.secs_since(at);
+    let d = now.0.saturating_sub(at.0) as f64 / 1000.0;
     if d >= 0.0 {
         format!("{at} ({} ago)", age(d))
     } else {
@@ -301,8 +301,9 @@ fn groups<'a>(snap: &'a Snapshot, q: &PageQuery) -> Vec<Group<'a>> {
         Sort::Newest => out.sort_by_key(|g| std::cmp::Reverse(g.newest())),
         Sort::Oldest => out.sort_by_key(|g| g.oldest()),
         Sort::Kind => out.sort_by_key(|g| (g.findings[0].finding.kind.as_str(), g.oldest())),
+        // Findings without a namespace (records that name none) come last.
         Sort::Namespace => {
-            out.sort_by(|a, b| (a.namespace, &a.title).cmp(&(b.namespace, &b.title)))
+            out.sort_by_key(|g| (g.namespace.is_empty(), g.namespace, g.title.clone()))
         }
     }
     out
@@ -324,7 +325,7 @@ pub fn render(
     now: Ts,
 ) -> String {
     let mut h = format!(
-        "<!doctype html><html><head><meta charset=\"utf-8\"><title>sandwatch</title>\
+        "<!doctype html><html><head><meta charset=\"utf-8\"><title>sandwatch</title><link rel=\"icon\" href=\"data:,\">\
          <meta http-equiv=\"refresh\" content=\"15\"><style>{STYLE}</style></head><body><h1>sandwatch</h1>"
     );
     daemon(&mut h, snap, about, remediation, now);

@@ -265,13 +265,16 @@ fn values_from_outside_are_escaped() {
 
 #[test]
 fn the_daemon_sources_rules_and_remediation_are_shown() {
-    let snap = snapshot(vec![finding(
-        7,
-        FindingKind::AgentTerminatedPodRunning,
-        "a",
-        Some("p1"),
-        100,
-    )]);
+    let snap = snapshot(vec![
+        finding(
+            7,
+            FindingKind::AgentTerminatedPodRunning,
+            "a",
+            Some("p1"),
+            100,
+        ),
+        finding(8, FindingKind::OrphanedSuspendedSession, "a", None, 100),
+    ]);
     let mut rem = RemediationView {
         leader: true,
         findings: HashMap::new(),
@@ -287,6 +290,17 @@ fn the_daemon_sources_rules_and_remediation_are_shown() {
             waiting: Some("done"),
         },
     );
+    rem.findings.insert(
+        8,
+        ActionState {
+            action: "mark_session_gone",
+            dry_run: false,
+            calls: 0,
+            last: None,
+            next_at: Some(Ts::from_secs(1090)),
+            waiting: Some("grace"),
+        },
+    );
     let h = render(
         &snap,
         &about(),
@@ -299,6 +313,10 @@ fn the_daemon_sources_rules_and_remediation_are_shown() {
     assert!(h.contains("cancel_execution (dry run): done; last call dry_run 1970-01-01T00:15:50Z (50 s ago) (1 in all)"), "{h}");
     assert!(h.contains("<td>pods/generic</td><td>pods</td><td>every namespace</td>"));
     assert!(h.contains("1970-01-01T00:16:30Z (10 s ago)"));
+    assert!(
+        h.contains("mark_session_gone: grace, next attempt 1970-01-01T00:18:10Z (in 1 min 30 s)<"),
+        "{h}"
+    );
     assert!(h.contains(
         "<td>generic</td><td>agent_terminated_pod_running</td><td>leaked_sandbox_pod</td>"
     ));
