@@ -23,7 +23,7 @@ use std::cmp::max;
 use std::collections::{BTreeSet, HashSet};
 use std::sync::Arc;
 
-use crate::core::rules::{self, Rule, SubjectKind, SubjectView};
+use crate::core::rules::{self, Clear, Rule, SubjectKind, SubjectView};
 use crate::core::trust::{self, Verdict};
 use crate::core::world::{Feed, HashMap, Notice, SourceStatus, Subject, World};
 use crate::model::finding::FindingKind;
@@ -78,10 +78,27 @@ struct Open {
     last_attempt: Option<u64>,
 }
 
-enum Judgement {
-    Clear,
-    Hold,
+/// What a rule says of a subject now.
+pub enum Judgement {
+    /// The rule does not judge it: the subject is gone, or a feed the rule requires has no
+    /// source for its profile. Its finding, if any, resolves.
+    Off(&'static str),
+    /// A source the rule rests on is unsynced or stale: its finding holds as it is.
+    Held,
+    /// The condition does not hold, and why.
+    Clear(Clear),
+    /// The condition holds.
     Holds(Box<Candidate>),
+}
+
+/// Where a finding stands in the engine.
+pub enum Standing<'a> {
+    Open(&'a OpenFinding),
+    /// The condition holds; it opens at `due` unless it clears first (`None`: due now).
+    Pending {
+        due: Option<Ts>,
+    },
+    None,
 }
 
 pub struct Engine {
@@ -279,35 +296,49 @@ impl Engine {
                 subject: subject.clone(),
             };
             match self.judge(*rule, subject) {
-                Judgement::Hold => {}
-                Judgement::Clear => self.clear(key, out),
+                Judgement::Held => {}
+                Judgement::Off(_) | Judgement::Clear(_) => self.clear(key, out),
                 Judgement::Holds(c) => self.holds(key, *c, out),
             }
         }
     }
 
-    fn judge(&self, rule: &dyn Rule, subject: &Subject) -> Judgement {
+    /// What `rule` says of `subject` now.
+    pub fn judge(&self, rule: &dyn Rule, subject: &Subject) -> Judgement {
         let needs = rule.needs();
         let w = &self.world;
         let (view, profile) = match subject {
             Subject::Pod { .. } => match w.pod_of(subject) {
                 Some(p) => (SubjectView::Pod(p), p.profile),
-                None => return Judgement::Clear,
+                None => return Judgement::Off("the pod is not (or no longer) known"),
             },
             Subject::Record(k) => match w.record(k) {
                 Some(r) => (SubjectView::Record(k, r), k.profile),
-                None => return Judgement::Clear,
+                None => return Judgement::Off("the record is not (or no longer) known"),
             },
         };
         // Trust is per profile: one platform's sources say nothing about another's.
         match trust::verdict(w.sources(), profile, &needs) {
-            Verdict::Off => return Judgement::Clear,
-            Verdict::Held => return Judgement::Hold,
+            Verdict::Off => {
+                return Judgement::Off("a feed it requires has no source for the profile");
+            }
+            Verdict::Held => return Judgement::Held,
             Verdict::Judges => {}
         }
         match rule.evaluate(&view, w, self.now) {
-            Some(c) => Judgement::Holds(Box::new(c)),
-            None => Judgement::Clear,
+            Ok(c) => Judgement::Holds(Box::new(c)),
+            Err(why) => Judgement::Clear(why),
+        }
+    }
+
+    /// Where the finding of `key` stands: open, pending (with when it is due), or neither.
+    pub fn standing(&self, key: &FindingKey) -> Standing<'_> {
+        if let Some(o) = self.open.get(key) {
+            return Standing::Open(&o.finding);
+        }
+        match self.pending.get(key) {
+            Some(p) => Standing::Pending { due: p.due },
+            None => Standing::None,
         }
     }
 

@@ -10,7 +10,9 @@
 //! a crash loop, not this finding. Resolves when the pod is deleted, starts terminating,
 //! leaves Running, or the agent runs again.
 
-use crate::core::rules::{Label, Needs, Series, SubjectKind, SubjectView, pod_identity};
+use crate::core::rules::{
+    Judged, Label, NOT_MINE, Needs, Series, SubjectKind, SubjectView, pod_identity,
+};
 use crate::core::world::{Feed, Phase, World};
 use crate::model::finding::{Candidate, FindingKind};
 use crate::util::time::Ts;
@@ -43,17 +45,22 @@ impl super::Rule for Rule {
         }
     }
 
-    fn evaluate(&self, subject: &SubjectView<'_>, world: &World, _now: Ts) -> Option<Candidate> {
+    fn evaluate(&self, subject: &SubjectView<'_>, world: &World, _now: Ts) -> Judged {
         let SubjectView::Pod(pod) = subject else {
-            return None;
+            return Err(NOT_MINE.into());
         };
-        if pod.phase != Phase::Running || pod.terminating {
-            return None;
+        if pod.phase != Phase::Running {
+            return Err("the pod is not in phase Running".into());
         }
-        let agent = pod.dead_agent()?;
+        if pod.terminating {
+            return Err("the pod is terminating".into());
+        }
+        let agent = pod
+            .dead_agent()
+            .ok_or("no agent container has terminated for good")?;
         let (plain_sidecar, native_sidecar) = pod.others_running();
         if !plain_sidecar && !native_sidecar {
-            return None;
+            return Err("no other container runs: the pod is not kept running".into());
         }
         let grace = world.profiles().get(pod.profile).grace.native_sidecar;
         let mut finding = pod_identity(
@@ -70,7 +77,7 @@ impl super::Rule for Rule {
         }
         finding.container = Some(agent.name.clone());
         finding.exit_code = Some(agent.exit_code);
-        Some(Candidate {
+        Ok(Candidate {
             finding,
             evidence_at: agent.finished_at,
             hold_for: std::time::Duration::ZERO,

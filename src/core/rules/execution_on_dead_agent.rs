@@ -12,7 +12,10 @@
 
 use std::time::Duration;
 
-use crate::core::rules::{Label, Needs, Series, SubjectKind, SubjectView, pod_holder};
+use crate::core::rules::{
+    AGENT_ALIVE, Clear, Judged, Label, NOT_MINE, Needs, Series, SubjectKind, SubjectView, blind,
+    pod_holder, unlinked,
+};
 use crate::core::world::{Feed, PodLink, RecordKey, StateClass, StoredRecord, World};
 use crate::model::finding::{Candidate, Finding, FindingKind};
 use crate::model::profile::{ExecutionClass, SandboxClass};
@@ -50,12 +53,12 @@ impl super::Rule for Rule {
         }
     }
 
-    fn evaluate(&self, subject: &SubjectView<'_>, world: &World, _now: Ts) -> Option<Candidate> {
+    fn evaluate(&self, subject: &SubjectView<'_>, world: &World, _now: Ts) -> Judged {
         let SubjectView::Record(key, rec) = subject else {
-            return None;
+            return Err(NOT_MINE.into());
         };
         if rec.class != StateClass::Execution(ExecutionClass::Active) {
-            return None;
+            return Err("the execution is not in an active state".into());
         }
         let profile = world.profiles().get(key.profile);
         let mut finding = Finding {
@@ -73,7 +76,7 @@ impl super::Rule for Rule {
             pod_uid: None,
         };
         let candidate = |finding: Finding, evidence_at: Ts, hold_for: Duration| {
-            Some(Candidate {
+            Ok(Candidate {
                 finding,
                 evidence_at,
                 hold_for,
@@ -83,21 +86,21 @@ impl super::Rule for Rule {
         };
         if let Some((_, sandbox)) = world.sandbox_of(key, rec) {
             // An unknown sandbox is not a dead one.
-            let sandbox = sandbox?;
+            let sandbox = sandbox.ok_or("its sandbox has no record")?;
             if sandbox.class != StateClass::Sandbox(SandboxClass::Dead) {
-                return None;
+                return Err("its sandbox is not in a dead state".into());
             }
             finding.reason = "SandboxDead".into();
             return candidate(finding, sandbox.since, Duration::ZERO);
         }
         match world.pod_of_execution(key, rec) {
-            PodLink::None | PodLink::Ambiguous => None,
+            link @ (PodLink::None | PodLink::Ambiguous) => Err(unlinked(&link).into()),
             PodLink::Missing => {
                 let (finding, evidence) = pod_gone(world, key, rec, finding)?;
                 candidate(finding, evidence, profile.grace.absence)
             }
             PodLink::Found(pod) => {
-                let death = pod.agent_death()?;
+                let death = pod.agent_death().ok_or(AGENT_ALIVE)?;
                 finding.namespace = Some(pod.namespace.clone());
                 finding.pod = Some(pod.name.clone());
                 finding.pod_uid = Some(pod.uid.to_string().into());
@@ -118,7 +121,7 @@ fn pod_gone(
     key: &RecordKey,
     rec: &StoredRecord,
     mut finding: Finding,
-) -> Option<(Finding, Ts)> {
+) -> Result<(Finding, Ts), Clear> {
     let session = world.found_session_of(key, rec);
     let srec = session.as_ref().map(|(_, s)| *s);
     let namespace = rec
@@ -130,7 +133,7 @@ fn pod_gone(
     let holder = pod_holder(world, key.profile, session_id.as_deref(), pod.as_deref());
     world
         .absence(key.profile, Feed::Pods, namespace.as_deref(), holder)
-        .ok()?;
+        .map_err(|b| blind("its pod is missing", &b))?;
     let departed = world.pod_departed(
         key.profile,
         pod.as_ref(),
@@ -145,5 +148,5 @@ fn pod_gone(
     finding.namespace = namespace;
     finding.pod = pod;
     finding.reason = "PodGone".into();
-    Some((finding, evidence))
+    Ok((finding, evidence))
 }

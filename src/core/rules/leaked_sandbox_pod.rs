@@ -9,7 +9,9 @@
 //! that claimed it. Resolves when the pod is deleted or starts terminating,
 //! or a live session claims it.
 
-use crate::core::rules::{Label, Needs, Series, SubjectKind, SubjectView, pod_identity};
+use crate::core::rules::{
+    Judged, Label, NOT_MINE, Needs, Series, SubjectKind, SubjectView, blind, pod_identity,
+};
 use crate::core::world::{Feed, Holder, StateClass, World};
 use crate::model::finding::{Candidate, FindingKind};
 use crate::model::profile::SessionClass;
@@ -47,25 +49,25 @@ impl super::Rule for Rule {
         }
     }
 
-    fn evaluate(&self, subject: &SubjectView<'_>, world: &World, _now: Ts) -> Option<Candidate> {
+    fn evaluate(&self, subject: &SubjectView<'_>, world: &World, _now: Ts) -> Judged {
         let SubjectView::Pod(pod) = subject else {
-            return None;
+            return Err(NOT_MINE.into());
         };
         if pod.terminating {
-            return None;
+            return Err("the pod is terminating".into());
         }
         let sessions = world.sessions_of_pod(pod);
         if sessions
             .iter()
             .any(|(_, s)| s.class != StateClass::Session(SessionClass::Terminal))
         {
-            return None;
+            return Err("a session that is not finished claims the pod".into());
         }
         // No live session claims it: evidence only if a claim would be seen here.
         let holder = pod.session.as_deref().map_or(Holder::Unknown, Holder::Key);
         world
             .absence(pod.profile, Feed::Sessions, Some(&pod.namespace), holder)
-            .ok()?;
+            .map_err(|b| blind("no live session claims the pod", &b))?;
         let last = sessions.iter().max_by_key(|(_, s)| s.since);
         let reason = if last.is_some() {
             "SessionTerminal"
@@ -88,7 +90,7 @@ impl super::Rule for Rule {
         .flatten()
         .max()
         .unwrap_or(pod.created_at);
-        Some(Candidate {
+        Ok(Candidate {
             finding,
             evidence_at,
             hold_for: world.profiles().get(pod.profile).grace.leaked_pod,

@@ -16,7 +16,7 @@
 //! count in), one line in [`ALL`], and its [`FindingKind`] variant, which is part of the
 //! interface.
 
-use crate::core::world::{Feed, Holder, Pod, RecordKey, StoredRecord, World};
+use crate::core::world::{Feed, Holder, Pod, PodLink, RecordKey, StoredRecord, World};
 use crate::model::finding::{Candidate, FindingKind};
 use crate::model::profile::ProfileId;
 use crate::util::time::Ts;
@@ -87,13 +87,39 @@ pub enum SubjectView<'a> {
     Record(&'a RecordKey, &'a StoredRecord),
 }
 
+/// Why a rule's condition does not hold for a subject, in words (what `explain` shows).
+pub type Clear = std::borrow::Cow<'static, str>;
+
+/// A rule's judgement: its condition holds (a [`Candidate`]) or does not (and why).
+pub type Judged = Result<Candidate, Clear>;
+
+/// The subject is not the kind the rule judges.
+pub(crate) const NOT_MINE: &str = "the rule does not judge this kind of subject";
+/// The pod's agent container runs (or restarts).
+pub(crate) const AGENT_ALIVE: &str = "the pod's agent container has not terminated for good";
+
+/// Why a record links to no pod.
+pub(crate) fn unlinked(link: &PodLink<'_>) -> &'static str {
+    match link {
+        PodLink::Ambiguous => "it names a pod ambiguously (several match): not guessed",
+        PodLink::None => "it names no pod, and no pod carries its key",
+        PodLink::Missing | PodLink::Found(_) => "it has a pod link",
+    }
+}
+
+/// Something missing that is no evidence, in words.
+pub(crate) fn blind(what: &str, why: &crate::model::source::Blind) -> Clear {
+    format!("{what}, but that is no evidence: {why}").into()
+}
+
 pub trait Rule: Sync {
     fn kind(&self) -> FindingKind;
     fn subject(&self) -> SubjectKind;
     fn needs(&self) -> Needs;
     /// The gauge its open findings count in.
     fn series(&self) -> Series;
-    fn evaluate(&self, subject: &SubjectView<'_>, world: &World, now: Ts) -> Option<Candidate>;
+    /// Whether the condition holds for `subject` now, and if not, why not.
+    fn evaluate(&self, subject: &SubjectView<'_>, world: &World, now: Ts) -> Judged;
     /// The feed whose *absence* a finding with this reason rests on (a pod gone, a session
     /// gone), if any: before acting on it, remediation checks that absence is still evidence.
     fn rests_on_absence(&self, _reason: &str) -> Option<Feed> {

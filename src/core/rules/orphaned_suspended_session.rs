@@ -9,7 +9,9 @@
 //! the later of the session's `updated_at` and the pod's (or resource's) observed departure. Resolves when the session leaves the suspended
 //! state or its pod / resource exists again.
 
-use crate::core::rules::{Label, Needs, Series, SubjectKind, SubjectView, pod_holder};
+use crate::core::rules::{
+    Judged, Label, NOT_MINE, Needs, Series, SubjectKind, SubjectView, blind, pod_holder, unlinked,
+};
 use crate::core::world::{Feed, Holder, PodLink, StateClass, World};
 use crate::model::finding::{Candidate, Finding, FindingKind};
 use crate::model::profile::{ResumeFrom, SessionClass};
@@ -51,33 +53,39 @@ impl super::Rule for Rule {
         }
     }
 
-    fn evaluate(&self, subject: &SubjectView<'_>, world: &World, _now: Ts) -> Option<Candidate> {
+    fn evaluate(&self, subject: &SubjectView<'_>, world: &World, _now: Ts) -> Judged {
         let SubjectView::Record(key, rec) = subject else {
-            return None;
+            return Err(NOT_MINE.into());
         };
         if rec.class != StateClass::Session(SessionClass::Suspended) {
-            return None;
+            return Err("the session is not in a suspended state".into());
         }
         let profile = world.profiles().get(key.profile);
         let ns = rec.namespace.as_deref();
         let (reason, departed) = match profile.sessions.resume_from() {
             ResumeFrom::Pod => {
-                let PodLink::Missing = world.pod_of_session(key, rec) else {
-                    return None;
-                };
+                match world.pod_of_session(key, rec) {
+                    PodLink::Missing => {}
+                    PodLink::Found(_) => return Err("its pod exists".into()),
+                    link => return Err(unlinked(&link).into()),
+                }
                 let holder = pod_holder(world, key.profile, Some(&key.id), rec.pod.as_deref());
-                world.absence(key.profile, Feed::Pods, ns, holder).ok()?;
+                world
+                    .absence(key.profile, Feed::Pods, ns, holder)
+                    .map_err(|b| blind("its pod is missing", &b))?;
                 let departed =
                     world.pod_departed(key.profile, rec.pod.as_ref(), Some(&key.id), None);
                 ("PodGone", departed)
             }
             ResumeFrom::CustomResource => {
-                if world.resume_target_exists(key, rec) != Some(false) {
-                    return None;
+                match world.resume_target_exists(key, rec) {
+                    Some(false) => {}
+                    Some(true) => return Err("the resource it resumes from exists".into()),
+                    None => return Err("it names no resource to resume from".into()),
                 }
                 world
                     .absence(key.profile, Feed::ResumeTargets, ns, Holder::Everywhere)
-                    .ok()?;
+                    .map_err(|b| blind("the resource it resumes from is missing", &b))?;
                 let departed = rec
                     .pod
                     .as_ref()
@@ -85,7 +93,7 @@ impl super::Rule for Rule {
                 ("ResourceGone", departed)
             }
         };
-        Some(Candidate {
+        Ok(Candidate {
             finding: Finding {
                 kind: self.kind(),
                 profile: profile.name.clone(),

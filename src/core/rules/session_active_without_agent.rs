@@ -9,7 +9,10 @@
 
 use std::time::Duration;
 
-use crate::core::rules::{Label, Needs, Series, SubjectKind, SubjectView, pod_holder};
+use crate::core::rules::{
+    AGENT_ALIVE, Judged, Label, NOT_MINE, Needs, Series, SubjectKind, SubjectView, blind,
+    pod_holder, unlinked,
+};
 use crate::core::world::{Feed, PodLink, StateClass, World};
 use crate::model::finding::{Candidate, Finding, FindingKind};
 use crate::model::profile::SessionClass;
@@ -47,12 +50,12 @@ impl super::Rule for Rule {
         }
     }
 
-    fn evaluate(&self, subject: &SubjectView<'_>, world: &World, _now: Ts) -> Option<Candidate> {
+    fn evaluate(&self, subject: &SubjectView<'_>, world: &World, _now: Ts) -> Judged {
         let SubjectView::Record(key, rec) = subject else {
-            return None;
+            return Err(NOT_MINE.into());
         };
         if rec.class != StateClass::Session(SessionClass::Active) {
-            return None;
+            return Err("the session is not in an active state".into());
         }
         let profile = world.profiles().get(key.profile);
         let mut finding = Finding {
@@ -70,12 +73,12 @@ impl super::Rule for Rule {
             pod_uid: None,
         };
         let (evidence_at, hold_for) = match world.pod_of_session(key, rec) {
-            PodLink::None | PodLink::Ambiguous => return None,
+            link @ (PodLink::None | PodLink::Ambiguous) => return Err(unlinked(&link).into()),
             PodLink::Missing => {
                 let holder = pod_holder(world, key.profile, Some(&key.id), rec.pod.as_deref());
                 world
                     .absence(key.profile, Feed::Pods, rec.namespace.as_deref(), holder)
-                    .ok()?;
+                    .map_err(|b| blind("its pod is missing", &b))?;
                 let departed =
                     world.pod_departed(key.profile, rec.pod.as_ref(), Some(&key.id), None);
                 (
@@ -84,7 +87,7 @@ impl super::Rule for Rule {
                 )
             }
             PodLink::Found(pod) => {
-                let death = pod.agent_death()?;
+                let death = pod.agent_death().ok_or(AGENT_ALIVE)?;
                 finding.namespace = Some(pod.namespace.clone());
                 finding.pod = Some(pod.name.clone());
                 finding.pod_uid = Some(pod.uid.to_string().into());
@@ -94,7 +97,7 @@ impl super::Rule for Rule {
                 (death.at.unwrap_or(rec.since), Duration::ZERO)
             }
         };
-        Some(Candidate {
+        Ok(Candidate {
             finding,
             evidence_at,
             hold_for,
