@@ -112,7 +112,7 @@ async fn an_on_call_engineer_reads_the_status_page_in_a_browser() {
     assert!(groups[1].starts_with("pod agents/p-01"), "{groups:#?}");
     let kinds: Vec<&str> = first
         .iter()
-        .map(|r| r.split('\t').next().unwrap())
+        .map(|r| r.split('\t').next().unwrap().trim_end_matches(" why"))
         .collect();
     let mut sorted = kinds.clone();
     sorted.sort();
@@ -133,6 +133,21 @@ async fn an_on_call_engineer_reads_the_status_page_in_a_browser() {
         oom.contains("OOMKilled") && oom.contains("agent (137)") && oom.contains(" ago)"),
         "{oom}"
     );
+
+    // Each finding links to its explanation.
+    b.eval_and_wait_for_load("document.querySelector('tr.finding a.why').click()")
+        .await;
+    let explained: Value = serde_json::from_str(&b.text().await).unwrap();
+    assert_eq!(explained["subject"]["id"], "agents/p-00", "{explained:#}");
+    assert!(
+        explained["rules"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["kind"] == "agent_terminated_pod_running" && r["verdict"] == "open"),
+        "{explained:#}"
+    );
+    b.open(&format!("{base}/?sort=namespace")).await;
 
     // The next page, through its link.
     b.eval_and_wait_for_load(

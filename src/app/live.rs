@@ -23,6 +23,7 @@ use tracing::{info, warn};
 
 use crate::app::config::Config;
 use crate::core::engine::{Change, Engine};
+use crate::core::explain::explain;
 use crate::model::finding::Transition;
 use crate::model::view::{About, RemediationView, Snapshot, SourceTimes};
 use crate::remediation::deliver::Deliverer;
@@ -111,11 +112,7 @@ impl Daemon {
         let token = settings.ingest_token.take();
         let ingest = ingest(&settings, token, changes_tx.clone(), &metrics.health)?;
         let (listener, addr) = listen(settings.listen).await?;
-        let (remediation_tx, remediation_rx) = watch::channel(Arc::default());
-        let status = http::Status {
-            about: about(&config, settings.shard),
-            remediation: remediation_rx,
-        };
+        let (status, remediation_tx, explain_rx) = status(&config, settings.shard);
         let mut app = http::router(snapshot_rx.clone(), Arc::new(metrics.registry), status);
         if let Some(ingest) = &ingest {
             app = app.merge(ingest.clone().router());
@@ -142,7 +139,7 @@ impl Daemon {
             snapshot: snapshot_tx,
             errors: HashMap::new(),
         };
-        tasks.spawn(engine.run(changes_rx, settings.tick, stop_rx.clone()));
+        tasks.spawn(engine.run((changes_rx, explain_rx), settings.tick, stop_rx.clone()));
         let lead = Lead {
             election: settings.leader_election.clone(),
             client: client.clone(),
@@ -273,6 +270,26 @@ fn databases(config: &Config, url_file: Option<&std::path::Path>) -> Vec<Postgre
         }
     }
     out
+}
+
+/// What the status page and explain read besides the snapshot, and the ends that feed them:
+/// remediation's view, and the engine task's queue of questions.
+fn status(
+    config: &Config,
+    shard: Shard,
+) -> (
+    http::Status,
+    watch::Sender<Arc<RemediationView>>,
+    mpsc::Receiver<http::explain::Question>,
+) {
+    let (remediation_tx, remediation_rx) = watch::channel(Arc::default());
+    let (explain_tx, explain_rx) = mpsc::channel(http::explain::QUEUE);
+    let status = http::Status {
+        about: about(config, shard),
+        remediation: remediation_rx,
+        explain: Some(explain_tx),
+    };
+    (status, remediation_tx, explain_rx)
 }
 
 /// The daemon, as the status page introduces it.
@@ -463,7 +480,10 @@ struct EngineTask {
 impl EngineTask {
     async fn run(
         mut self,
-        mut changes: mpsc::Receiver<(Ts, Change)>,
+        (mut changes, mut questions): (
+            mpsc::Receiver<(Ts, Change)>,
+            mpsc::Receiver<http::explain::Question>,
+        ),
         tick: Duration,
         mut stop: watch::Receiver<bool>,
     ) {
@@ -480,6 +500,10 @@ impl EngineTask {
                     None => break,
                 },
                 _ = ticker.tick() => (Ts::now(), Change::Tick),
+                Some((query, answer)) = questions.recv() => {
+                    let _ = answer.send(explain(&self.engine, &query));
+                    continue;
+                }
                 _ = stop.wait_for(|s| *s) => break,
             };
             let source = match &change {

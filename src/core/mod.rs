@@ -4,6 +4,7 @@
 //! the instants it is given.
 
 pub mod engine;
+pub mod explain;
 pub mod rules;
 pub mod trust;
 pub mod world;

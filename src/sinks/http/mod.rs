@@ -9,9 +9,12 @@
 //!   body says which sources are not.
 //! - `GET /api/v1/findings[?kind=&namespace=&profile=]`: the open findings with their
 //!   evidence. Per-entity detail (pod, session, execution ids) lives here, not in metrics.
+//! - `GET /api/v1/explain?pod=NS/NAME|session=|execution=|sandbox=`: why a finding is, or
+//!   is not, open for one subject (see [`explain`]).
 //! - `GET /metrics`: Prometheus / OpenMetrics text.
 //! - `GET /`: the status page, for a person (see [`page`]).
 
+pub mod explain;
 pub mod page;
 pub mod serve;
 
@@ -32,7 +35,7 @@ use crate::sinks::metrics::Exposition;
 use crate::util::time::Ts;
 
 #[derive(Clone)]
-struct AppState {
+pub(crate) struct AppState {
     snapshot: watch::Receiver<Arc<Snapshot>>,
     registry: Arc<Registry>,
     /// Pages of findings (API and status page) are built one at a time: however many
@@ -47,6 +50,8 @@ pub struct Status {
     pub about: About,
     /// Remediation's state per finding, as its controller publishes it.
     pub remediation: watch::Receiver<Arc<RemediationView>>,
+    /// Where `/api/v1/explain` asks the engine task; `None`: not served.
+    pub explain: Option<explain::Asker>,
 }
 
 pub fn router(
@@ -59,6 +64,7 @@ pub fn router(
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/api/v1/findings", get(findings))
+        .route("/api/v1/explain", get(explain::handler))
         .fallback(|| async {
             json_error(
                 StatusCode::NOT_FOUND,

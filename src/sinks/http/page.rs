@@ -224,6 +224,29 @@ fn runbook(kind: FindingKind) -> Option<String> {
     ))
 }
 
+/// The explanation of a finding's subject (`/api/v1/explain`).
+fn explain_url(f: &OpenFinding) -> String {
+    use crate::model::ids::Subject;
+    let subject = match &f.subject {
+        Subject::Pod {
+            namespace, name, ..
+        } => format!("pod={}", percent(&format!("{namespace}/{name}"))),
+        Subject::Record(k) => match &k.namespace {
+            Some(ns) => format!(
+                "{}={}&namespace={}",
+                k.kind.as_str(),
+                percent(&k.id),
+                percent(ns)
+            ),
+            None => format!("{}={}", k.kind.as_str(), percent(&k.id)),
+        },
+    };
+    format!(
+        "/api/v1/explain?{subject}&profile={}",
+        percent(&f.finding.profile)
+    )
+}
+
 /// A shell word: as is when it is plainly safe, else single-quoted.
 fn shell(s: &str) -> String {
     let plain = !s.is_empty()
@@ -484,6 +507,10 @@ fn row(h: &mut String, f: &OpenFinding, act: Option<&ActionState>, now: Ts) {
         Some(url) => format!("<a href=\"{}\">{}</a>", escape(&url), d.kind),
         None => d.kind.to_string(),
     };
+    let kind = format!(
+        "{kind} <a class=\"why\" href=\"{}\">why</a>",
+        escape(&explain_url(f))
+    );
     let container = match (&d.container, d.exit_code) {
         (Some(c), Some(code)) => format!("{} ({code})", escape(&clip(c))),
         (Some(c), None) => escape(&clip(c)),

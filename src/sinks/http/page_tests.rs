@@ -133,6 +133,11 @@ fn the_findings_of_one_pod_are_one_group() {
     assert!(h.contains("1970-01-01T00:01:10Z (15 min 30 s ago)"), "{h}");
     assert!(h.contains("agent (137)"));
     assert!(h.contains("docs/runbooks.md#sandwatchagentterminatedpodrunning"));
+    assert!(
+        h.contains("href=\"/api/v1/explain?pod=a%2Fp1&amp;profile=generic\">why</a>"),
+        "{h}"
+    );
+    assert!(h.contains("href=\"/api/v1/explain?session=s-4&amp;profile=generic\">why</a>"));
 }
 
 #[test]
