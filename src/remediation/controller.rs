@@ -1,41 +1,75 @@
 //! The remediation controller: every round, the open findings of the latest snapshot that are
 //! due (past their action's grace, on trusted sources, not waiting on a retry), called in
 //! order of opening under the rate limits and the circuit breakers, one call at a time.
+//!
+//! The same controller runs live (on the wall clock, calling through a [`Deliverer`]) and in a
+//! backtest (on the replay's virtual clock, through a [`Deliver`] that calls nothing), so that
+//! a backtest shows the calls live mode would have made.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::watch;
-use tokio::time::Instant;
-use tracing::{Instrument, info, info_span, warn};
+use tracing::{Instrument, info, warn};
 
 use super::action::{Action, ActionName, idempotency_key};
 use super::config::Remediation;
-use super::deliver::{Deliverer, Outcome};
+use super::deliver::{Deliver, Deliverer};
 use super::lease::Leadership;
-use super::limits::{Bucket, Circuit, backoff, later};
+use super::limits::{Bucket, Circuit};
 use super::metrics::{ActionLabels, RemediationMetrics};
 use crate::core::trust;
 use crate::model::finding::{FindingKind, OpenFinding};
 use crate::model::profile::Profiles;
 use crate::model::view::{ActionState, RemediationView, Snapshot};
-use crate::util::text::clip;
 use crate::util::time::Ts;
 
 /// What the controller remembers of one incident (one idempotency key).
 #[derive(Default)]
 struct KeyState {
     failures: u32,
-    next_at: Option<Instant>,
-    delivered_at: Option<Instant>,
+    next_at: Option<Ts>,
+    delivered_at: Option<Ts>,
     resends: u32,
     /// Refused by the receiver, or dry-run logged: nothing more to do for this incident.
     done: bool,
     /// Calls made, and the last one's time and outcome (for the status page).
     calls: u32,
     last: Option<(Ts, &'static str)>,
+    /// Every reason it has waited for (grace, rate limit, untrusted source...).
+    delays: BTreeSet<&'static str>,
+    action: Option<ActionName>,
 }
+
+/// The waits a call's journal entry names as what delayed it.
+const DELAYS: [&str; 5] = [
+    "grace",
+    "untrusted source",
+    "rate limit",
+    "circuit open",
+    "not leader",
+];
+
+/// One call the controller made (or, in a backtest or dry run, would have made).
+#[derive(Clone, Debug)]
+pub struct Call {
+    pub at: Ts,
+    pub action: ActionName,
+    pub key: String,
+    pub finding: OpenFinding,
+    /// What it calls: `POST https://...`, `delete pod NS/NAME (uid ...)`...
+    pub what: String,
+    /// `success`, `dry_run`, `error`, `refused`, `invalid`.
+    pub outcome: &'static str,
+    /// A resend while the finding stayed open after a successful call.
+    pub resend: bool,
+    /// Why it did not go sooner: `grace`, `rate limit`, `untrusted source`, ...
+    pub delayed_by: Vec<&'static str>,
+}
+
+/// The wall clock live; a backtest's virtual clock.
+pub type Clock = Arc<dyn Fn() -> Ts + Send + Sync>;
 
 /// Where an open finding with an action stands in this round, for the status page.
 struct Standing {
@@ -52,12 +86,12 @@ type Due = (String, OpenFinding, usize);
 pub type ParentSpan = Arc<dyn Fn(u64) -> Option<tracing::Span> + Send + Sync>;
 
 /// The remediation task.
-pub struct Controller {
+pub struct Controller<D: Deliver = Deliverer> {
     settings: Remediation,
     profiles: Arc<Profiles>,
     list: Vec<Action>,
     by_kind: HashMap<(Arc<str>, FindingKind), usize>,
-    deliverer: Deliverer,
+    deliverer: D,
     snapshot: watch::Receiver<Arc<Snapshot>>,
     leadership: watch::Receiver<Leadership>,
     metrics: RemediationMetrics,
@@ -73,21 +107,32 @@ pub struct Controller {
     /// This round's open findings with an action, by id, and what the status page shows.
     standing: HashMap<u64, Standing>,
     view: watch::Sender<Arc<RemediationView>>,
-    published: Option<Instant>,
+    published: Option<Ts>,
+    clock: Clock,
+    /// The calls made, when kept (a backtest).
+    journal: Option<Vec<Call>>,
+    /// Findings that resolved during their action's grace, without a call, by action.
+    avoided: HashMap<ActionName, u64>,
+    /// The backlog per action after the last round.
+    backlog: HashMap<ActionName, i64>,
 }
 
-impl Controller {
+impl<D: Deliver> Controller<D> {
     pub fn new(
         settings: Remediation,
         profiles: Arc<Profiles>,
-        deliverer: Deliverer,
+        deliverer: D,
         snapshot: watch::Receiver<Arc<Snapshot>>,
         leadership: watch::Receiver<Leadership>,
         metrics: RemediationMetrics,
         spans: ParentSpan,
-    ) -> Controller {
+    ) -> Controller<D> {
         let list = settings.actions.clone();
-        let buckets = list.iter().map(|a| Bucket::new(a.per_minute)).collect();
+        let now = Ts::now();
+        let buckets = list
+            .iter()
+            .map(|a| Bucket::new(a.per_minute, now))
+            .collect();
         let circuits = list.iter().map(|_| Circuit::default()).collect();
         let by_kind = list
             .iter()
@@ -95,7 +140,7 @@ impl Controller {
             .map(|(i, a)| ((profiles.get(a.profile).name.clone(), a.name.repairs()), i))
             .collect();
         Controller {
-            global: Bucket::new(settings.max_per_minute),
+            global: Bucket::new(settings.max_per_minute, now),
             settings,
             profiles,
             list,
@@ -113,12 +158,71 @@ impl Controller {
             standing: HashMap::new(),
             view: watch::Sender::new(Arc::default()),
             published: None,
+            clock: Arc::new(Ts::now),
+            journal: None,
+            avoided: HashMap::new(),
+            backlog: HashMap::new(),
         }
+    }
+
+    /// Runs on `clock` (a backtest's virtual time) and keeps a journal of the calls.
+    pub fn rehearsing(mut self, clock: Clock) -> Controller<D> {
+        let now = clock();
+        self.buckets = self
+            .list
+            .iter()
+            .map(|a| Bucket::new(a.per_minute, now))
+            .collect();
+        self.global = Bucket::new(self.settings.max_per_minute, now);
+        self.clock = clock;
+        self.journal = Some(Vec::new());
+        self
+    }
+
+    fn now(&self) -> Ts {
+        (self.clock)()
+    }
+
+    /// The calls made since the last take (kept only when rehearsing).
+    pub fn take_journal(&mut self) -> Vec<Call> {
+        self.journal
+            .as_mut()
+            .map(std::mem::take)
+            .unwrap_or_default()
+    }
+
+    /// Findings that resolved during their action's grace without a call, by action.
+    pub fn avoided(&self) -> &HashMap<ActionName, u64> {
+        &self.avoided
+    }
+
+    /// The backlog per action after the last round.
+    pub fn backlog(&self) -> &HashMap<ActionName, i64> {
+        &self.backlog
+    }
+
+    /// One round, then when the next one is needed: a rate limit lets the next waiting call
+    /// go, a grace ends, a retry or resend is due. (Live mode also runs a round every 100 ms.)
+    pub async fn step(&mut self) -> Option<Ts> {
+        let token_due = self.round().await;
+        let mut next = token_due;
+        let mut sooner = |t: Ts| next = Some(next.map_or(t, |n: Ts| n.min(t)));
+        for s in self.standing.values() {
+            if let Some(t) = s.next_at {
+                sooner(t);
+            }
+        }
+        for st in self.state.values() {
+            if let Some(t) = st.next_at.filter(|_| !st.done) {
+                sooner(t);
+            }
+        }
+        next
     }
 
     /// Publishes what the controller is doing, per open finding with an action, to `view`
     /// (about every second), for the status page.
-    pub fn publishing_to(mut self, view: watch::Sender<Arc<RemediationView>>) -> Controller {
+    pub fn publishing_to(mut self, view: watch::Sender<Arc<RemediationView>>) -> Controller<D> {
         self.view = view;
         self
     }
@@ -139,17 +243,18 @@ impl Controller {
             actions = self.list.len(),
             "remediation on"
         );
-        let mut next = Instant::now();
+        let mut next = self.now();
         loop {
             // Every 100 ms, or as soon as a rate limit lets the next waiting call go: a
             // backlog drains at the configured rate, not at the pace of the rounds.
+            let wait = Duration::from_millis(next.0.saturating_sub(self.now().0).max(0) as u64);
             tokio::select! {
-                _ = tokio::time::sleep_until(next) => {}
+                _ = tokio::time::sleep(wait) => {}
                 _ = stop.wait_for(|s| *s) => return,
             }
-            let round_started = Instant::now();
+            let round_started = self.now();
             let token_due = self.round().await;
-            let tick = round_started + Duration::from_millis(100);
+            let tick = round_started.saturating_add(Duration::from_millis(100));
             next = token_due.map_or(tick, |t| t.min(tick));
         }
     }
@@ -160,12 +265,12 @@ impl Controller {
             return false;
         }
         let lead = *self.leadership.borrow();
-        lead.acting(Instant::now(), self.settings.timeout)
+        lead.acting(tokio::time::Instant::now(), self.settings.timeout)
     }
 
     /// One round: acts on what is due; returns when the next call held back by a rate limit
     /// may go, if any is.
-    async fn round(&mut self) -> Option<Instant> {
+    async fn round(&mut self) -> Option<Ts> {
         let acting = self.acting();
         let leader = self.leadership.borrow().leader;
         self.metrics.leader.set(i64::from(leader));
@@ -176,7 +281,7 @@ impl Controller {
                 *c = Circuit::default();
             }
         }
-        self.report_circuits(Instant::now());
+        self.report_circuits(self.now());
         let due = self.due();
         let mut backlog: HashMap<ActionName, i64> = self.list.iter().map(|a| (a.name, 0)).collect();
         if !acting {
@@ -196,30 +301,23 @@ impl Controller {
         }
         let token_due = self.send(due, &mut backlog).await;
         self.set_backlog(&backlog);
-        self.report_circuits(Instant::now());
+        self.report_circuits(self.now());
         self.publish(leader);
         token_due
     }
 
     /// Publishes where each open finding with an action stands, at most every second.
     fn publish(&mut self, leader: bool) {
-        let now = Instant::now();
-        if self
-            .published
-            .is_some_and(|t| now.duration_since(t) < Duration::from_secs(1))
-        {
+        let now = self.now();
+        if self.published.is_some_and(|t| now.secs_since(t) < 1.0) {
             return;
         }
         self.published = Some(now);
-        let wall = Ts::now();
         let mut findings = HashMap::with_capacity(self.standing.len());
         for (id, s) in &self.standing {
             let key = self.keys.get(id);
             let st = key.and_then(|k| self.state.get(k));
-            let next_at = s.next_at.or_else(|| {
-                let at = st?.next_at?;
-                Some(wall.saturating_add(at.saturating_duration_since(now)))
-            });
+            let next_at = s.next_at.or_else(|| st?.next_at);
             findings.insert(
                 *id,
                 ActionState {
@@ -244,8 +342,7 @@ impl Controller {
         let mut due = Vec::new();
         let mut findings: Vec<&OpenFinding> = snap.findings.iter().collect();
         findings.sort_by_key(|f| (f.opened_at, f.id));
-        let now = Instant::now();
-        let wall = Ts::now();
+        let now = self.now();
         self.standing.clear();
         for f in findings {
             let Some(&index) = self
@@ -263,7 +360,10 @@ impl Controller {
             open_ids.insert(f.id);
             open_keys.insert(key.clone());
             let graced = f.opened_at.saturating_add(action.grace);
-            let mut stand = |waiting, next_at| {
+            let st = self.state.entry(key.clone()).or_default();
+            st.action = Some(action.name);
+            let mut stand = |waiting: Option<&'static str>, next_at| {
+                st.delays.extend(waiting.filter(|w| DELAYS.contains(w)));
                 self.standing.insert(
                     f.id,
                     Standing {
@@ -273,7 +373,7 @@ impl Controller {
                     },
                 );
             };
-            if wall < graced {
+            if now < graced {
                 stand(Some("grace"), Some(graced));
                 continue;
             }
@@ -281,10 +381,9 @@ impl Controller {
                 stand(Some("untrusted source"), None);
                 continue;
             }
-            let st = self.state.entry(key.clone()).or_default();
-            let resend = st.delivered_at.is_some();
-            if st.done || st.next_at.is_some_and(|t| now < t) {
-                let why = match (st.done, resend) {
+            let (done, next_at, resend) = (st.done, st.next_at, st.delivered_at.is_some());
+            if done || next_at.is_some_and(|t| now < t) {
+                let why = match (done, resend) {
                     (true, _) => "done",
                     (false, true) => "resend",
                     (false, false) => "retry",
@@ -295,22 +394,34 @@ impl Controller {
             stand(None, None);
             due.push((key, f.clone(), index));
         }
-        self.state.retain(|k, _| open_keys.contains(k));
+        self.forget(&open_keys);
         self.keys.retain(|id, _| open_ids.contains(id));
         due
     }
 
+    /// Forgets the incidents that resolved, counting those that did during their grace.
+    fn forget(&mut self, open_keys: &HashSet<String>) {
+        let avoided = &mut self.avoided;
+        self.state.retain(|k, st| {
+            let open = open_keys.contains(k);
+            if !open
+                && st.calls == 0
+                && st.delays.contains("grace")
+                && let Some(name) = st.action
+            {
+                *avoided.entry(name).or_default() += 1;
+            }
+            open
+        });
+    }
+
     /// Calls what is due as the limits allow, counting the rest as backlog; returns when the
     /// next call held back by a rate limit may go.
-    async fn send(
-        &mut self,
-        due: Vec<Due>,
-        backlog: &mut HashMap<ActionName, i64>,
-    ) -> Option<Instant> {
-        let mut token_due: Option<Instant> = None;
+    async fn send(&mut self, due: Vec<Due>, backlog: &mut HashMap<ActionName, i64>) -> Option<Ts> {
+        let mut token_due: Option<Ts> = None;
         for (key, f, index) in due {
             let name = self.list[index].name;
-            let now = Instant::now();
+            let now = self.now();
             if self.circuits[index].is_open(now) {
                 *backlog.entry(name).or_default() += 1;
                 self.waits(f.id, "circuit open");
@@ -341,11 +452,14 @@ impl Controller {
         if let Some(s) = self.standing.get_mut(&id) {
             s.waiting = Some(why);
         }
+        if let Some(st) = self.keys.get(&id).and_then(|k| self.state.get_mut(k)) {
+            st.delays.insert(why);
+        }
     }
 
     /// `sandwatch_remediation_circuit_open`, as the breakers are now: 1 while a breaker of
     /// the action is open, 0 once its open time has passed (the next call is its trial).
-    fn report_circuits(&self, now: Instant) {
+    fn report_circuits(&self, now: Ts) {
         let mut open: HashMap<ActionName, bool> = HashMap::new();
         for (a, c) in self.list.iter().zip(&self.circuits) {
             *open.entry(a.name).or_default() |= c.is_open(now);
@@ -358,7 +472,8 @@ impl Controller {
         }
     }
 
-    fn set_backlog(&self, backlog: &HashMap<ActionName, i64>) {
+    fn set_backlog(&mut self, backlog: &HashMap<ActionName, i64>) {
+        self.backlog.clone_from(backlog);
         for (name, n) in backlog {
             self.metrics
                 .backlog
@@ -393,126 +508,19 @@ impl Controller {
         }
         let span = self.span(&action, &key, &f);
         let profile = self.profiles.get(action.profile);
-        let started = Instant::now();
+        let started = std::time::Instant::now();
+        let at = self.now();
         let outcome = self
             .deliverer
             .deliver(&action, profile, &f, &key, self.settings.live)
             .instrument(span.clone())
             .await;
         span.record("outcome", outcome_label(&outcome));
+        self.journal(at, &action, &key, &f, &outcome, resend);
         self.settle(&action, &key, &f, index, outcome, started.elapsed());
     }
-
-    /// The `remediation` span of one call: a child of the finding's span, when traces are on.
-    fn span(&self, action: &Action, key: &str, f: &OpenFinding) -> tracing::Span {
-        let parent = (self.spans)(f.id);
-        let d = &f.finding;
-        info_span!(
-            parent: parent.as_ref().and_then(|s| s.id()),
-            "remediation",
-            action = action.name.as_str(), key = %key, finding.kind = %d.kind, finding.id = f.id,
-            namespace = d.namespace.as_deref(), pod = d.pod.as_deref(), session = d.session.as_deref(),
-            execution = d.execution.as_deref(), sandbox = d.sandbox.as_deref(),
-            outcome = tracing::field::Empty,
-        )
-    }
-
-    /// Counts and logs a call's outcome, and decides what happens next for its incident
-    /// (done, resend later, retry with backoff) and for its receiver's circuit.
-    fn settle(
-        &mut self,
-        action: &Action,
-        key: &str,
-        f: &OpenFinding,
-        index: usize,
-        outcome: Outcome,
-        took: Duration,
-    ) {
-        let name = action.name;
-        let d = &f.finding;
-        let (session, execution, pod) =
-            (clipped(&d.session), clipped(&d.execution), clipped(&d.pod));
-        let (session, execution, pod) = (session.as_deref(), execution.as_deref(), pod.as_deref());
-        let now = Instant::now();
-        let settings = &self.settings;
-        let metrics = &self.metrics;
-        let st = self.state.entry(key.to_string()).or_default();
-        (st.calls, st.last) = (st.calls + 1, Some((Ts::now(), outcome_label(&outcome))));
-        let c = &mut self.circuits[index];
-        let label = ActionLabels::of(name);
-        match outcome {
-            Outcome::DryRun(what) => {
-                metrics.count(name, "dry_run");
-                info!(action = name.as_str(), key = %key, kind = %d.kind, session, execution, pod, "dry run: would {what}");
-                st.done = true;
-            }
-            Outcome::Success(status) => {
-                metrics.count(name, "success");
-                metrics
-                    .duration
-                    .get_or_create(&label)
-                    .observe(took.as_secs_f64());
-                info!(action = name.as_str(), key = %key, kind = %d.kind, session, execution, pod, status, "remediated");
-                st.failures = 0;
-                st.delivered_at = Some(now);
-                let factor = 2u32.saturating_pow(st.resends.min(6));
-                st.resends += 1;
-                st.next_at = Some(later(now, settings.resend_after.saturating_mul(factor)));
-                *c = Circuit::default();
-            }
-            Outcome::Refused(status, body) => {
-                metrics.count(name, "refused");
-                metrics
-                    .duration
-                    .get_or_create(&label)
-                    .observe(took.as_secs_f64());
-                warn!(action = name.as_str(), key = %key, kind = %d.kind, session, execution, status, response = %clip(&body), "the receiver refused the remediation; not retrying");
-                st.done = true;
-                *c = Circuit::default();
-            }
-            Outcome::Retry(error, retry_after) => {
-                metrics.count(name, "error");
-                st.failures += 1;
-                let wait = backoff(
-                    st.failures,
-                    settings.retry_initial,
-                    settings.retry_max,
-                    retry_after,
-                );
-                st.next_at = Some(later(now, wait));
-                warn!(action = name.as_str(), key = %key, error = %clip(&error), attempt = st.failures, "remediation failed; retrying in {wait:?}");
-                if c.failed(now, settings.circuit_failures, settings.circuit_open_for) {
-                    metrics.count(name, "circuit_open");
-                    metrics.circuit_open.get_or_create(&label).set(1);
-                    warn!(
-                        action = name.as_str(),
-                        failures = c.failures,
-                        "the receiver keeps failing: circuit open, no calls for {:?}",
-                        settings.circuit_open_for
-                    );
-                }
-            }
-            Outcome::Invalid(error) => {
-                metrics.count(name, "invalid");
-                warn!(action = name.as_str(), key = %key, error = %clip(&error), "cannot build the remediation call; retrying later");
-                st.next_at = Some(later(now, settings.retry_max));
-            }
-        }
-    }
 }
 
-/// A value from outside, escaped and bounded for the logs.
-fn clipped(s: &Option<Arc<str>>) -> Option<String> {
-    s.as_deref().map(|s| clip(s).into_owned())
-}
-
-/// The `outcome` of a call's span.
-fn outcome_label(outcome: &Outcome) -> &'static str {
-    match outcome {
-        Outcome::DryRun(_) => "dry_run",
-        Outcome::Success(_) => "success",
-        Outcome::Refused(..) => "refused",
-        Outcome::Retry(..) => "error",
-        Outcome::Invalid(_) => "invalid",
-    }
-}
+#[path = "settle.rs"]
+mod settle;
+use settle::{clipped, outcome_label};

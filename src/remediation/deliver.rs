@@ -21,6 +21,9 @@ use crate::util::time::Ts;
 pub enum Outcome {
     /// Dry-run: what it would have done.
     DryRun(String),
+    /// A backtest: what it would have done, taken as done (so that what follows a success,
+    /// such as a resend while the finding stays open, is rehearsed too).
+    Rehearsed(String),
     /// 2xx (or the Kubernetes change applied).
     Success(u16),
     /// 4xx other than 408 and 429: the receiver will not do it; not retried.
@@ -35,6 +38,63 @@ pub enum Outcome {
 #[derive(Debug, thiserror::Error)]
 #[error("building the remediation HTTP client: {0}")]
 pub struct DelivererError(String);
+
+/// What makes the calls: the controller's seam between deciding and calling. Live, a
+/// [`Deliverer`]; in a backtest, a [`Rehearsal`] that calls nothing.
+pub trait Deliver: Send + Sync {
+    /// Makes (or, in dry-run, describes) the call of one action for one finding.
+    fn deliver<'a>(
+        &'a self,
+        action: &'a Action,
+        profile: &'a Profile,
+        f: &'a OpenFinding,
+        key: &'a str,
+        live: bool,
+    ) -> impl Future<Output = Outcome> + Send + 'a;
+}
+
+impl Deliver for Deliverer {
+    fn deliver<'a>(
+        &'a self,
+        action: &'a Action,
+        profile: &'a Profile,
+        f: &'a OpenFinding,
+        key: &'a str,
+        live: bool,
+    ) -> impl Future<Output = Outcome> + Send + 'a {
+        Deliverer::deliver(self, action, profile, f, key, live)
+    }
+}
+
+/// A backtest's deliverer: it renders each call exactly as live mode would (its method and
+/// URL, webhook or Kubernetes change) and makes none, answering as if it had succeeded.
+pub struct Rehearsal(Deliverer);
+
+impl Rehearsal {
+    pub fn new(actions: &[Action]) -> Result<Rehearsal, DelivererError> {
+        Ok(Rehearsal(Deliverer::new(
+            actions,
+            Duration::from_secs(1),
+            None,
+        )?))
+    }
+}
+
+impl Deliver for Rehearsal {
+    async fn deliver(
+        &self,
+        action: &Action,
+        profile: &Profile,
+        f: &OpenFinding,
+        key: &str,
+        _live: bool,
+    ) -> Outcome {
+        match self.0.deliver(action, profile, f, key, false).await {
+            Outcome::DryRun(what) => Outcome::Rehearsed(what),
+            other => other,
+        }
+    }
+}
 
 /// Holds the HTTP clients (one per CA bundle) and the Kubernetes client.
 pub struct Deliverer {
