@@ -459,10 +459,10 @@ fn check_config_prints_the_effective_config_and_accepts_it_as_printed() {
     for needle in [
         "name: sandbox-api",
         "absence: 5m",
-        "- centaur",
-        "agent_containers:\n    - sandbox",
+        "namespaces: [centaur]",
+        "agent_containers: [sandbox]",
         "name: labelled",
-        "- runner",
+        "agent_containers: [runner]",
         "sandwatch.io/session",
     ] {
         assert!(printed.contains(needle), "{needle:?} in:\n{printed}");

@@ -75,7 +75,8 @@ fn drop_nulls(v: &mut Value) {
     }
 }
 
-/// A value written with `name` first in every map, the other keys in order.
+/// A value written with `name` first in every map, the other keys in order, and lists of
+/// plain values in flow style.
 struct Ordered<'a>(&'a Value);
 
 impl Serialize for Ordered<'_> {
@@ -91,6 +92,12 @@ impl Serialize for Ordered<'_> {
                     map.serialize_entry(k, &Ordered(v))?;
                 }
                 map.end()
+            }
+            // A list of plain values (states, container names) on one line, as in the presets.
+            Value::Array(a)
+                if !a.is_empty() && a.iter().all(|v| !v.is_object() && !v.is_array()) =>
+            {
+                serde_saphyr::FlowSeq(a).serialize(s)
             }
             Value::Array(a) => {
                 let mut seq = s.serialize_seq(Some(a.len()))?;
@@ -134,6 +141,19 @@ mod tests {
         assert_eq!(p["grace"]["absence"], "5m");
         assert_eq!(p["sessions"]["suspended"], serde_json::json!(["suspended"]));
         assert_eq!(doc["remediation"]["mode"], "dry_run");
+        assert!(load(&printed).is_ok(), "{printed}");
+    }
+
+    #[test]
+    fn values_that_look_like_other_things_stay_strings() {
+        let text = "profiles:\n  - preset: generic\n    sessions:\n      active: [\"in progress\", \"a,b\", \"yes\", \"007\", \"[x]\", \"null\", \"#1\"]\n";
+        let printed = effective(text).unwrap();
+        let doc: Value = parse_yaml(&printed, "").unwrap();
+        assert_eq!(
+            doc["profiles"][0]["sessions"]["active"],
+            serde_json::json!(["in progress", "a,b", "yes", "007", "[x]", "null", "#1"]),
+            "{printed}"
+        );
         assert!(load(&printed).is_ok(), "{printed}");
     }
 
