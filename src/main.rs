@@ -10,12 +10,13 @@ use clap::{Args, Parser, Subcommand};
 
 use sandwatch::app::config::{self, PRESETS};
 use sandwatch::app::live;
-use sandwatch::app::replay::{self, Input};
-use sandwatch::app::telemetry::{LogFormat, Telemetry, Traces};
+use sandwatch::app::replay::{self, Input, Stop};
+use sandwatch::app::telemetry::{self, LogFilter, LogFormat, Telemetry, Traces};
 use sandwatch::remediation::lease::Elector;
 use sandwatch::sinks::report::Format;
 use sandwatch::sources::ingest::Token;
 use sandwatch::util::shard::Shard;
+use tracing::Level;
 
 /// Joins agent-sandbox pods with the platform's session and execution records, and reports
 /// where they drift apart: agents dead behind live sidecars, executions retried against dead
@@ -24,10 +25,22 @@ use sandwatch::util::shard::Shard;
 #[derive(Parser)]
 #[command(name = "sandwatch", version, about, long_about = None)]
 struct Cli {
-    /// Log format: `text` for people, `json` for one object per line. Traces are exported over
-    /// OTLP when OTEL_EXPORTER_OTLP_ENDPOINT (or ..._TRACES_ENDPOINT) is set. RUST_LOG filters.
+    /// Log format on standard error: `text` for people, `json` for one object per line (every
+    /// line then is JSON, a fatal error included). Traces are exported over OTLP when
+    /// OTEL_EXPORTER_OTLP_ENDPOINT (or ..._TRACES_ENDPOINT) is set.
     #[arg(long, value_enum, default_value_t = LogFormatArg::Text, global = true, env = "SANDWATCH_LOG_FORMAT")]
     log_format: LogFormatArg,
+    /// Which log lines are written: a level (off, error, warn, info, debug, trace) or a filter
+    /// of `TARGET=LEVEL` directives (`info,sandwatch=debug,kube=warn`). When given it wins
+    /// over RUST_LOG, which is used otherwise (with the same syntax); the default is `info`.
+    /// A filter that cannot be read is an error.
+    #[arg(
+        long,
+        value_name = "LEVEL|FILTER",
+        global = true,
+        env = "SANDWATCH_LOG_LEVEL"
+    )]
+    log_level: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -79,12 +92,26 @@ enum Command {
     /// envelopes {"at": RFC3339, "watch": EVENT} / {"at": ..., "record": RECORD} / {"at": ...}.
     /// Files are read in order as one stream; `-` reads standard input. Malformed values are
     /// reported on standard error with their position, counted, and skipped.
+    ///
+    /// Transitions are printed as they happen, and standard output is flushed after each
+    /// one unless it is a file: `kubectl get pods -A --watch --output-watch-events -o json |
+    /// sandwatch replay --preset NAME -` shows findings live. The table is aligned and printed
+    /// at the end when every input is a file; from a pipe or a terminal (`-`) its rows come as
+    /// they happen, and a column widens when a wider cell comes. Ctrl-C (SIGINT) ends the input
+    /// where it is and prints the summary of what was read.
+    ///
+    /// Exit status: 0; 1 on an error; 3 with --fail-on-open when findings are open at the
+    /// end; 130 when interrupted by Ctrl-C (after the summary).
     Replay {
         #[command(flatten)]
         profiles: ProfileArgs,
         /// Output format: `table` for people, `json` for one object per line plus a summary.
         #[arg(long, value_enum, default_value_t = FormatArg::Table)]
         format: FormatArg,
+        /// Exit with status 3 when findings are still open at the end of the input (for CI
+        /// and scripts: "did this recording end healthy?").
+        #[arg(long)]
+        fail_on_open: bool,
         /// Also write the Prometheus text exposition of the final state to this file.
         #[arg(long, value_name = "FILE")]
         metrics_out: Option<PathBuf>,
@@ -92,17 +119,24 @@ enum Command {
         #[arg(required = true, value_name = "FILE")]
         files: Vec<String>,
     },
-    /// Validate a config file and explain every error by field and value.
+    /// Validate a config file (or a preset) and explain every error by field and value.
     ///
     /// Warnings (records a scoped profile cannot place, a grace shorter than a source's
     /// staleness, files the config names that are not readable where it runs) are printed but
     /// do not fail the check, unless --strict.
     CheckConfig {
-        /// The YAML config file.
-        file: PathBuf,
+        /// The YAML config file (the same as --config FILE).
+        #[arg(value_name = "FILE", conflicts_with_all = ["preset", "config"])]
+        file: Option<PathBuf>,
+        #[command(flatten)]
+        profiles: ProfileArgs,
         /// Fail (exit 1) on warnings too: run it where the daemon runs, with its Secrets mounted.
         #[arg(long)]
         strict: bool,
+        /// Print the effective config on standard output instead of `OK`: every profile laid
+        /// over its preset, in YAML, naming no preset. check-config accepts it as printed.
+        #[arg(long)]
+        print: bool,
     },
     /// List the built-in presets, or print one as a whole config file to start from
     /// (`check-config` accepts it as printed).
@@ -173,29 +207,56 @@ struct RunArgs {
     shard: String,
 }
 
+/// Which profiles to use. One of the two is needed: there is no default profile.
 #[derive(Args)]
 #[group(multiple = false)]
 struct ProfileArgs {
-    /// Use a built-in preset: generic, sandbox-api, ambient, offload-modal.
+    /// Use a built-in preset: generic, sandbox-api, ambient, offload-modal (`sandwatch
+    /// presets` describes them). This or --config is required.
     #[arg(long, value_name = "NAME")]
     preset: Option<String>,
-    /// Use the profiles of a YAML config file.
+    /// Use the profiles of a YAML config file. This or --preset is required.
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
 }
 
+/// Where the profiles come from.
+enum Profiles {
+    File(PathBuf),
+    Preset(String),
+}
+
 impl ProfileArgs {
+    /// The config file or preset given, or an error naming the choices.
+    fn source(&self) -> anyhow::Result<Profiles> {
+        match (&self.config, &self.preset) {
+            (Some(path), _) => Ok(Profiles::File(path.clone())),
+            (None, Some(name)) => Ok(Profiles::Preset(name.clone())),
+            (None, None) => {
+                let names: Vec<&str> = PRESETS.iter().map(|(n, _, _)| *n).collect();
+                anyhow::bail!(
+                    "no profile given: pass --preset NAME (one of {}; `sandwatch presets` describes them) or --config FILE",
+                    names.join(", ")
+                )
+            }
+        }
+    }
+
     /// The whole config: a config file, or a preset with default settings.
     fn load_config(&self) -> anyhow::Result<config::Config> {
-        if let Some(path) = &self.config {
-            let text = std::fs::read_to_string(path)
-                .with_context(|| format!("reading config {}", path.display()))?;
-            return config::load(&text)
-                .map_err(|e| anyhow::anyhow!("invalid config {}:\n{e}", path.display()));
+        match self.source()? {
+            Profiles::File(path) => {
+                let text = read_config(&path)?;
+                config::load(&text)
+                    .map_err(|e| anyhow::anyhow!("invalid config {}:\n{e}", path.display()))
+            }
+            Profiles::Preset(name) => config::preset(&name).map_err(|e| anyhow::anyhow!("{e}")),
         }
-        let name = self.preset.as_deref().unwrap_or("generic");
-        config::preset(name).map_err(|e| anyhow::anyhow!("{e}"))
     }
+}
+
+fn read_config(path: &std::path::Path) -> anyhow::Result<String> {
+    std::fs::read_to_string(path).with_context(|| format!("reading config {}", path.display()))
 }
 
 fn duration(text: &str) -> Result<std::time::Duration, config::DurationError> {
@@ -257,21 +318,32 @@ async fn shutdown_signal() {
 const SHUTDOWN_DEADLINE: std::time::Duration = std::time::Duration::from_secs(15);
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => return usage_error(e),
+    };
+    let format = LogFormat::from(cli.log_format);
     // One TLS provider for every client (kube, the database, remediation, the trace exporter).
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let telemetry = match Telemetry::init(cli.log_format.into(), Traces::from_env()) {
-        Ok(t) => t,
+    let filter = match LogFilter::resolve(cli.log_level.as_deref()) {
+        Ok(f) => f,
         Err(e) => {
-            eprintln!("sandwatch: setting up logs and traces: {e:#}");
+            telemetry::report(format, Level::ERROR, &e.to_string(), &[]);
             return ExitCode::FAILURE;
         }
     };
-    let code = match run(cli) {
+    let telemetry = match Telemetry::init_with(format, filter, Traces::from_env()) {
+        Ok(t) => t,
+        Err(e) => {
+            let e = anyhow::Error::from(e).context("setting up logs and traces");
+            telemetry::report(format, Level::ERROR, &describe(&e), &[]);
+            return ExitCode::FAILURE;
+        }
+    };
+    let code = match run(cli, format) {
         Ok(code) => code,
         Err(e) => {
-            tracing::error!("{e:#}");
-            eprintln!("sandwatch: {e:#}");
+            telemetry::report(format, Level::ERROR, &describe(&e), &[]);
             ExitCode::FAILURE
         }
     };
@@ -279,16 +351,74 @@ fn main() -> ExitCode {
     code
 }
 
-fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+/// An error and its causes, each told once: a cause whose text its error already shows (a
+/// library's `{source}` in its own message) is not repeated.
+fn describe(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if out.contains(text.as_str()) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&text);
+    }
+    out
+}
+
+/// A command line clap rejects: its message, as one JSON line when JSON logs were asked for,
+/// else as clap prints it. Help and version go to standard output as usual.
+fn usage_error(e: clap::Error) -> ExitCode {
+    use clap::error::ErrorKind;
+    let shown = matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion);
+    if shown || !json_logs_asked() {
+        e.exit();
+    }
+    let text = e.render().to_string();
+    telemetry::report(LogFormat::Json, Level::ERROR, text.trim_end(), &[]);
+    ExitCode::from(2)
+}
+
+/// Whether the command line (or SANDWATCH_LOG_FORMAT) asks for JSON logs, read without clap.
+fn json_logs_asked() -> bool {
+    let args: Vec<String> = std::env::args().collect();
+    let flag = args.iter().enumerate().rev().find_map(|(i, a)| {
+        if let Some(v) = a.strip_prefix("--log-format=") {
+            Some(v.to_string())
+        } else if a == "--log-format" {
+            args.get(i + 1).cloned()
+        } else {
+            None
+        }
+    });
+    flag.or_else(|| std::env::var("SANDWATCH_LOG_FORMAT").ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case("json"))
+}
+
+fn run(cli: Cli, format: LogFormat) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Run(args) => run_daemon(*args),
         Command::Replay {
             profiles,
-            format,
+            format: report,
+            fail_on_open,
             metrics_out,
             files,
-        } => replay_files(&profiles, format.into(), metrics_out, files),
-        Command::CheckConfig { file, strict } => check_config(&file, strict),
+        } => replay_files(&profiles, report.into(), fail_on_open, metrics_out, files),
+        Command::CheckConfig {
+            file,
+            profiles,
+            strict,
+            print,
+        } => {
+            let source = match file {
+                Some(file) => Profiles::File(file),
+                None => profiles.source()?,
+            };
+            check_config(source, strict, print, format)
+        }
         Command::Presets { name } => presets(name.as_deref()),
     }
 }
@@ -372,65 +502,174 @@ fn shard_of(shard: &str, total: u32) -> anyhow::Result<Shard> {
     Shard::new(index, total).map_err(|e| anyhow::anyhow!(e))
 }
 
+/// Exit status of `replay --fail-on-open` when findings are open at the end.
+const EXIT_OPEN_FINDINGS: u8 = 3;
+/// Exit status of a replay ended by Ctrl-C (128 + SIGINT, as shells report it).
+const EXIT_INTERRUPTED: u8 = 130;
+
 /// `sandwatch replay`: the files in order as one stream, the report on standard output.
 fn replay_files(
     profiles: &ProfileArgs,
     format: Format,
+    fail_on_open: bool,
     metrics_out: Option<PathBuf>,
     files: Vec<String>,
 ) -> anyhow::Result<ExitCode> {
     let config = profiles.load_config()?;
+    // Live input (a pipe from `kubectl get --watch`, a terminal): rows as they happen.
+    let live = files.iter().any(|f| f == "-") && !is_file(io::stdin());
+    let format = match format {
+        Format::Table if live => Format::StreamedTable,
+        f => f,
+    };
+    let stop = Stop::new();
+    stop_on_interrupt(&stop)?;
     let mut inputs = Vec::new();
     for f in files {
         let reader: Box<dyn io::Read> = if f == "-" {
-            Box::new(io::stdin().lock())
+            Box::new(stop.threaded(io::stdin()))
         } else {
-            Box::new(File::open(&f).with_context(|| format!("opening {f}"))?)
+            let file = File::open(&f).with_context(|| format!("opening {f}"))?;
+            Box::new(stop.reader(file))
         };
         inputs.push(Input { name: f, reader });
     }
-    let out = io::BufWriter::new(io::stdout());
+    // Standard output is line-buffered: each transition is out as soon as it happens. A file
+    // gets a larger buffer.
+    let out: Box<dyn io::Write + Send> = if is_file(io::stdout()) {
+        Box::new(io::BufWriter::new(io::stdout()))
+    } else {
+        Box::new(io::stdout())
+    };
     let outcome = replay::run(&config, inputs, format, out)?;
     if let Some(path) = metrics_out {
         std::fs::write(&path, outcome.metrics)
             .with_context(|| format!("writing {}", path.display()))?;
     }
-    Ok(ExitCode::SUCCESS)
+    Ok(if stop.is_stopped() {
+        tracing::info!("interrupted: the summary covers the input read until then");
+        ExitCode::from(EXIT_INTERRUPTED)
+    } else if fail_on_open && outcome.open > 0 {
+        ExitCode::from(EXIT_OPEN_FINDINGS)
+    } else {
+        ExitCode::SUCCESS
+    })
 }
 
-/// `sandwatch check-config`: every error by field and value, then the warnings.
-fn check_config(file: &std::path::Path, strict: bool) -> anyhow::Result<ExitCode> {
-    let text =
-        std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
-    let config = match config::load(&text) {
+/// The first SIGINT stops the replay (its summary is still printed); a second one exits at
+/// once.
+fn stop_on_interrupt(stop: &Stop) -> anyhow::Result<()> {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .context("starting the signal handler")?;
+        // Registered now, before any input is read.
+        let mut interrupts = {
+            let _in = runtime.enter();
+            signal(SignalKind::interrupt()).context("catching SIGINT")?
+        };
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            runtime.block_on(async move {
+                interrupts.recv().await;
+                stop.stop();
+                interrupts.recv().await;
+                std::process::exit(i32::from(EXIT_INTERRUPTED));
+            })
+        });
+    }
+    #[cfg(not(unix))]
+    let _ = stop;
+    Ok(())
+}
+
+/// Whether a standard stream is a regular file (not a terminal or a pipe).
+#[cfg(unix)]
+fn is_file(stream: impl std::os::fd::AsFd) -> bool {
+    stream
+        .as_fd()
+        .try_clone_to_owned()
+        .map(File::from)
+        .and_then(|f| f.metadata())
+        .is_ok_and(|m| m.is_file())
+}
+
+#[cfg(not(unix))]
+fn is_file<T>(_: T) -> bool {
+    false
+}
+
+/// `sandwatch check-config`: every error by field and value, then the warnings; with
+/// `print`, the effective config.
+fn check_config(
+    source: Profiles,
+    strict: bool,
+    print: bool,
+    log: LogFormat,
+) -> anyhow::Result<ExitCode> {
+    let (label, loaded, effective) = match &source {
+        Profiles::File(path) => {
+            let text = read_config(path)?;
+            let loaded = config::load(&text);
+            let effective = print.then(|| config::effective(&text));
+            (path.display().to_string(), loaded, effective)
+        }
+        Profiles::Preset(name) => (
+            format!("preset {name}"),
+            config::preset(name),
+            print.then(|| config::effective_preset(name)),
+        ),
+    };
+    let config = match loaded {
         Ok(config) => config,
         Err(errors) => {
-            eprintln!("{}: {} error(s)", file.display(), errors.0.len());
-            for e in &errors.0 {
-                eprintln!("  {e}");
-            }
+            problems(log, &label, Level::ERROR, "error", &errors.0);
             return Ok(ExitCode::FAILURE);
         }
     };
-    let profiles = &config.profiles;
-    println!(
-        "{}: OK, {} profile(s): {}",
-        file.display(),
-        profiles.len(),
-        profiles.names().join(", ")
-    );
-    let warnings = config::warnings(&config);
-    if !warnings.is_empty() {
-        eprintln!("{}: {} warning(s)", file.display(), warnings.len());
-        for w in &warnings {
-            eprintln!("  {w}");
+    match effective {
+        Some(text) => print!("{}", text.map_err(|e| anyhow::anyhow!("{e}"))?),
+        None => {
+            let profiles = &config.profiles;
+            println!(
+                "{label}: OK, {} profile(s): {}",
+                profiles.len(),
+                profiles.names().join(", ")
+            );
         }
     }
+    let warnings = config::warnings(&config);
+    problems(log, &label, Level::WARN, "warning", &warnings);
     Ok(if strict && !warnings.is_empty() {
         ExitCode::FAILURE
     } else {
         ExitCode::SUCCESS
     })
+}
+
+/// Config errors or warnings on standard error: a count and one indented line each as text,
+/// one JSON object each (with `file` and `field`) as JSON.
+fn problems(log: LogFormat, label: &str, level: Level, what: &str, list: &[config::ConfigError]) {
+    if list.is_empty() {
+        return;
+    }
+    match log {
+        LogFormat::Text => {
+            eprintln!("{label}: {} {what}(s)", list.len());
+            for p in list {
+                eprintln!("  {p}");
+            }
+        }
+        LogFormat::Json => {
+            for p in list {
+                let fields = [("file", label), ("field", p.field.as_str())];
+                telemetry::report(log, level, &p.to_string(), &fields);
+            }
+        }
+    }
 }
 
 /// `sandwatch presets [NAME]`: the list, or one preset's text.

@@ -5,8 +5,14 @@
 //! own time (an envelope's `at`, else the newest timestamp of its object), never before the
 //! previous one. In a replay the file is the whole truth: each feed (pods, sessions,
 //! executions, sandboxes, resume targets) counts as synced from its first value.
+//!
+//! A [`Stop`] ends a replay early (on Ctrl-C): every input ends where it is, as if the
+//! recording stopped there, and the report is finished with the summary of what was read.
 
 use std::io::{Read, Write};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{Receiver, SyncSender};
+use std::sync::{Arc, Mutex};
 
 use tracing::warn;
 
@@ -31,6 +37,8 @@ pub struct Input {
 
 pub struct Outcome<W> {
     pub counts: Counts,
+    /// How many findings are open at the end.
+    pub open: u64,
     pub out: W,
     /// The Prometheus text exposition of the final state.
     pub metrics: String,
@@ -97,6 +105,7 @@ pub fn run<W: Write + Send>(
     drop(sinks);
     let counts = replay.counts;
     metrics.set_rules_active(&replay.engine.rules_active());
+    let open = report.open_total();
     let out = report.finish(&crate::sinks::report::Totals {
         events: counts.events,
         records: counts.records,
@@ -106,10 +115,153 @@ pub fn run<W: Write + Send>(
     prometheus_client::encoding::text::encode(&mut text, &registry)?;
     Ok(Outcome {
         counts,
+        open,
         out,
         metrics: text,
         engine: replay.engine,
     })
+}
+
+/// Ends the inputs of a replay where they are. Clones share one stop.
+#[derive(Clone, Default)]
+pub struct Stop(Arc<StopState>);
+
+#[derive(Default)]
+struct StopState {
+    stopped: AtomicBool,
+    /// The channels of threaded readers, to wake one that waits for its source.
+    wake: Mutex<Vec<SyncSender<Chunk>>>,
+}
+
+impl Stop {
+    pub fn new() -> Stop {
+        Stop::default()
+    }
+
+    /// Stops: every reader of this stop ends at its next read, or now if it is waiting.
+    pub fn stop(&self) {
+        self.0.stopped.store(true, Ordering::SeqCst);
+        let wake = self.0.wake.lock().unwrap_or_else(|e| e.into_inner());
+        for w in wake.iter() {
+            // A full channel means its reader is not waiting: it sees the flag on its next read.
+            let _ = w.try_send(Chunk::Wake);
+        }
+    }
+
+    pub fn is_stopped(&self) -> bool {
+        self.0.stopped.load(Ordering::SeqCst)
+    }
+
+    /// `reader`, ending (reading nothing more) once stopped. For sources whose reads return
+    /// soon, such as files.
+    pub fn reader<R: Read>(&self, reader: R) -> Stoppable<R> {
+        Stoppable {
+            reader,
+            stop: self.clone(),
+        }
+    }
+
+    /// `reader` read on a thread of its own, so that a stop ends it even while its source has
+    /// nothing to say (a pipe from `kubectl get --watch`). The thread is left blocked in its
+    /// read when the stop comes; the process is about to exit.
+    pub fn threaded<R: Read + Send + 'static>(&self, reader: R) -> Threaded {
+        let (tx, rx) = std::sync::mpsc::sync_channel(4);
+        self.0
+            .wake
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(tx.clone());
+        std::thread::spawn(move || pump(reader, tx));
+        Threaded {
+            rx,
+            chunk: Vec::new(),
+            at: 0,
+            ended: false,
+            stop: self.clone(),
+        }
+    }
+}
+
+/// A reader that ends once its [`Stop`] is stopped.
+pub struct Stoppable<R> {
+    reader: R,
+    stop: Stop,
+}
+
+impl<R: Read> Read for Stoppable<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if self.stop.is_stopped() {
+            return Ok(0);
+        }
+        self.reader.read(buf)
+    }
+}
+
+enum Chunk {
+    Data(Vec<u8>),
+    End(std::io::Result<()>),
+    Wake,
+}
+
+/// Reads `reader` into chunks until it ends, fails, or nobody listens.
+fn pump<R: Read>(mut reader: R, tx: SyncSender<Chunk>) {
+    loop {
+        let mut buf = vec![0; 64 << 10];
+        let chunk = match reader.read(&mut buf) {
+            Ok(0) => Chunk::End(Ok(())),
+            Ok(n) => {
+                buf.truncate(n);
+                Chunk::Data(buf)
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => Chunk::End(Err(e)),
+        };
+        let end = matches!(chunk, Chunk::End(_));
+        if tx.send(chunk).is_err() || end {
+            return;
+        }
+    }
+}
+
+/// A reader fed by its own thread; ends once its [`Stop`] is stopped.
+pub struct Threaded {
+    rx: Receiver<Chunk>,
+    chunk: Vec<u8>,
+    at: usize,
+    /// The source ended (or failed): nothing more comes.
+    ended: bool,
+    stop: Stop,
+}
+
+impl Read for Threaded {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        loop {
+            if self.stop.is_stopped() {
+                return Ok(0);
+            }
+            if self.at < self.chunk.len() {
+                let n = buf.len().min(self.chunk.len() - self.at);
+                buf[..n].copy_from_slice(&self.chunk[self.at..self.at + n]);
+                self.at += n;
+                return Ok(n);
+            }
+            if self.ended {
+                return Ok(0);
+            }
+            match self.rx.recv() {
+                Ok(Chunk::Data(d)) => {
+                    self.chunk = d;
+                    self.at = 0;
+                }
+                Ok(Chunk::Wake) => {}
+                Ok(Chunk::End(result)) => {
+                    self.ended = true;
+                    return result.map(|()| 0);
+                }
+                Err(_) => self.ended = true,
+            }
+        }
+    }
 }
 
 /// Counts for the summary.

@@ -2,7 +2,11 @@
 //!
 //! Sits at the end of the replay flow: replay source → engine → transitions → this sink →
 //! standard output. JSON prints one object per line as transitions happen, then a summary
-//! object; the table is printed at the end with aligned columns and a one-line summary.
+//! object. The table is printed at the end with aligned columns and a one-line summary; the
+//! streamed table (for live input) prints each row as its transition happens, under a header,
+//! and cannot know the widths of rows still to come: a column is as wide as the widest cell
+//! seen so far (a wider cell shifts the columns after it, and the rows after it; rows already
+//! printed stay as they were).
 
 use std::collections::BTreeMap;
 use std::io::{self, Write};
@@ -16,7 +20,10 @@ use crate::model::view::FindingView;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Format {
     Json,
+    /// Aligned, at the end.
     Table,
+    /// Row by row, as transitions happen.
+    StreamedTable,
 }
 
 #[derive(Serialize)]
@@ -49,10 +56,44 @@ pub struct Totals {
     pub rejected: u64,
 }
 
+/// The table's columns.
+const HEADER: [&str; 9] = [
+    "AT",
+    "EVENT",
+    "KIND",
+    "PROFILE",
+    "POD",
+    "SESSION",
+    "EXECUTION",
+    "REASON",
+    "DETAIL",
+];
+
+/// The width a streamed column starts at: room for an RFC 3339 time, `resolved`, any kind,
+/// and the common profile names and reasons, so that rows seldom have to widen a column.
+fn initial_widths() -> [usize; 9] {
+    let kind = FindingKind::ALL
+        .iter()
+        .map(|k| k.as_str().len())
+        .max()
+        .unwrap_or(0);
+    let mut w = HEADER.map(str::len);
+    w[0] = "2026-01-01T00:00:00Z".len();
+    w[1] = "resolved".len();
+    w[2] = w[2].max(kind);
+    w[3] = 12;
+    w[7] = 12;
+    w
+}
+
 pub struct Report<W: Write> {
     out: W,
     format: Format,
+    /// The rows of a table printed at the end.
     rows: Vec<[String; 9]>,
+    /// The table's column widths so far, and whether its header is out.
+    widths: [usize; 9],
+    header_written: bool,
     opened: u64,
     resolved: u64,
     retries: u64,
@@ -75,6 +116,11 @@ impl<W: Write> Report<W> {
             out,
             format,
             rows: Vec::new(),
+            widths: match format {
+                Format::StreamedTable => initial_widths(),
+                _ => HEADER.map(str::len),
+            },
+            header_written: false,
             opened: 0,
             resolved: 0,
             retries: 0,
@@ -115,13 +161,55 @@ impl<W: Write> Report<W> {
                 writeln!(self.out)
             }
             Format::Table => {
-                self.rows.push(row(t, &view));
+                let row = row(t, &view);
+                self.widen(&row);
+                self.rows.push(row);
                 Ok(())
+            }
+            Format::StreamedTable => {
+                let row = row(t, &view);
+                self.widen(&row);
+                self.header()?;
+                self.line(&row)
             }
         }
     }
 
-    /// Writes the summary (and the table), or the first write error.
+    fn widen(&mut self, row: &[String; 9]) {
+        for (w, cell) in self.widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+
+    /// The header, before the first row (or alone, when there is no row).
+    fn header(&mut self) -> io::Result<()> {
+        if !self.header_written {
+            self.header_written = true;
+            self.line(&HEADER.map(String::from))?;
+        }
+        Ok(())
+    }
+
+    /// One line of the table, its cells padded to the column widths.
+    fn line(&mut self, row: &[String; 9]) -> io::Result<()> {
+        let mut line = String::new();
+        for (i, (cell, w)) in row.iter().zip(self.widths).enumerate() {
+            if i + 1 == row.len() {
+                line.push_str(cell);
+            } else {
+                line.push_str(&format!("{cell:<w$}  "));
+            }
+        }
+        writeln!(self.out, "{}", line.trim_end())
+    }
+
+    /// How many findings are open now.
+    pub fn open_total(&self) -> u64 {
+        self.open.values().sum()
+    }
+
+    /// Writes the summary (and the table, or the streamed table's header when no row printed
+    /// it), or the first write error.
     pub fn finish(mut self, counts: &Totals) -> io::Result<W> {
         if let Some(e) = self.error.take() {
             return Err(e);
@@ -141,35 +229,10 @@ impl<W: Write> Report<W> {
                 serde_json::to_writer(&mut self.out, &summary)?;
                 writeln!(self.out)?;
             }
-            Format::Table => {
-                let header = [
-                    "AT",
-                    "EVENT",
-                    "KIND",
-                    "PROFILE",
-                    "POD",
-                    "SESSION",
-                    "EXECUTION",
-                    "REASON",
-                    "DETAIL",
-                ]
-                .map(String::from);
-                let mut widths = [0usize; 9];
-                for row in std::iter::once(&header).chain(&self.rows) {
-                    for (w, cell) in widths.iter_mut().zip(row) {
-                        *w = (*w).max(cell.chars().count());
-                    }
-                }
-                for row in std::iter::once(&header).chain(&self.rows) {
-                    let mut line = String::new();
-                    for (i, (cell, w)) in row.iter().zip(widths).enumerate() {
-                        if i + 1 == row.len() {
-                            line.push_str(cell);
-                        } else {
-                            line.push_str(&format!("{cell:<w$}  "));
-                        }
-                    }
-                    writeln!(self.out, "{}", line.trim_end())?;
+            Format::Table | Format::StreamedTable => {
+                self.header()?;
+                for row in std::mem::take(&mut self.rows) {
+                    self.line(&row)?;
                 }
                 let open: Vec<String> = self
                     .open
@@ -182,7 +245,7 @@ impl<W: Write> Report<W> {
                     "\n{} opened, {} resolved, {} still open{}; {} retries after death; {} watch events, {} records, {} rejected",
                     self.opened,
                     self.resolved,
-                    self.open.values().sum::<u64>(),
+                    self.open_total(),
                     if open.is_empty() {
                         String::new()
                     } else {

@@ -182,7 +182,13 @@ impl Watch {
                 None => return true,
                 Some(Err(e)) => {
                     cx.counters.watch_error(&self.name);
-                    warn!(source = %self.name, error = %e, "watch failed; retrying with backoff");
+                    if is_gone(&e) {
+                        // Routine: the watch's resourceVersion was compacted away; the
+                        // watcher relists (see `list_begins`).
+                        debug!(source = %self.name, error = %e, "watch expired (410 Gone)");
+                    } else {
+                        warn!(source = %self.name, error = %e, "watch failed; retrying with backoff");
+                    }
                     pass.failing_since.get_or_insert_with(Instant::now);
                     continue;
                 }
@@ -291,6 +297,17 @@ impl Watch {
                 None
             }
         }
+    }
+}
+
+/// Whether a watcher error is a 410 Gone: the resourceVersion the watch resumed from is too
+/// old, and the watcher starts over with a list. Any API server does this from time to time.
+fn is_gone(e: &watcher::Error) -> bool {
+    match e {
+        watcher::Error::WatchError(status) => status.code == 410,
+        watcher::Error::WatchStartFailed(kube::Error::Api(status))
+        | watcher::Error::WatchFailed(kube::Error::Api(status)) => status.code == 410,
+        _ => false,
     }
 }
 

@@ -13,6 +13,7 @@
 //! its own target (`webhook`, `http` or `kubernetes`) drops a preset target of another type;
 //! a `kubernetes` target replaces the preset's whole (it is one choice).
 
+mod effective;
 mod profile;
 mod selector;
 mod warnings;
@@ -28,6 +29,7 @@ use crate::model::profile::{Profiles, ResourceRole};
 use crate::model::source::Feed;
 use crate::remediation::config::{GlobalSpec, Remediation};
 pub use crate::util::config::{ConfigError, ConfigErrors, DurationError, parse_duration};
+pub use effective::{effective, effective_preset};
 pub use profile::{ProfileSpec, RecordSources, RecordsSpec};
 pub use selector::parse_selector;
 pub use warnings::warnings;
