@@ -88,14 +88,29 @@ impl Backtest {
         while let Some(wake) = self.wake.filter(|w| *w < at) {
             let out = engine.advance(wake);
             sink(&out);
-            self.round(engine, wake);
+            self.round(engine, wake, !out.is_empty());
         }
     }
 
-    /// One round at `at` on the engine as it stands.
-    pub fn round(&mut self, engine: &Engine, at: Ts) {
+    /// After the input: the rounds that drain what is due on the final state (a rate-limited
+    /// backlog), until nothing is due; timers still fire on their own times.
+    pub fn drain(&mut self, engine: &mut Engine, sink: &mut dyn FnMut(&[Transition])) {
+        while self.controller.backlog().values().any(|n| *n > 0)
+            && let Some(wake) = self.wake
+        {
+            let out = engine.advance(wake);
+            sink(&out);
+            self.round(engine, wake, !out.is_empty());
+        }
+    }
+
+    /// One round at `at` on the engine as it stands (`changed`: its findings or sources
+    /// changed since the last round).
+    pub fn round(&mut self, engine: &Engine, at: Ts, changed: bool) {
         self.clock.store(at.0, Ordering::Relaxed);
-        self.snapshot.send_replace(Arc::new(snapshot(engine, at)));
+        if changed {
+            self.snapshot.send_replace(Arc::new(snapshot(engine, at)));
+        }
         self.wake = futures::executor::block_on(self.controller.step());
         self.calls.extend(self.controller.take_journal());
         for (name, n) in self.controller.backlog() {

@@ -9,6 +9,7 @@
 //! A [`Stop`] ends a replay early (on Ctrl-C): every input ends where it is, as if the
 //! recording stopped there, and the report is finished with the summary of what was read.
 
+use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender};
@@ -16,12 +17,16 @@ use std::sync::{Arc, Mutex};
 
 use tracing::warn;
 
+use crate::app::backtest::{ActionSummary, Backtest};
 use crate::app::config::Config;
 use crate::core::engine::{Change, Engine};
+use crate::core::explain;
 use crate::core::world::{Feed, SourceStatus};
 use crate::model::finding::Transition;
 use crate::model::profile::Profiles;
 use crate::model::record::InputError;
+use crate::remediation::RemediationMetrics;
+use crate::remediation::controller::Call;
 use crate::sinks::metrics::FindingMetrics;
 use crate::sinks::report::{Format, Report};
 use crate::sinks::{Fanout, TransitionSink};
@@ -44,6 +49,8 @@ pub struct Outcome<W> {
     pub metrics: String,
     /// The engine in its final state.
     pub engine: Engine,
+    /// With `--remediation`: the calls, and a summary per action.
+    pub backtest: Option<(Vec<Call>, BTreeMap<&'static str, ActionSummary>)>,
 }
 
 /// Why a replay stopped.
@@ -58,6 +65,23 @@ pub enum ReplayError {
     Write(#[from] std::io::Error),
     #[error("encoding the metrics: {0}")]
     Metrics(#[from] std::fmt::Error),
+    #[error(
+        "--remediation: the config enables no remediation action (set profiles[].remediation.actions)"
+    )]
+    NoActions,
+    #[error("--remediation: {0}")]
+    Remediation(#[from] crate::remediation::deliver::DelivererError),
+    #[error("--explain: {0}")]
+    Explain(explain::ExplainError),
+}
+
+/// What a replay does besides the report.
+#[derive(Default)]
+pub struct Extras {
+    /// Backtest the config's remediation actions (`--remediation`).
+    pub remediation: bool,
+    /// Explain this subject at the end (`--explain`).
+    pub explain: Option<explain::Query>,
 }
 
 /// Replays `inputs` in order and writes the report to `out`.
@@ -67,50 +91,61 @@ pub fn run<W: Write + Send>(
     format: Format,
     out: W,
 ) -> Result<Outcome<W>, ReplayError> {
+    run_with(config, inputs, format, out, Extras::default())
+}
+
+/// Replays `inputs`, with a remediation backtest and an explanation if asked.
+pub fn run_with<W: Write + Send>(
+    config: &Config,
+    inputs: Vec<Input>,
+    format: Format,
+    out: W,
+    extras: Extras,
+) -> Result<Outcome<W>, ReplayError> {
     let profiles = config.profiles.clone();
     let metrics = FindingMetrics::new(&profiles, &config.all_feeds());
     let mut registry = crate::sinks::metrics::registry(crate::util::shard::Shard::ALL);
     metrics.register(&mut registry);
+    let mut replay = Replay::new(Engine::new(profiles.clone()), &profiles);
+    if extras.remediation {
+        let actions = &config.remediation.actions;
+        if actions.is_empty() {
+            return Err(ReplayError::NoActions);
+        }
+        let rm = RemediationMetrics::new(actions);
+        rm.register(&mut registry);
+        replay.backtest = Some(Backtest::new(&config.remediation, profiles.clone(), rm)?);
+    }
     let mut metric_sink = metrics.sink();
     let mut report = Report::new(out, format);
-    let mut replay = Replay::new(Engine::new(profiles.clone()), &profiles);
     let mut sinks = Fanout::new().with(&mut metric_sink).with(&mut report);
-    let mut transitions = Vec::new();
     for input in inputs {
-        let name = input.name;
-        Splitter::new(input.reader)
-            .for_each_decoded(
-                |value| {
-                    let result = replay.decoded(value, &mut transitions);
-                    for n in replay.engine.take_notices() {
-                        warn!(reason = n.reason, "{}", crate::util::text::clip(&n.message));
-                    }
-                    for t in transitions.drain(..) {
-                        sinks.transition(&t);
-                    }
-                    result
-                },
-                |e, position| {
-                    warn!(
-                        reason = e.reason,
-                        "skipped value {} (line {}) of {name}: {}",
-                        position.value,
-                        position.line,
-                        crate::util::text::clip(&e.message)
-                    );
-                },
-            )
-            .map_err(|source| ReplayError::Read { name, source })?;
+        read(&mut replay, input, &mut sinks)?;
     }
+    let backtest = replay.backtest.take().map(|mut bt| {
+        bt.drain(&mut replay.engine, &mut |ts| {
+            for t in ts {
+                sinks.transition(t);
+            }
+        });
+        bt.finish()
+    });
     drop(sinks);
     let counts = replay.counts;
     metrics.set_rules_active(&replay.engine.rules_active());
     let open = report.open_total();
-    let out = report.finish(&crate::sinks::report::Totals {
+    let mut out = report.finish(&crate::sinks::report::Totals {
         events: counts.events,
         records: counts.records,
         rejected: counts.rejected,
     })?;
+    let json = matches!(format, Format::Json);
+    if let Some((calls, summary)) = &backtest {
+        crate::app::backtest::write(&mut out, json, calls, summary)?;
+    }
+    if let Some(q) = &extras.explain {
+        explained(&mut out, &replay.engine, q, json)?;
+    }
     let mut text = String::new();
     prometheus_client::encoding::text::encode(&mut text, &registry)?;
     Ok(Outcome {
@@ -119,7 +154,60 @@ pub fn run<W: Write + Send>(
         out,
         metrics: text,
         engine: replay.engine,
+        backtest,
     })
+}
+
+/// Reads one input to its end (or to a stop), feeding the engine and the sinks.
+fn read(replay: &mut Replay<'_>, input: Input, sinks: &mut Fanout<'_>) -> Result<(), ReplayError> {
+    let name = input.name;
+    let mut transitions = Vec::new();
+    Splitter::new(input.reader)
+        .for_each_decoded(
+            |value| {
+                let result = replay.decoded(value, &mut transitions);
+                for n in replay.engine.take_notices() {
+                    warn!(reason = n.reason, "{}", crate::util::text::clip(&n.message));
+                }
+                for t in transitions.drain(..) {
+                    sinks.transition(&t);
+                }
+                result
+            },
+            |e, position| {
+                warn!(
+                    reason = e.reason,
+                    "skipped value {} (line {}) of {name}: {}",
+                    position.value,
+                    position.line,
+                    crate::util::text::clip(&e.message)
+                );
+            },
+        )
+        .map_err(|source| ReplayError::Read { name, source })
+}
+
+/// The explanation of `q` at the end of the replay, after the report.
+fn explained(
+    out: &mut dyn Write,
+    engine: &Engine,
+    q: &explain::Query,
+    json: bool,
+) -> Result<(), ReplayError> {
+    let e = explain::explain(engine, q).map_err(ReplayError::Explain)?;
+    if json {
+        serde_json::to_writer(
+            &mut *out,
+            &serde_json::json!({"event": "explain", "explanation": e}),
+        )
+        .map_err(std::io::Error::from)?;
+        writeln!(out)?;
+    } else {
+        writeln!(out, "\nEXPLAIN")?;
+        serde_json::to_writer_pretty(&mut *out, &e).map_err(std::io::Error::from)?;
+        writeln!(out)?;
+    }
+    Ok(())
 }
 
 /// Ends the inputs of a replay where they are. Clones share one stop.
@@ -280,6 +368,8 @@ pub struct Replay<'a> {
     clock: Option<Ts>,
     started: Vec<Feed>,
     pub counts: Counts,
+    /// The remediation backtest, when asked for: its rounds run between the values.
+    pub backtest: Option<Backtest>,
 }
 
 impl<'a> Replay<'a> {
@@ -290,6 +380,21 @@ impl<'a> Replay<'a> {
             clock: None,
             started: Vec::new(),
             counts: Counts::default(),
+            backtest: None,
+        }
+    }
+
+    /// Applies one change at `at`; with a backtest, its rounds due before `at` run first, and
+    /// one runs after the change.
+    fn change(&mut self, at: Ts, change: Change, out: &mut Vec<Transition>) {
+        if let Some(bt) = &mut self.backtest {
+            bt.until(&mut self.engine, at, &mut |t| out.extend_from_slice(t));
+        }
+        let before = out.len();
+        let source = matches!(change, Change::Source(_));
+        out.extend(self.engine.apply(at, change));
+        if let Some(bt) = &mut self.backtest {
+            bt.round(&self.engine, at, source || out.len() > before);
         }
     }
 
@@ -308,15 +413,9 @@ impl<'a> Replay<'a> {
     fn start_feed(&mut self, feed: Feed, at: Ts, out: &mut Vec<Transition>) {
         if !self.started.contains(&feed) {
             self.started.push(feed);
-            out.extend(self.engine.apply(
-                at,
-                Change::Source(SourceStatus::new(
-                    format!("replay:{}", feed.as_str()),
-                    None,
-                    vec![feed],
-                    true,
-                )),
-            ));
+            let status =
+                SourceStatus::new(format!("replay:{}", feed.as_str()), None, vec![feed], true);
+            self.change(at, Change::Source(status), out);
         }
     }
 
@@ -344,7 +443,7 @@ impl<'a> Replay<'a> {
             Decoded::Skip => Ok(()),
             Decoded::Tick(at) => {
                 let at = self.tick(Some(at));
-                out.extend(self.engine.apply(at, Change::Tick));
+                self.change(at, Change::Tick, out);
                 Ok(())
             }
             Decoded::Watch { at, kind, object } => {
@@ -354,7 +453,7 @@ impl<'a> Replay<'a> {
                 self.counts.events += 1;
                 if let Some((feed, change)) = change {
                     self.start_feed(feed, at, out);
-                    out.extend(self.engine.apply(at, change));
+                    self.change(at, change, out);
                 }
                 Ok(())
             }
@@ -367,7 +466,7 @@ impl<'a> Replay<'a> {
                 let at = self.tick(at);
                 self.counts.records += 1;
                 self.start_feed(Feed::of_record(kind), at, out);
-                out.extend(self.engine.apply(at, Change::Record(change)));
+                self.change(at, Change::Record(change), out);
                 Ok(())
             }
         }
