@@ -11,7 +11,6 @@
 //! every second so that grace-period timers fire. Sources are independent tasks; the HTTP
 //! server reads only what the engine task publishes.
 
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -24,18 +23,19 @@ use tracing::{info, warn};
 use crate::app::config::Config;
 use crate::core::engine::{Change, Engine};
 use crate::model::finding::Transition;
+use crate::model::source::SourceKind;
 use crate::model::view::Snapshot;
 use crate::remediation::deliver::Deliverer;
 use crate::remediation::lease::Elector;
 use crate::remediation::{Controller, Leadership, RemediationMetrics};
 use crate::sinks::http;
-use crate::model::source::SourceKind;
 use crate::sinks::metrics::{FindingMetrics, HealthMetrics};
 use crate::sinks::traces::FindingSpans;
 use crate::sinks::{Fanout, TransitionSink};
-use crate::sources::ingest::{self, Ingest};
+use crate::sources::ingest;
 use crate::sources::kube::{self as kube_source, Context};
-use crate::sources::postgres::{Context as RecordsContext, Postgres};
+use crate::sources::records::{Start, Started};
+use crate::sources::{Options, RecordSources};
 use crate::util::shard::Shard;
 use crate::util::time::Ts;
 
@@ -107,15 +107,21 @@ impl Daemon {
         let (stop, stop_rx) = watch::channel(false);
         let mut tasks = JoinSet::new();
 
-        // Records sources first: a missing ingest token stops the start.
-        let databases = databases(&config, settings.database_url_file.as_deref());
-        let token = settings.ingest_token.take();
-        let ingest = ingest(&settings, token, changes_tx.clone(), &metrics.health)?;
+        // Records sources first: one that cannot start (no ingest token) stops the start.
+        let records = start_records(
+            &mut settings,
+            &changes_tx,
+            &metrics.health,
+            &stop_rx,
+            &mut tasks,
+        )?;
         let (listener, addr) = listen(settings.listen).await?;
+        for change in records.announced {
+            let _ = changes_tx.send((Ts::now(), change)).await;
+        }
         let mut app = http::router(snapshot_rx.clone(), Arc::new(metrics.registry));
-        if let Some(ingest) = &ingest {
-            app = app.merge(ingest.clone().router());
-            start_ingest(ingest, &changes_tx, &metrics.health, &stop_rx, &mut tasks).await;
+        if let Some(routes) = records.router {
+            app = app.merge(routes);
         }
         tasks.spawn(http::serve::serve(
             listener,
@@ -158,7 +164,7 @@ impl Daemon {
             stale_after: settings.stale_after,
             counters: Arc::new(metrics.health.clone()),
         };
-        watch_sources(cx, databases, &metrics.health, &stop_rx, &mut tasks);
+        watch_sources(cx, &metrics.health, &stop_rx, &mut tasks);
         Ok(Daemon {
             addr,
             snapshot: snapshot_rx,
@@ -209,10 +215,8 @@ impl Daemon {
 /// Why the daemon could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
-    #[error(
-        "a profile takes records from the ingest API (records.ingest), but no token is configured: give --ingest-token-file"
-    )]
-    NoIngestToken,
+    #[error(transparent)]
+    Records(#[from] crate::sources::records::StartError),
     #[error("listening on {addr}: {source}")]
     Listen {
         addr: SocketAddr,
@@ -253,23 +257,6 @@ impl Metrics {
     }
 }
 
-/// The PostgreSQL sources of the profiles that have one. A database whose URL cannot be read
-/// yet runs anyway, reported down (not ready) with the reason, and connects once the URL is
-/// there.
-fn databases(config: &Config, url_file: Option<&std::path::Path>) -> Vec<Postgres> {
-    let mut out = Vec::new();
-    for (id, p) in config.profiles.iter() {
-        if let Some(pg) = &config.records(id).postgres {
-            let db = Postgres::new(id, &p.name, pg.clone(), url_file);
-            if let Err(e) = db.url() {
-                warn!(source = %db.name, "{e}: the source is down (the daemon is not ready) until a URL can be read; rules that rest on its records hold");
-            }
-            out.push(db);
-        }
-    }
-    out
-}
-
 /// The HTTP listener, and the address it is bound to (the port may have been 0).
 async fn listen(addr: SocketAddr) -> Result<(TcpListener, SocketAddr), StartError> {
     let failed = |source| StartError::Listen { addr, source };
@@ -278,49 +265,36 @@ async fn listen(addr: SocketAddr) -> Result<(TcpListener, SocketAddr), StartErro
     Ok((listener, bound))
 }
 
-/// Announces the ingest sources (unsynced until a snapshot) and starts their expiry task.
-async fn start_ingest(
-    ingest: &Ingest,
+/// Starts the records sources every profile configures, and registers their health series.
+/// What they announce is for the engine, what they route for the HTTP server.
+fn start_records(
+    settings: &mut Settings,
     changes: &mpsc::Sender<(Ts, Change)>,
     health: &HealthMetrics,
     stop: &watch::Receiver<bool>,
     tasks: &mut JoinSet<()>,
-) {
-    for status in ingest.statuses() {
-        if let Change::Source(s) = &status {
-            health.register_source(&s.name, SourceKind::Push);
-        }
-        let _ = changes.send((Ts::now(), status)).await;
-    }
-    tasks.spawn(ingest.clone().run(stop.clone()));
-    info!("accepting records at POST /api/v1/records");
-}
-
-/// The ingest API, when a profile takes pushed records (it needs a token then).
-fn ingest(
-    settings: &Settings,
-    token: Option<ingest::Token>,
-    changes: mpsc::Sender<(Ts, Change)>,
-    health: &HealthMetrics,
-) -> Result<Option<Ingest>, StartError> {
+) -> Result<Started, StartError> {
     let config = &settings.config;
-    let pushed: BTreeMap<_, _> = config
-        .profiles
-        .iter()
-        .filter_map(|(id, _)| Some((id, config.records(id).ingest.clone()?)))
-        .collect();
-    if pushed.is_empty() {
-        return Ok(None);
-    }
-    let token = token.ok_or(StartError::NoIngestToken)?;
-    Ok(Some(Ingest::new(
+    let mut options = Options {
+        database_url_file: settings.database_url_file.clone(),
+        ingest_token: settings.ingest_token.take(),
+        ingest_max_body: settings.ingest_max_body,
+        ingest_body_timeout: settings.ingest_body_timeout,
+    };
+    let mut cx = Start::new(
         config.profiles.clone(),
-        pushed,
-        changes,
-        token,
-        (settings.ingest_max_body, settings.ingest_body_timeout),
+        changes.clone(),
         Arc::new(health.clone()),
-    )))
+        &mut options,
+        stop.clone(),
+        tasks,
+    );
+    RecordSources::start(&config.records, &mut cx)?;
+    let started = cx.finish();
+    for (name, kind) in &started.sources {
+        health.register_source(name, *kind);
+    }
+    Ok(started)
 }
 
 /// How this replica may remediate: always, or while it holds the Lease.
@@ -383,25 +357,13 @@ fn remediate(
     Ok(())
 }
 
-/// Starts the PostgreSQL polls and the Kubernetes watches, each until `stop`.
+/// Starts the Kubernetes watches, each until `stop`.
 fn watch_sources(
     cx: Context,
-    databases: Vec<Postgres>,
     health: &HealthMetrics,
     stop: &watch::Receiver<bool>,
     tasks: &mut JoinSet<()>,
 ) {
-    let records = RecordsContext {
-        profiles: cx.profiles.clone(),
-        changes: cx.changes.clone(),
-        counters: cx.counters.clone(),
-    };
-    for db in databases {
-        info!(source = %db.name, database = %db.target(), "polling records");
-        health.register_source(&db.name, SourceKind::Poll);
-        let records = records.clone();
-        tasks.spawn(until(stop.clone(), async move { db.run(records).await }));
-    }
     for w in kube_source::watches(&cx.profiles) {
         info!(source = %w.name, selector = w.label_selector.as_deref().unwrap_or(""), "watching");
         health.register_source(&w.name, SourceKind::Watch);
