@@ -9,12 +9,14 @@
 //!
 //! One task owns the engine and applies changes in arrival order; a ticker advances its clock
 //! every second so that grace-period timers fire. Sources are independent tasks; the HTTP
-//! server reads only what the engine task publishes.
+//! server reads only what the engine task publishes. The Kubernetes client is needed only by
+//! what uses the cluster ([`Settings::cluster_use`]): a profile of records alone runs without.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::Router;
 use tokio::net::TcpListener;
 use tokio::sync::{broadcast, mpsc, watch};
 use tokio::task::JoinSet;
@@ -25,6 +27,7 @@ use crate::core::engine::{Change, Engine};
 use crate::model::finding::Transition;
 use crate::model::source::SourceKind;
 use crate::model::view::Snapshot;
+use crate::remediation::action::Target;
 use crate::remediation::deliver::Deliverer;
 use crate::remediation::lease::Elector;
 use crate::remediation::{Controller, Leadership, RemediationMetrics};
@@ -34,7 +37,7 @@ use crate::sinks::traces::FindingSpans;
 use crate::sinks::{Fanout, TransitionSink};
 use crate::sources::ingest;
 use crate::sources::kube::{self as kube_source, Context};
-use crate::sources::records::{Start, Started};
+use crate::sources::records::Start;
 use crate::sources::{Options, RecordSources};
 use crate::util::shard::Shard;
 use crate::util::time::Ts;
@@ -63,6 +66,17 @@ pub struct Settings {
     pub http: crate::sinks::http::serve::Limits,
 }
 
+/// Something the daemon does through the Kubernetes API: with none, it needs no cluster.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ClusterUse {
+    #[error("profile {profile:?} watches {what}")]
+    Watches { profile: String, what: &'static str },
+    #[error("remediation action {0:?} acts on Kubernetes objects")]
+    Action(String),
+    #[error("remediation competes for the Lease {namespace}/{name} (--leader-election)")]
+    Lease { namespace: String, name: String },
+}
+
 impl Settings {
     pub fn new(config: Config, listen: SocketAddr) -> Settings {
         Settings {
@@ -79,6 +93,38 @@ impl Settings {
             http: Default::default(),
         }
     }
+
+    /// The first thing this daemon would do through the Kubernetes API: watch a profile's
+    /// pods or custom resources, act on Kubernetes objects, or compete for the remediation
+    /// Lease. `None`: it runs without a cluster (a profile of pushed or polled records only).
+    pub fn cluster_use(&self) -> Option<ClusterUse> {
+        let config = &self.config;
+        for (_, p) in config.profiles.iter() {
+            let what = match (&p.pods, p.custom_resources.is_empty()) {
+                (Some(_), _) => "pods",
+                (None, false) => "custom resources",
+                (None, true) => continue,
+            };
+            return Some(ClusterUse::Watches {
+                profile: p.name.to_string(),
+                what,
+            });
+        }
+        let actions = &config.remediation.actions;
+        if let Some(a) = actions
+            .iter()
+            .find(|a| matches!(a.target, Target::Kubernetes(_)))
+        {
+            return Some(ClusterUse::Action(a.name.as_str().to_string()));
+        }
+        match &self.leader_election {
+            Some(e) if !actions.is_empty() => Some(ClusterUse::Lease {
+                namespace: e.namespace.clone(),
+                name: e.name.clone(),
+            }),
+            _ => None,
+        }
+    }
 }
 
 /// A running daemon.
@@ -92,11 +138,15 @@ pub struct Daemon {
 }
 
 impl Daemon {
-    /// Starts the sources, the engine task, remediation and the HTTP server.
+    /// Starts the sources, the engine task, remediation and the HTTP server. `client` is
+    /// needed only for what [`Settings::cluster_use`] names; without one, that is an error.
     pub async fn start(
         mut settings: Settings,
-        client: ::kube::Client,
+        client: Option<::kube::Client>,
     ) -> Result<Daemon, StartError> {
+        if let (None, Some(why)) = (&client, settings.cluster_use()) {
+            return Err(StartError::NoCluster(why));
+        }
         // The process's TLS provider for the HTTP clients (no-op if already installed).
         let _ = rustls::crypto::ring::default_provider().install_default();
         let config = settings.config.clone();
@@ -108,21 +158,12 @@ impl Daemon {
         let mut tasks = JoinSet::new();
 
         // Records sources first: one that cannot start (no ingest token) stops the start.
-        let records = start_records(
-            &mut settings,
-            &changes_tx,
-            &metrics.health,
-            &stop_rx,
-            &mut tasks,
-        )?;
+        let health = &metrics.health;
+        let routes =
+            start_records(&mut settings, &changes_tx, health, &stop_rx, &mut tasks).await?;
         let (listener, addr) = listen(settings.listen).await?;
-        for change in records.announced {
-            let _ = changes_tx.send((Ts::now(), change)).await;
-        }
-        let mut app = http::router(snapshot_rx.clone(), Arc::new(metrics.registry));
-        if let Some(routes) = records.router {
-            app = app.merge(routes);
-        }
+        let app = http::router(snapshot_rx.clone(), Arc::new(metrics.registry));
+        let app = routes.into_iter().fold(app, Router::merge);
         tasks.spawn(http::serve::serve(
             listener,
             app,
@@ -157,14 +198,14 @@ impl Daemon {
             &stop_rx,
             &mut tasks,
         )?;
-        let cx = Context {
+        watch_sources(
             client,
-            profiles: config.profiles.clone(),
-            changes: changes_tx,
-            stale_after: settings.stale_after,
-            counters: Arc::new(metrics.health.clone()),
-        };
-        watch_sources(cx, &metrics.health, &stop_rx, &mut tasks);
+            &settings,
+            changes_tx,
+            &metrics.health,
+            &stop_rx,
+            &mut tasks,
+        );
         Ok(Daemon {
             addr,
             snapshot: snapshot_rx,
@@ -224,6 +265,8 @@ pub enum StartError {
     },
     #[error(transparent)]
     Remediation(#[from] crate::remediation::deliver::DelivererError),
+    #[error("{0}, which needs the Kubernetes API, but no client for it was given")]
+    NoCluster(ClusterUse),
 }
 
 /// Every series the daemon exports, registered.
@@ -265,15 +308,16 @@ async fn listen(addr: SocketAddr) -> Result<(TcpListener, SocketAddr), StartErro
     Ok((listener, bound))
 }
 
-/// Starts the records sources every profile configures, and registers their health series.
-/// What they announce is for the engine, what they route for the HTTP server.
-fn start_records(
+/// Starts the records sources every profile configures, registers their health series and
+/// sends the engine their first statuses (before anything can be pushed). What they route is
+/// for the HTTP server.
+async fn start_records(
     settings: &mut Settings,
     changes: &mpsc::Sender<(Ts, Change)>,
     health: &HealthMetrics,
     stop: &watch::Receiver<bool>,
     tasks: &mut JoinSet<()>,
-) -> Result<Started, StartError> {
+) -> Result<Option<Router>, StartError> {
     let config = &settings.config;
     let mut options = Options {
         database_url_file: settings.database_url_file.clone(),
@@ -294,13 +338,16 @@ fn start_records(
     for (name, kind) in &started.sources {
         health.register_source(name, *kind);
     }
-    Ok(started)
+    for change in started.announced {
+        let _ = changes.send((Ts::now(), change)).await;
+    }
+    Ok(started.router)
 }
 
 /// How this replica may remediate: always, or while it holds the Lease.
 struct Lead {
     election: Option<Elector>,
-    client: ::kube::Client,
+    client: Option<::kube::Client>,
 }
 
 /// Starts remediation (and the Lease it competes for), when an action is configured.
@@ -327,19 +374,20 @@ fn remediate(
     // The Lease is released only once the controller has stopped, so that no call of this
     // replica is still under way when another one takes over.
     let (controller_done, controller_done_rx) = watch::channel(false);
-    match lead.election {
-        Some(elector) => {
+    // Without a client (which cluster_use rules out) this replica would never lead.
+    match (lead.election, &lead.client) {
+        (Some(elector), Some(client)) => {
             info!(lease = %elector.name, namespace = %elector.namespace, identity = %elector.identity, "competing for the remediation lease");
             tasks.spawn(elector.run(
-                lead.client.clone(),
+                client.clone(),
                 lead_tx,
                 controller_done_rx,
                 metrics.lease_errors.clone(),
             ));
         }
-        None => drop(lead_tx),
+        _ => drop(lead_tx),
     }
-    let deliverer = Deliverer::new(actions, config.remediation.timeout, Some(lead.client))?;
+    let deliverer = Deliverer::new(actions, config.remediation.timeout, lead.client)?;
     let controller = Controller::new(
         config.remediation.clone(),
         config.profiles.clone(),
@@ -357,13 +405,24 @@ fn remediate(
     Ok(())
 }
 
-/// Starts the Kubernetes watches, each until `stop`.
+/// Starts the Kubernetes watches, each until `stop`. Without a client there is nothing to
+/// watch ([`Settings::cluster_use`] says so).
 fn watch_sources(
-    cx: Context,
+    client: Option<::kube::Client>,
+    settings: &Settings,
+    changes: mpsc::Sender<(Ts, Change)>,
     health: &HealthMetrics,
     stop: &watch::Receiver<bool>,
     tasks: &mut JoinSet<()>,
 ) {
+    let Some(client) = client else { return };
+    let cx = Context {
+        client,
+        profiles: settings.config.profiles.clone(),
+        changes,
+        stale_after: settings.stale_after,
+        counters: Arc::new(health.clone()),
+    };
     for w in kube_source::watches(&cx.profiles) {
         info!(source = %w.name, selector = w.label_selector.as_deref().unwrap_or(""), "watching");
         health.register_source(&w.name, SourceKind::Watch);
