@@ -464,7 +464,6 @@ fn run_daemon(args: RunArgs) -> anyhow::Result<ExitCode> {
         .map_err(|e| anyhow::anyhow!(e))?;
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     let result = runtime.block_on(async {
-        let client = kube_client(kubeconfig, context).await?;
         let settings = live::Settings {
             stale_after,
             database_url_file,
@@ -473,6 +472,15 @@ fn run_daemon(args: RunArgs) -> anyhow::Result<ExitCode> {
             leader_election,
             shard,
             ..live::Settings::new(config, listen)
+        };
+        // A cluster only for what uses one: a profile of records alone runs without.
+        let client = match settings.cluster_use() {
+            Some(why) => Some(
+                kube_client(kubeconfig, context)
+                    .await
+                    .with_context(|| format!("{why}, which needs the Kubernetes API"))?,
+            ),
+            None => None,
         };
         let daemon = live::Daemon::start(settings, client).await?;
         shutdown_signal().await;

@@ -260,7 +260,7 @@ async fn a_leader_whose_api_server_drops_packets_counts_the_failures_and_still_s
         }),
         ..sandwatch::app::live::Settings::new(c, "127.0.0.1:0".parse().unwrap())
     };
-    let d = Daemon::start(settings, client).await.unwrap();
+    let d = Daemon::start(settings, Some(client)).await.unwrap();
     wait_for(Duration::from_secs(10), "the lease taken", || async {
         has(&metrics(&d).await, "sandwatch_leader 1")
     })

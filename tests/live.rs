@@ -1,5 +1,5 @@
 //! `sandwatch run` against the test API server: the real kube-rs client and watcher, the real
-//! daemon code, real HTTP on loopback.
+//! daemon code, real HTTP on loopback. And without any cluster, for profiles of records only.
 
 mod common;
 mod support;
@@ -722,4 +722,189 @@ async fn a_pod_the_decoder_cannot_read_is_skipped_and_counted_and_the_watch_stil
     })
     .await;
     daemon.shutdown().await;
+}
+
+const TOKEN: &str = "a-long-ingest-token";
+
+fn offload_modal() -> sandwatch::app::config::Config {
+    sandwatch::app::config::preset("offload-modal").unwrap()
+}
+
+fn settings(config: sandwatch::app::config::Config) -> sandwatch::app::live::Settings {
+    sandwatch::app::live::Settings {
+        tick: Duration::from_millis(100),
+        ingest_token: Some(TOKEN.into()),
+        ..sandwatch::app::live::Settings::new(config, "127.0.0.1:0".parse().unwrap())
+    }
+}
+
+#[tokio::test]
+async fn a_records_only_profile_starts_and_gets_ready_without_a_cluster() {
+    let settings = settings(offload_modal());
+    assert_eq!(settings.cluster_use(), None);
+    let daemon = sandwatch::app::live::Daemon::start(settings, None)
+        .await
+        .expect("starts with no Kubernetes client");
+    assert_eq!(get(&daemon, "/healthz").await.0, 200);
+    // Not ready until its one source, the ingest API, has a snapshot.
+    let (status, ready) = get(&daemon, "/readyz").await;
+    assert_eq!(status, 503, "{ready}");
+    push_snapshot(
+        &daemon,
+        TOKEN,
+        &[
+            json!({"kind": "sandbox", "id": "sb-1", "state": "failure"}),
+            json!({"kind": "execution", "id": "run-1", "sandbox": "sb-1", "state": "downloading"}),
+        ],
+    )
+    .await;
+    wait_ready(&daemon, true).await;
+    wait_for(Duration::from_secs(5), "the finding", || async {
+        findings(&daemon).await.len() == 1
+    })
+    .await;
+    daemon.shutdown().await;
+}
+
+#[tokio::test]
+async fn without_a_cluster_what_needs_one_does_not_start_and_says_what_it_is() {
+    let e = sandwatch::app::live::Daemon::start(settings(generic()), None)
+        .await
+        .err()
+        .expect("no start without a client");
+    assert_eq!(
+        e.to_string(),
+        "profile \"generic\" watches pods, which needs the Kubernetes API, but no client for it was given"
+    );
+    let with = |actions: &str| {
+        let yaml = format!(
+            "profiles:\n  - preset: offload-modal\n    remediation:\n      actions:\n        {actions}\n"
+        );
+        settings(sandwatch::app::config::load(&yaml).unwrap())
+    };
+    let reap = with("reap_pod: { enabled: true, kubernetes: { delete_pod: true } }");
+    assert_eq!(
+        reap.cluster_use().unwrap().to_string(),
+        "remediation action \"reap_pod\" acts on Kubernetes objects"
+    );
+    let mut call =
+        with("finalize_execution: { enabled: true, http: { url: \"http://127.0.0.1:9/cancel\" } }");
+    assert_eq!(call.cluster_use(), None, "an HTTP call without a Lease");
+    call.leader_election = Some(sandwatch::remediation::lease::Elector::new(
+        "sandwatch-remediation",
+        "sandwatch",
+        "a",
+    ));
+    assert_eq!(
+        call.cluster_use().unwrap().to_string(),
+        "remediation competes for the Lease sandwatch/sandwatch-remediation (--leader-election)"
+    );
+}
+
+/// `sandwatch run` with no cluster to be found: no kubeconfig where `$KUBECONFIG` points, an
+/// empty home, no in-cluster service account.
+fn run_without_a_cluster(dir: &std::path::Path, args: &[&str]) -> std::process::Child {
+    let home = dir.join("home");
+    std::fs::create_dir_all(&home).unwrap();
+    std::process::Command::new(env!("CARGO_BIN_EXE_sandwatch"))
+        .arg("run")
+        .args(args)
+        .env("KUBECONFIG", dir.join("no-such-kubeconfig"))
+        .env("HOME", &home)
+        .env_remove("KUBERNETES_SERVICE_HOST")
+        .env_remove("KUBERNETES_SERVICE_PORT")
+        .env_remove("RUST_LOG")
+        .stderr(std::fs::File::create(dir.join("stderr")).unwrap())
+        .spawn()
+        .unwrap()
+}
+
+/// Waits for a child to exit, failing after `limit`.
+async fn exit_within(child: &mut std::process::Child, limit: Duration) -> std::process::ExitStatus {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            panic!("sandwatch did not exit within {limit:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn the_binary_runs_the_offload_modal_preset_without_a_kubeconfig() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let dir = std::env::temp_dir().join(format!("sandwatch-no-cluster-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let token = dir.join("token");
+    std::fs::write(&token, TOKEN).unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let url = format!("http://127.0.0.1:{port}");
+    let mut child = run_without_a_cluster(
+        &dir,
+        &[
+            "--preset",
+            "offload-modal",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--ingest-token-file",
+            token.to_str().unwrap(),
+        ],
+    );
+    wait_for(Duration::from_secs(20), "/healthz", || {
+        if let Ok(Some(status)) = child.try_wait() {
+            let logs = std::fs::read_to_string(dir.join("stderr")).unwrap();
+            panic!("sandwatch exited ({status}):\n{logs}");
+        }
+        let healthz = format!("{url}/healthz");
+        async move { matches!(reqwest::get(healthz).await, Ok(r) if r.status() == 200) }
+    })
+    .await;
+    let r = reqwest::Client::new()
+        .post(format!("{url}/api/v1/records?snapshot=true"))
+        .bearer_auth(TOKEN)
+        .body(r#"[{"kind":"sandbox","id":"sb-1","state":"running"}]"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    wait_for(Duration::from_secs(10), "ready", || async {
+        matches!(reqwest::get(format!("{url}/readyz")).await, Ok(r) if r.status() == 200)
+    })
+    .await;
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let status = exit_within(&mut child, Duration::from_secs(10)).await;
+    let logs = std::fs::read_to_string(dir.join("stderr")).unwrap();
+    assert!(status.success(), "{status}:\n{logs}");
+    assert!(!logs.contains("Kubernetes API"), "{logs}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn the_binary_says_why_it_needs_the_cluster_it_cannot_find() {
+    let dir = std::env::temp_dir().join(format!("sandwatch-needs-cluster-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut child =
+        run_without_a_cluster(&dir, &["--preset", "generic", "--listen", "127.0.0.1:0"]);
+    let status = exit_within(&mut child, Duration::from_secs(20)).await;
+    let logs = std::fs::read_to_string(dir.join("stderr")).unwrap();
+    assert!(!status.success(), "{logs}");
+    assert!(
+        logs.contains("sandwatch: profile \"generic\" watches pods, which needs the Kubernetes API: finding the cluster"),
+        "{logs}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -9,13 +9,15 @@
 //!
 //! One task owns the engine and applies changes in arrival order; a ticker advances its clock
 //! every second so that grace-period timers fire. Sources are independent tasks; the HTTP
-//! server reads only what the engine task publishes.
+//! server reads only what the engine task publishes. The Kubernetes client is needed only by
+//! what uses the cluster ([`Settings::cluster_use`]): a profile of records alone runs without.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::Router;
 use tokio::net::TcpListener;
 use tokio::sync::{broadcast, mpsc, watch};
 use tokio::task::JoinSet;
@@ -25,17 +27,20 @@ use crate::app::config::Config;
 use crate::core::engine::{Change, Engine};
 use crate::core::explain::explain;
 use crate::model::finding::Transition;
+use crate::model::source::SourceKind;
 use crate::model::view::{About, RemediationView, Snapshot, SourceTimes};
+use crate::remediation::action::Target;
 use crate::remediation::deliver::Deliverer;
 use crate::remediation::lease::Elector;
 use crate::remediation::{Controller, Leadership, RemediationMetrics};
 use crate::sinks::http;
-use crate::sinks::metrics::{FindingMetrics, HealthMetrics, SourceKind};
+use crate::sinks::metrics::{FindingMetrics, HealthMetrics};
 use crate::sinks::traces::FindingSpans;
 use crate::sinks::{Fanout, TransitionSink};
-use crate::sources::ingest::{self, Ingest};
+use crate::sources::ingest;
 use crate::sources::kube::{self as kube_source, Context};
-use crate::sources::postgres::{Context as RecordsContext, Postgres};
+use crate::sources::records::Start;
+use crate::sources::{Options, RecordSources};
 use crate::util::shard::Shard;
 use crate::util::time::Ts;
 
@@ -63,6 +68,17 @@ pub struct Settings {
     pub http: crate::sinks::http::serve::Limits,
 }
 
+/// Something the daemon does through the Kubernetes API: with none, it needs no cluster.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ClusterUse {
+    #[error("profile {profile:?} watches {what}")]
+    Watches { profile: String, what: &'static str },
+    #[error("remediation action {0:?} acts on Kubernetes objects")]
+    Action(String),
+    #[error("remediation competes for the Lease {namespace}/{name} (--leader-election)")]
+    Lease { namespace: String, name: String },
+}
+
 impl Settings {
     pub fn new(config: Config, listen: SocketAddr) -> Settings {
         Settings {
@@ -79,6 +95,38 @@ impl Settings {
             http: Default::default(),
         }
     }
+
+    /// The first thing this daemon would do through the Kubernetes API: watch a profile's
+    /// pods or custom resources, act on Kubernetes objects, or compete for the remediation
+    /// Lease. `None`: it runs without a cluster (a profile of pushed or polled records only).
+    pub fn cluster_use(&self) -> Option<ClusterUse> {
+        let config = &self.config;
+        for (_, p) in config.profiles.iter() {
+            let what = match (&p.pods, p.custom_resources.is_empty()) {
+                (Some(_), _) => "pods",
+                (None, false) => "custom resources",
+                (None, true) => continue,
+            };
+            return Some(ClusterUse::Watches {
+                profile: p.name.to_string(),
+                what,
+            });
+        }
+        let actions = &config.remediation.actions;
+        if let Some(a) = actions
+            .iter()
+            .find(|a| matches!(a.target, Target::Kubernetes(_)))
+        {
+            return Some(ClusterUse::Action(a.name.as_str().to_string()));
+        }
+        match &self.leader_election {
+            Some(e) if !actions.is_empty() => Some(ClusterUse::Lease {
+                namespace: e.namespace.clone(),
+                name: e.name.clone(),
+            }),
+            _ => None,
+        }
+    }
 }
 
 /// A running daemon.
@@ -92,11 +140,15 @@ pub struct Daemon {
 }
 
 impl Daemon {
-    /// Starts the sources, the engine task, remediation and the HTTP server.
+    /// Starts the sources, the engine task, remediation and the HTTP server. `client` is
+    /// needed only for what [`Settings::cluster_use`] names; without one, that is an error.
     pub async fn start(
         mut settings: Settings,
-        client: ::kube::Client,
+        client: Option<::kube::Client>,
     ) -> Result<Daemon, StartError> {
+        if let (None, Some(why)) = (&client, settings.cluster_use()) {
+            return Err(StartError::NoCluster(why));
+        }
         // The process's TLS provider for the HTTP clients (no-op if already installed).
         let _ = rustls::crypto::ring::default_provider().install_default();
         let config = settings.config.clone();
@@ -107,17 +159,14 @@ impl Daemon {
         let (stop, stop_rx) = watch::channel(false);
         let mut tasks = JoinSet::new();
 
-        // Records sources first: a missing ingest token stops the start.
-        let databases = databases(&config, settings.database_url_file.as_deref());
-        let token = settings.ingest_token.take();
-        let ingest = ingest(&settings, token, changes_tx.clone(), &metrics.health)?;
+        // Records sources first: one that cannot start (no ingest token) stops the start.
+        let health = &metrics.health;
+        let routes =
+            start_records(&mut settings, &changes_tx, health, &stop_rx, &mut tasks).await?;
         let (listener, addr) = listen(settings.listen).await?;
         let (status, remediation_tx, explain_rx) = status(&config, settings.shard);
-        let mut app = http::router(snapshot_rx.clone(), Arc::new(metrics.registry), status);
-        if let Some(ingest) = &ingest {
-            app = app.merge(ingest.clone().router());
-            start_ingest(ingest, &changes_tx, &metrics.health, &stop_rx, &mut tasks).await;
-        }
+        let app = http::router(snapshot_rx.clone(), Arc::new(metrics.registry), status);
+        let app = routes.into_iter().fold(app, Router::merge);
         tasks.spawn(http::serve::serve(
             listener,
             app,
@@ -153,14 +202,14 @@ impl Daemon {
             &stop_rx,
             &mut tasks,
         )?;
-        let cx = Context {
+        watch_sources(
             client,
-            profiles: config.profiles.clone(),
-            changes: changes_tx,
-            stale_after: settings.stale_after,
-            counters: Arc::new(metrics.health.clone()),
-        };
-        watch_sources(cx, databases, &metrics.health, &stop_rx, &mut tasks);
+            &settings,
+            changes_tx,
+            &metrics.health,
+            &stop_rx,
+            &mut tasks,
+        );
         Ok(Daemon {
             addr,
             snapshot: snapshot_rx,
@@ -211,10 +260,8 @@ impl Daemon {
 /// Why the daemon could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
-    #[error(
-        "a profile takes records from the ingest API (records.ingest), but no token is configured: give --ingest-token-file"
-    )]
-    NoIngestToken,
+    #[error(transparent)]
+    Records(#[from] crate::sources::records::StartError),
     #[error("listening on {addr}: {source}")]
     Listen {
         addr: SocketAddr,
@@ -222,6 +269,8 @@ pub enum StartError {
     },
     #[error(transparent)]
     Remediation(#[from] crate::remediation::deliver::DelivererError),
+    #[error("{0}, which needs the Kubernetes API, but no client for it was given")]
+    NoCluster(ClusterUse),
 }
 
 /// Every series the daemon exports, registered.
@@ -253,23 +302,6 @@ impl Metrics {
             registry,
         }
     }
-}
-
-/// The PostgreSQL sources of the profiles that have one. A database whose URL cannot be read
-/// yet runs anyway, reported down (not ready) with the reason, and connects once the URL is
-/// there.
-fn databases(config: &Config, url_file: Option<&std::path::Path>) -> Vec<Postgres> {
-    let mut out = Vec::new();
-    for (id, p) in config.profiles.iter() {
-        if let Some(pg) = &config.records(id).postgres {
-            let db = Postgres::new(id, &p.name, pg.clone(), url_file);
-            if let Err(e) = db.url() {
-                warn!(source = %db.name, "{e}: the source is down (the daemon is not ready) until a URL can be read; rules that rest on its records hold");
-            }
-            out.push(db);
-        }
-    }
-    out
 }
 
 /// What the status page and explain read besides the snapshot, and the ends that feed them:
@@ -316,55 +348,46 @@ async fn listen(addr: SocketAddr) -> Result<(TcpListener, SocketAddr), StartErro
     Ok((listener, bound))
 }
 
-/// Announces the ingest sources (unsynced until a snapshot) and starts their expiry task.
-async fn start_ingest(
-    ingest: &Ingest,
+/// Starts the records sources every profile configures, registers their health series and
+/// sends the engine their first statuses (before anything can be pushed). What they route is
+/// for the HTTP server.
+async fn start_records(
+    settings: &mut Settings,
     changes: &mpsc::Sender<(Ts, Change)>,
     health: &HealthMetrics,
     stop: &watch::Receiver<bool>,
     tasks: &mut JoinSet<()>,
-) {
-    for status in ingest.statuses() {
-        if let Change::Source(s) = &status {
-            health.register_source(&s.name, SourceKind::Push);
-        }
-        let _ = changes.send((Ts::now(), status)).await;
-    }
-    tasks.spawn(ingest.clone().run(stop.clone()));
-    info!("accepting records at POST /api/v1/records");
-}
-
-/// The ingest API, when a profile takes pushed records (it needs a token then).
-fn ingest(
-    settings: &Settings,
-    token: Option<ingest::Token>,
-    changes: mpsc::Sender<(Ts, Change)>,
-    health: &HealthMetrics,
-) -> Result<Option<Ingest>, StartError> {
+) -> Result<Option<Router>, StartError> {
     let config = &settings.config;
-    let pushed: BTreeMap<_, _> = config
-        .profiles
-        .iter()
-        .filter_map(|(id, _)| Some((id, config.records(id).ingest.clone()?)))
-        .collect();
-    if pushed.is_empty() {
-        return Ok(None);
-    }
-    let token = token.ok_or(StartError::NoIngestToken)?;
-    Ok(Some(Ingest::new(
+    let mut options = Options {
+        database_url_file: settings.database_url_file.clone(),
+        ingest_token: settings.ingest_token.take(),
+        ingest_max_body: settings.ingest_max_body,
+        ingest_body_timeout: settings.ingest_body_timeout,
+    };
+    let mut cx = Start::new(
         config.profiles.clone(),
-        pushed,
-        changes,
-        token,
-        (settings.ingest_max_body, settings.ingest_body_timeout),
+        changes.clone(),
         Arc::new(health.clone()),
-    )))
+        &mut options,
+        stop.clone(),
+        tasks,
+    );
+    RecordSources::start(&config.records, &mut cx)?;
+    let started = cx.finish();
+    for (name, kind) in &started.sources {
+        health.register_source(name, *kind);
+    }
+    for change in started.announced {
+        let _ = changes.send((Ts::now(), change)).await;
+    }
+    Ok(started.router)
 }
 
 /// How this replica may remediate: always, or while it holds the Lease.
 struct Lead {
     election: Option<Elector>,
-    client: ::kube::Client,
+    client: Option<::kube::Client>,
 }
 
 /// Starts remediation (and the Lease it competes for), when an action is configured.
@@ -391,19 +414,20 @@ fn remediate(
     // The Lease is released only once the controller has stopped, so that no call of this
     // replica is still under way when another one takes over.
     let (controller_done, controller_done_rx) = watch::channel(false);
-    match lead.election {
-        Some(elector) => {
+    // Without a client (which cluster_use rules out) this replica would never lead.
+    match (lead.election, &lead.client) {
+        (Some(elector), Some(client)) => {
             info!(lease = %elector.name, namespace = %elector.namespace, identity = %elector.identity, "competing for the remediation lease");
             tasks.spawn(elector.run(
-                lead.client.clone(),
+                client.clone(),
                 lead_tx,
                 controller_done_rx,
                 metrics.lease_errors.clone(),
             ));
         }
-        None => drop(lead_tx),
+        _ => drop(lead_tx),
     }
-    let deliverer = Deliverer::new(actions, config.remediation.timeout, Some(lead.client))?;
+    let deliverer = Deliverer::new(actions, config.remediation.timeout, lead.client)?;
     let controller = Controller::new(
         config.remediation.clone(),
         config.profiles.clone(),
@@ -422,25 +446,24 @@ fn remediate(
     Ok(())
 }
 
-/// Starts the PostgreSQL polls and the Kubernetes watches, each until `stop`.
+/// Starts the Kubernetes watches, each until `stop`. Without a client there is nothing to
+/// watch ([`Settings::cluster_use`] says so).
 fn watch_sources(
-    cx: Context,
-    databases: Vec<Postgres>,
+    client: Option<::kube::Client>,
+    settings: &Settings,
+    changes: mpsc::Sender<(Ts, Change)>,
     health: &HealthMetrics,
     stop: &watch::Receiver<bool>,
     tasks: &mut JoinSet<()>,
 ) {
-    let records = RecordsContext {
-        profiles: cx.profiles.clone(),
-        changes: cx.changes.clone(),
-        counters: cx.counters.clone(),
+    let Some(client) = client else { return };
+    let cx = Context {
+        client,
+        profiles: settings.config.profiles.clone(),
+        changes,
+        stale_after: settings.stale_after,
+        counters: Arc::new(health.clone()),
     };
-    for db in databases {
-        info!(source = %db.name, database = %db.target(), "polling records");
-        health.register_source(&db.name, SourceKind::Poll);
-        let records = records.clone();
-        tasks.spawn(until(stop.clone(), async move { db.run(records).await }));
-    }
     for w in kube_source::watches(&cx.profiles) {
         info!(source = %w.name, selector = w.label_selector.as_deref().unwrap_or(""), "watching");
         health.register_source(&w.name, SourceKind::Watch);

@@ -273,6 +273,17 @@ impl TrustedSince {
     }
 }
 
+/// The kinds of source, for the health series they start with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SourceKind {
+    /// A Kubernetes watch: events, errors, restarts.
+    Watch,
+    /// A database polled in full and incremental rounds.
+    Poll,
+    /// Records pushed over HTTP.
+    Push,
+}
+
 /// Self-health counters sources report (the metrics sink keeps them).
 pub trait SourceCounters: Send + Sync {
     /// A watch event or list item arrived: the source is talking to its backend.

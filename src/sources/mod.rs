@@ -1,13 +1,36 @@
 //! Sources: turn the outside world into [`Change`]s for the engine.
 //!
 //! Each source knows its input (a replay file, the Kubernetes watch, a database, the ingest
-//! API) and nothing of rules. What they share lives here: turning one Kubernetes watch event
-//! into a change, whatever the object is (a pod, or a custom resource a profile names).
+//! API) and nothing of rules. What they share lives here: the list of the records sources
+//! (behind the seam of [`records`]) and the command-line options they take, and turning one
+//! Kubernetes watch event into a change, whatever the object is (a pod, or a custom resource a
+//! profile names).
 
 pub mod ingest;
 pub mod kube;
 pub mod postgres;
+pub mod records;
 pub mod replay;
+
+// The records sources, by their key under a profile's `records:`, in the order they are
+// validated and started. A new one is its folder and one line here.
+records::records_sources! {
+    postgres: postgres::Postgres,
+    ingest: ingest::Ingest,
+}
+
+/// What the command line gives the records sources.
+pub struct Options {
+    /// A file holding the records database URL, for every profile with `records.postgres`
+    /// (instead of their `url_file` / `url_env`).
+    pub database_url_file: Option<std::path::PathBuf>,
+    /// The bearer token of the ingest API (required when a profile takes ingested records).
+    pub ingest_token: Option<ingest::Token>,
+    /// The largest ingest request body, in bytes.
+    pub ingest_max_body: usize,
+    /// An ingest request's body must arrive within this.
+    pub ingest_body_timeout: std::time::Duration,
+}
 
 pub use crate::model::source::SourceCounters;
 

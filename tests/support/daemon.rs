@@ -28,7 +28,7 @@ pub async fn start_with(
         ..Settings::new(config, "127.0.0.1:0".parse().unwrap())
     };
     adjust(&mut settings);
-    Daemon::start(settings, server.client())
+    Daemon::start(settings, Some(server.client()))
         .await
         .expect("daemon starts")
 }

@@ -28,9 +28,10 @@ use crate::model::ids::ProfileId;
 use crate::model::profile::{Profiles, ResourceRole};
 use crate::model::source::Feed;
 use crate::remediation::config::{GlobalSpec, Remediation};
+use crate::sources::RecordSources;
 pub use crate::util::config::{ConfigError, ConfigErrors, DurationError, parse_duration};
 pub use effective::{effective, effective_preset};
-pub use profile::{ProfileSpec, RecordSources, RecordsSpec};
+pub use profile::{ProfileSpec, RecordsSpec};
 pub use selector::parse_selector;
 pub use warnings::warnings;
 

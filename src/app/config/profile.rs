@@ -2,10 +2,11 @@
 //! start from a preset and change single fields) and its validation into the model's
 //! [`Profile`], the records sources it names, and its remediation actions.
 
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 
 use kube::core::Selector;
 use serde::Deserialize;
+use serde::de::{self, Deserializer, MapAccess, Visitor};
 
 use crate::model::ids::{ProfileId, RecordKind};
 use crate::model::profile::{
@@ -13,8 +14,7 @@ use crate::model::profile::{
     ResourceRole, ResumeFrom, SandboxStates, SessionStates,
 };
 use crate::remediation::action::Action;
-use crate::sources::ingest::config::IngestSettings;
-use crate::sources::postgres::config::PostgresRecords;
+use crate::sources::{RecordSourceSpecs, RecordSources};
 use crate::util::config::{Validator, is_dns_label};
 
 use super::selector::parse_selector;
@@ -34,36 +34,72 @@ pub struct ProfileSpec {
     pub remediation: Option<crate::remediation::config::ProfileSpec>,
 }
 
-/// `records:`: how records are identified, and the sources that read them. A new records
-/// source is one more field here.
-#[derive(Debug, Default, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+/// `records:`: how records are identified, and the sources that read them (`postgres`,
+/// `ingest`, ...: one key per source in `sources::records_sources!`).
+#[derive(Debug, Default, Clone)]
 pub struct RecordsSpec {
     pub default_namespace: Option<String>,
     pub namespaced_ids: Option<Vec<String>>,
-    pub postgres: Option<crate::sources::postgres::config::Spec>,
-    pub ingest: Option<crate::sources::ingest::config::Spec>,
+    pub sources: RecordSourceSpecs,
 }
 
-/// Where one profile's records come from (besides its custom resources).
-#[derive(Clone, Debug, Default)]
-pub struct RecordSources {
-    pub postgres: Option<PostgresRecords>,
-    pub ingest: Option<IngestSettings>,
+/// The keys of `records:` besides the sources'.
+const IDENTITY_KEYS: [&str; 2] = ["default_namespace", "namespaced_ids"];
+
+/// Every key of `records:`, for the error that names an unknown one.
+static RECORDS_KEYS: LazyLock<Vec<&'static str>> = LazyLock::new(|| {
+    IDENTITY_KEYS
+        .iter()
+        .chain(RecordSourceSpecs::KEYS)
+        .copied()
+        .collect()
+});
+
+impl<'de> Deserialize<'de> for RecordsSpec {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_map(RecordsVisitor)
+    }
 }
 
-impl RecordSources {
-    /// The record kinds these sources provide.
-    pub fn kinds(&self) -> Vec<RecordKind> {
-        let mut kinds: Vec<RecordKind> = self
-            .postgres
-            .iter()
-            .flat_map(|pg| pg.kinds())
-            .chain(self.ingest.iter().flat_map(|i| i.kinds.iter().copied()))
-            .collect();
-        kinds.sort();
-        kinds.dedup();
-        kinds
+/// `records:` read key by key, as serde's derive would (unknown keys are errors), with each
+/// source's key handed to the source list.
+struct RecordsVisitor;
+
+impl<'de> Visitor<'de> for RecordsVisitor {
+    type Value = RecordsSpec;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a map of records settings and sources")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<RecordsSpec, A::Error> {
+        let mut spec = RecordsSpec::default();
+        while let Some(RecordsKey(key)) = map.next_key()? {
+            match key.as_str() {
+                "default_namespace" => spec.default_namespace = map.next_value()?,
+                "namespaced_ids" => spec.namespaced_ids = map.next_value()?,
+                // A key of the sources' (RecordsKey knows no other).
+                k => {
+                    if !spec.sources.read(k, &mut map)? {
+                        map.next_value::<de::IgnoredAny>()?;
+                    }
+                }
+            }
+        }
+        Ok(spec)
+    }
+}
+
+/// A key of `records:`; an unknown one is an error of the key, as serde's derive makes it.
+struct RecordsKey(String);
+
+impl<'de> Deserialize<'de> for RecordsKey {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let key = String::deserialize(d)?;
+        if !RECORDS_KEYS.contains(&key.as_str()) {
+            return Err(de::Error::unknown_field(&key, RECORDS_KEYS.as_slice()));
+        }
+        Ok(RecordsKey(key))
     }
 }
 
@@ -162,12 +198,7 @@ impl ProfileSpec {
         let grace = grace(v, self.grace.unwrap_or_default());
         let spec = self.records.unwrap_or_default();
         let identity = identity(v, &spec);
-        let records = RecordSources {
-            postgres: spec
-                .postgres
-                .map(|s| s.validate(&mut v.at("records.postgres"))),
-            ingest: spec.ingest.map(|s| s.validate(&mut v.at("records.ingest"))),
-        };
+        let records = spec.sources.validate(v);
         let actions = self
             .remediation
             .unwrap_or_default()
@@ -205,47 +236,38 @@ impl ProfileSpec {
 }
 
 /// One source per kind of record: two would each remove the other's records on their full
-/// loads.
+/// loads. The later source's field is the one in error.
 fn one_source_per_kind(
     v: &mut Validator<'_>,
     records: &RecordSources,
     resources: &[CustomResource],
 ) {
-    let postgres_kinds: Vec<RecordKind> =
-        records.postgres.iter().flat_map(|pg| pg.kinds()).collect();
-    let ingest_kinds: Vec<RecordKind> = records
-        .ingest
-        .iter()
-        .flat_map(|i| i.kinds.iter().copied())
-        .collect();
-    for kind in &ingest_kinds {
-        if postgres_kinds.contains(kind) {
-            v.err(
-                "records.ingest.kinds",
-                format!(
-                    "{:?} records already come from records.postgres.queries.{0}: give each kind one source",
-                    kind.as_str()
-                ),
-            );
+    let mut claimed: Vec<(RecordKind, String)> = Vec::new();
+    for source in records.each() {
+        let kinds = source.kinds();
+        for (kind, field) in &kinds {
+            if let Some((_, first)) = claimed.iter().find(|(k, _)| k == kind) {
+                v.err(
+                    field,
+                    format!(
+                        "{:?} records already come from {first}: give each kind one source",
+                        kind.as_str()
+                    ),
+                );
+            }
         }
+        claimed.extend(kinds);
     }
-    if let Some(cr) = resources.iter().find(|c| c.role == ResourceRole::Session) {
-        let other = if postgres_kinds.contains(&RecordKind::Session) {
-            Some("records.postgres.queries.session")
-        } else if ingest_kinds.contains(&RecordKind::Session) {
-            Some("records.ingest.kinds")
-        } else {
-            None
-        };
-        if let Some(other) = other {
-            v.err(
-                other,
-                format!(
-                    "sessions already come from the {} custom resource (role `session`): give each kind one source",
-                    cr.kind
-                ),
-            );
-        }
+    if let Some(cr) = resources.iter().find(|c| c.role == ResourceRole::Session)
+        && let Some((_, field)) = claimed.iter().find(|(k, _)| *k == RecordKind::Session)
+    {
+        v.err(
+            field,
+            format!(
+                "sessions already come from the {} custom resource (role `session`): give each kind one source",
+                cr.kind
+            ),
+        );
     }
 }
 

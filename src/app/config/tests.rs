@@ -59,6 +59,32 @@ fn unknown_keys_and_wrong_types_name_the_path() {
 }
 
 #[test]
+fn the_keys_of_records_are_its_settings_and_the_sources_listed() {
+    let e = load("profiles:\n  - preset: generic\n    records:\n      postgress: {}\n")
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("profiles[0].records.postgress"), "{e}");
+    assert!(
+        e.contains("expected one of default_namespace, namespaced_ids, postgres, ingest"),
+        "{e}"
+    );
+    let e = load("profiles:\n  - preset: generic\n    records:\n      postgres:\n        poll_interval: [1]\n")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("profiles[0].records.postgres.poll_interval"),
+        "{e}"
+    );
+    assert!(e.contains("line 5"), "{e}");
+    // `null` removes a preset's source.
+    let c = load("profiles:\n  - preset: offload-modal\n    records:\n      default_namespace: x\n      ingest: null\n").unwrap();
+    assert!(c.records(ProfileId(0)).ingest.is_none());
+    assert!(c.records(ProfileId(0)).each().is_empty());
+    let c = preset("offload-modal").unwrap();
+    assert_eq!(c.records(ProfileId(0)).each().len(), 1);
+}
+
+#[test]
 fn a_profile_overrides_a_preset_field_by_field() {
     let p = load(
             "profiles:\n  - preset: sandbox-api\n    name: prod\n    pods:\n      namespaces: [agents]\n    grace:\n      absence: 5m\n",

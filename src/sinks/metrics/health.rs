@@ -9,7 +9,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
-use crate::model::source::SourceCounters;
+use crate::model::source::{SourceCounters, SourceKind};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct SourceLabels {
@@ -41,17 +41,6 @@ fn poll_histogram() -> Histogram {
     Histogram::new([
         0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
     ])
-}
-
-/// The kinds of source, for the series they start with.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum SourceKind {
-    /// A Kubernetes watch: events, errors, restarts.
-    Watch,
-    /// A database polled in full and incremental rounds.
-    Poll,
-    /// Records pushed over HTTP.
-    Push,
 }
 
 #[derive(Clone)]

@@ -21,7 +21,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
 pub use findings::{FindingMetrics, FindingSink};
-pub use health::{HealthMetrics, SourceKind};
+pub use health::HealthMetrics;
 
 use crate::util::shard::Shard;
 

@@ -6,6 +6,8 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::model::ids::RecordKind;
+use crate::model::profile::Profile;
+use crate::sources::records::{RecordsSettings, unplaced};
 use crate::util::config::Validator;
 
 /// The config as written: every field optional.
@@ -40,6 +42,30 @@ impl Default for IngestSettings {
             stale_after: Duration::from_secs(600),
             max_records: 100_000,
             expire_after: None,
+        }
+    }
+}
+
+impl RecordsSettings for IngestSettings {
+    fn kinds(&self) -> Vec<(RecordKind, String)> {
+        self.kinds
+            .iter()
+            .map(|k| (*k, "records.ingest.kinds".to_string()))
+            .collect()
+    }
+
+    fn warnings(&self, profile: &Profile, w: &mut Validator<'_>) {
+        let Some((scope, consequence)) = unplaced(profile) else {
+            return;
+        };
+        for kind in self.kinds.iter().filter(|k| **k != RecordKind::Sandbox) {
+            w.err(
+                "records.ingest.kinds",
+                format!(
+                    "{scope}: each pushed {} must name its namespace, else {consequence}",
+                    kind.as_str()
+                ),
+            );
         }
     }
 }

@@ -24,6 +24,7 @@
 //! ```
 
 pub mod config;
+mod start;
 mod token;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -37,6 +38,7 @@ use axum::response::{IntoResponse, Json, Response};
 use axum::routing::post;
 pub use config::IngestSettings;
 use serde::{Deserialize, Serialize};
+pub use start::StartError;
 pub use token::Token;
 use tokio::sync::{Semaphore, mpsc, watch};
 use tokio::time::Instant;

@@ -6,6 +6,8 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::model::ids::RecordKind;
+use crate::model::profile::Profile;
+use crate::sources::records::{RecordsSettings, unplaced};
 use crate::util::config::Validator;
 
 /// The config as written: every field optional.
@@ -76,6 +78,52 @@ impl PostgresRecords {
     /// The record kinds its queries read.
     pub fn kinds(&self) -> Vec<RecordKind> {
         self.queries.iter().map(|(k, _)| *k).collect()
+    }
+}
+
+impl RecordsSettings for PostgresRecords {
+    fn kinds(&self) -> Vec<(RecordKind, String)> {
+        self.queries
+            .iter()
+            .map(|(k, _)| (*k, format!("records.postgres.queries.{}", k.as_str())))
+            .collect()
+    }
+
+    fn warnings(&self, profile: &Profile, w: &mut Validator<'_>) {
+        // An absence must not outlive the moment the records behind it become untrusted: the
+        // source is reported stale only stale_after after its last good poll, which came up
+        // to a poll interval after the change.
+        let bound = self.stale_after + self.poll_interval;
+        if profile.grace.absence <= bound {
+            w.err(
+                "grace.absence",
+                format!(
+                    "{:?} is not longer than records.postgres.stale_after + poll_interval ({bound:?}): an absence may be judged on records that have already gone stale",
+                    profile.grace.absence
+                ),
+            );
+        }
+        let Some((scope, consequence)) = unplaced(profile) else {
+            return;
+        };
+        for (kind, query) in &self.queries {
+            if *kind == RecordKind::Sandbox || query.to_lowercase().contains("namespace") {
+                continue;
+            }
+            w.err(
+                &format!("records.postgres.queries.{}", kind.as_str()),
+                format!(
+                    "{scope} and this query selects no namespace column: {consequence}, or select the namespace AS namespace"
+                ),
+            );
+        }
+    }
+
+    fn files(&self) -> Vec<(String, std::path::PathBuf)> {
+        [("url_file", &self.url_file), ("ca_file", &self.ca_file)]
+            .into_iter()
+            .filter_map(|(field, file)| Some((format!("records.postgres.{field}"), file.clone()?)))
+            .collect()
     }
 }
 

@@ -37,12 +37,14 @@ use std::time::Duration;
 
 use tokio::sync::mpsc;
 use tokio::time::Instant;
-use tracing::warn;
+use tracing::{info, warn};
 
 use crate::core::engine::Change;
 use crate::core::world::{Feed, SourceStatus};
 use crate::model::profile::{ProfileId, Profiles};
-use crate::model::source::SourceCounters;
+use crate::model::source::{SourceCounters, SourceKind};
+use crate::sources::records::{RecordsSource, Start};
+use crate::util::config::Validator;
 use crate::util::time::Ts;
 pub use config::PostgresRecords;
 
@@ -77,6 +79,44 @@ pub struct Context {
     pub profiles: Arc<Profiles>,
     pub changes: mpsc::Sender<(Ts, Change)>,
     pub counters: Arc<dyn SourceCounters>,
+}
+
+/// `records.postgres`: one database poll per profile.
+impl RecordsSource for Postgres {
+    const NAME: &'static str = "postgres";
+    const KIND: SourceKind = SourceKind::Poll;
+    type Spec = config::Spec;
+    type Settings = PostgresRecords;
+    type Error = std::convert::Infallible;
+
+    fn validate(spec: config::Spec, v: &mut Validator<'_>) -> PostgresRecords {
+        spec.validate(v)
+    }
+
+    /// A database whose URL cannot be read yet runs anyway, reported down (not ready) with
+    /// the reason, and connects once the URL is there.
+    fn start(
+        profiles: Vec<(ProfileId, PostgresRecords)>,
+        cx: &mut Start<'_>,
+    ) -> Result<(), Self::Error> {
+        let records = Context {
+            profiles: cx.profiles.clone(),
+            changes: cx.changes.clone(),
+            counters: cx.counters.clone(),
+        };
+        for (id, settings) in profiles {
+            let url_file = cx.options.database_url_file.as_deref();
+            let db = Postgres::new(id, &cx.profiles.get(id).name, settings, url_file);
+            if let Err(e) = db.url() {
+                warn!(source = %db.name, "{e}: the source is down (the daemon is not ready) until a URL can be read; rules that rest on its records hold");
+            }
+            info!(source = %db.name, database = %db.target(), "polling records");
+            cx.register(&db.name);
+            let records = records.clone();
+            cx.spawn(async move { db.run(records).await });
+        }
+        Ok(())
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -114,7 +154,7 @@ impl Postgres {
             None => UrlFrom::Env(settings.url_env.clone()),
         };
         Postgres {
-            name: crate::sources::name("postgres", profile_name, None),
+            name: crate::sources::name(Self::NAME, profile_name, None),
             profile,
             settings,
             url_from,
