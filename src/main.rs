@@ -115,6 +115,16 @@ enum Command {
         /// Also write the Prometheus text exposition of the final state to this file.
         #[arg(long, value_name = "FILE")]
         metrics_out: Option<PathBuf>,
+        /// Backtest the config's remediation actions: run the live controller in the replay's
+        /// virtual time (graces, the trust interlock, rate limits, resends, idempotency keys),
+        /// call nothing, and print every call it would have made and a summary per action.
+        #[arg(long)]
+        remediation: bool,
+        /// At the end, explain one subject: `pod=NAMESPACE/NAME`, `session=ID`,
+        /// `execution=ID` or `sandbox=ID` (add `&profile=NAME` if ids repeat across profiles),
+        /// as GET /api/v1/explain answers it live.
+        #[arg(long, value_name = "SUBJECT")]
+        explain: Option<String>,
         /// Replay files (`-` for standard input).
         #[arg(required = true, value_name = "FILE")]
         files: Vec<String>,
@@ -405,8 +415,27 @@ fn run(cli: Cli, format: LogFormat) -> anyhow::Result<ExitCode> {
             format: report,
             fail_on_open,
             metrics_out,
+            remediation,
+            explain,
             files,
-        } => replay_files(&profiles, report.into(), fail_on_open, metrics_out, files),
+        } => {
+            let explain = explain
+                .map(|q| sandwatch::core::explain::Query::parse_arg(&q))
+                .transpose()
+                .map_err(|e| anyhow::anyhow!("--explain: {e}"))?;
+            let extras = replay::Extras {
+                remediation,
+                explain,
+            };
+            replay_files(
+                &profiles,
+                report.into(),
+                fail_on_open,
+                metrics_out,
+                extras,
+                files,
+            )
+        }
         Command::CheckConfig {
             file,
             profiles,
@@ -521,6 +550,7 @@ fn replay_files(
     format: Format,
     fail_on_open: bool,
     metrics_out: Option<PathBuf>,
+    extras: replay::Extras,
     files: Vec<String>,
 ) -> anyhow::Result<ExitCode> {
     let config = profiles.load_config()?;
@@ -549,7 +579,7 @@ fn replay_files(
     } else {
         Box::new(io::stdout())
     };
-    let outcome = replay::run(&config, inputs, format, out)?;
+    let outcome = replay::run_with(&config, inputs, format, out, extras)?;
     if let Some(path) = metrics_out {
         std::fs::write(&path, outcome.metrics)
             .with_context(|| format!("writing {}", path.display()))?;

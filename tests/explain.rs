@@ -182,3 +182,44 @@ async fn explain_gives_each_rules_verdict_for_a_subject() {
     assert_eq!(rule(&e, "agent_terminated_pod_running")["verdict"], "open");
     daemon.shutdown().await;
 }
+
+#[test]
+fn replay_explains_a_subject_at_the_end_of_a_recording() {
+    let config = sandwatch::app::config::preset("generic").unwrap();
+    let input = std::fs::read(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/examples/records.json"
+    ))
+    .unwrap();
+    let extras = sandwatch::app::replay::Extras {
+        remediation: false,
+        explain: Some(sandwatch::core::explain::Query::parse_arg("execution=run-7").unwrap()),
+    };
+    let inputs = vec![sandwatch::app::replay::Input {
+        name: "records.json".into(),
+        reader: Box::new(std::io::Cursor::new(input)),
+    }];
+    let outcome = sandwatch::app::replay::run_with(
+        &config,
+        inputs,
+        sandwatch::sinks::report::Format::Json,
+        Vec::new(),
+        extras,
+    )
+    .unwrap();
+    let text = String::from_utf8(outcome.out).unwrap();
+    let last: Value = serde_json::from_str(text.lines().last().unwrap()).unwrap();
+    assert_eq!(last["event"], "explain", "{text}");
+    let e = &last["explanation"];
+    assert_eq!(e["subject"]["id"], "run-7");
+    let link = e["links"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["to"] == "sandbox")
+        .unwrap();
+    assert_eq!(link["found"], true, "{e:#}");
+    let dead = rule(e, "execution_on_dead_agent");
+    assert_eq!(dead["verdict"], "open", "{e:#}");
+    assert_eq!(dead["reason"], "SandboxDead");
+}

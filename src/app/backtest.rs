@@ -25,6 +25,9 @@ use crate::remediation::deliver::{DelivererError, Rehearsal};
 use crate::remediation::{Controller, Leadership, Remediation, RemediationMetrics};
 use crate::util::time::Ts;
 
+/// How long after the input's end a backlog is drained on the final state, at most.
+const DRAIN_AT_MOST: std::time::Duration = std::time::Duration::from_secs(7 * 24 * 3600);
+
 pub struct Backtest {
     controller: Controller<Rehearsal>,
     clock: Arc<AtomicI64>,
@@ -85,18 +88,28 @@ impl Backtest {
     /// Runs the rounds the controller asked for before `at`, advancing the engine to each
     /// (its transitions go to `sink`), then a round at `at` itself after the caller's change.
     pub fn until(&mut self, engine: &mut Engine, at: Ts, sink: &mut dyn FnMut(&[Transition])) {
-        while let Some(wake) = self.wake.filter(|w| *w < at) {
+        while let Some(wake) = self.next(engine).filter(|w| *w < at) {
             let out = engine.advance(wake);
             sink(&out);
             self.round(engine, wake, !out.is_empty());
         }
     }
 
+    /// The next instant something happens without input: a round the controller asked for,
+    /// or a pending finding opening.
+    fn next(&self, engine: &Engine) -> Option<Ts> {
+        match (self.wake, engine.next_due()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
     /// After the input: the rounds that drain what is due on the final state (a rate-limited
     /// backlog), until nothing is due; timers still fire on their own times.
     pub fn drain(&mut self, engine: &mut Engine, sink: &mut dyn FnMut(&[Transition])) {
+        let end = engine.now().saturating_add(DRAIN_AT_MOST);
         while self.controller.backlog().values().any(|n| *n > 0)
-            && let Some(wake) = self.wake
+            && let Some(wake) = self.wake.filter(|w| *w <= end)
         {
             let out = engine.advance(wake);
             sink(&out);

@@ -235,6 +235,11 @@ impl Engine {
         out
     }
 
+    /// When the next pending finding is due to open, if any is.
+    pub fn next_due(&self) -> Option<Ts> {
+        self.timers.first().map(|(due, _)| *due)
+    }
+
     /// Advances the clock to `to`, firing every timer due by then.
     pub fn advance(&mut self, to: Ts) -> Vec<Transition> {
         let mut out = Vec::new();

@@ -21,8 +21,8 @@ use crate::util::time::Ts;
 pub enum Outcome {
     /// Dry-run: what it would have done.
     DryRun(String),
-    /// A backtest: what it would have done, taken as done (so that what follows a success,
-    /// such as a resend while the finding stays open, is rehearsed too).
+    /// A backtest: what it would have done, taken as done and effective (the recording
+    /// cannot show what the call would have changed).
     Rehearsed(String),
     /// 2xx (or the Kubernetes change applied).
     Success(u16),

@@ -104,7 +104,10 @@ impl<D: Deliver> Controller<D> {
             Outcome::Rehearsed(what) => {
                 metrics.count(name, "success");
                 info!(action = name.as_str(), key = %key, kind = %d.kind, session, execution, pod, "backtest: would {what}");
-                delivered(st, now, settings.resend_after);
+                // The recording cannot show a call's effect: the backtest takes it as
+                // effective, so an incident is called once.
+                st.delivered_at = Some(now);
+                st.done = true;
             }
             Outcome::Success(status) => {
                 metrics.count(name, "success");
