@@ -236,7 +236,7 @@ pub fn write(
     writeln!(out, "\nREMEDIATION (backtest: nothing was called)")?;
     writeln!(
         out,
-        "{:<22}  {:<20}  {:<16}  {:<28}  {:<40}  {:<24}  CALL",
+        "{:<22}  {:<18}  {:<35}  {:<28}  {:<32}  {:<24}  CALL",
         "AT", "ACTION", "KEY", "KIND", "SUBJECT", "DELAYED BY"
     )?;
     for c in calls {
@@ -255,10 +255,10 @@ pub fn write(
         let resend = if c.resend { " (resend)" } else { "" };
         writeln!(
             out,
-            "{:<22}  {:<20}  {:<16}  {:<28}  {:<40}  {:<24}  {}{resend}",
+            "{:<22}  {:<18}  {:<35}  {:<28}  {:<32}  {:<24}  {}{resend}",
             c.at.to_string(),
             c.action.as_str(),
-            c.key.get(..16).unwrap_or(&c.key),
+            c.key,
             d.kind.as_str(),
             crate::util::text::clip(subject),
             delayed,

@@ -103,7 +103,7 @@ impl<D: Deliver> Controller<D> {
             }
             Outcome::Rehearsed(what) => {
                 metrics.count(name, "success");
-                info!(action = name.as_str(), key = %key, kind = %d.kind, session, execution, pod, "backtest: would {what}");
+                tracing::debug!(action = name.as_str(), key = %key, kind = %d.kind, session, execution, pod, "backtest: would {what}");
                 // The recording cannot show a call's effect: the backtest takes it as
                 // effective, so an incident is called once.
                 st.delivered_at = Some(now);
