@@ -124,7 +124,9 @@ fn a_fatal_error_is_printed_once_with_each_cause_once() {
     let err = text(&out.stderr);
     assert_eq!(err.lines().count(), 1, "printed once:\n{err}");
     assert!(
-        err.starts_with("sandwatch: reading kubeconfig /nonexistent: "),
+        err.starts_with(
+            "sandwatch: profile \"generic\" watches pods, which needs the Kubernetes API: reading kubeconfig /nonexistent: "
+        ),
         "{err}"
     );
     assert_eq!(
@@ -180,7 +182,9 @@ fn with_json_logs_every_line_on_standard_error_is_json() {
     assert_eq!(lines[0]["level"], "ERROR");
     let message = lines[0]["message"].as_str().unwrap();
     assert!(
-        message.starts_with("reading kubeconfig /nonexistent: "),
+        message.starts_with(
+            "profile \"generic\" watches pods, which needs the Kubernetes API: reading kubeconfig /nonexistent: "
+        ),
         "{message}"
     );
     assert_eq!(
