@@ -215,6 +215,17 @@ struct RunArgs {
     /// at the end of $POD_NAME.
     #[arg(long, value_name = "I|auto", default_value = "0")]
     shard: String,
+    /// Append every input the engine applies (pods, records, source changes) to FILE as
+    /// replay values: `sandwatch replay FILE` then gives the transitions this run logged.
+    /// Never slows the engine: when the disk falls behind, values are dropped and counted.
+    #[arg(long, value_name = "FILE")]
+    record: Option<PathBuf>,
+    /// The recording rotates at this size (FILE.1, FILE.2, ...).
+    #[arg(long, value_name = "BYTES", default_value_t = 256 << 20)]
+    record_max_bytes: u64,
+    /// Old recording files kept.
+    #[arg(long, value_name = "N", default_value_t = 4)]
+    record_keep: usize,
 }
 
 /// Which profiles to use. One of the two is needed: there is no default profile.
@@ -469,7 +480,15 @@ fn run_daemon(args: RunArgs) -> anyhow::Result<ExitCode> {
         identity,
         total_shards,
         shard,
+        record,
+        record_max_bytes,
+        record_keep,
     } = args;
+    let record = record.map(|path| live::Recording {
+        path,
+        max_bytes: record_max_bytes,
+        keep: record_keep,
+    });
     let shard = shard_of(&shard, total_shards)?;
     // Each shard remediates its own findings: one Lease per shard.
     let lease_name = if shard.total > 1 {
@@ -500,6 +519,7 @@ fn run_daemon(args: RunArgs) -> anyhow::Result<ExitCode> {
             ingest_max_body,
             leader_election,
             shard,
+            record,
             ..live::Settings::new(config, listen)
         };
         // A cluster only for what uses one: a profile of records alone runs without.

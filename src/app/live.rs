@@ -35,6 +35,7 @@ use crate::remediation::lease::Elector;
 use crate::remediation::{Controller, Leadership, RemediationMetrics};
 use crate::sinks::http;
 use crate::sinks::metrics::{FindingMetrics, HealthMetrics};
+use crate::sinks::record::Recorder;
 use crate::sinks::traces::FindingSpans;
 use crate::sinks::{Fanout, TransitionSink};
 use crate::sources::ingest;
@@ -66,6 +67,18 @@ pub struct Settings {
     pub shard: Shard,
     /// The HTTP server's bounds (connections, header timeout, shutdown grace).
     pub http: crate::sinks::http::serve::Limits,
+    /// Append every input the engine applies to this file, as replay values (`--record`).
+    pub record: Option<Recording>,
+}
+
+/// Where and how much `--record` writes.
+#[derive(Clone, Debug)]
+pub struct Recording {
+    pub path: std::path::PathBuf,
+    /// The file rotates at this size...
+    pub max_bytes: u64,
+    /// ...keeping this many old files (FILE.1, FILE.2, ...).
+    pub keep: usize,
 }
 
 /// Something the daemon does through the Kubernetes API: with none, it needs no cluster.
@@ -93,6 +106,7 @@ impl Settings {
             leader_election: None,
             shard: Shard::ALL,
             http: Default::default(),
+            record: None,
         }
     }
 
@@ -152,7 +166,17 @@ impl Daemon {
         // The process's TLS provider for the HTTP clients (no-op if already installed).
         let _ = rustls::crypto::ring::default_provider().install_default();
         let config = settings.config.clone();
-        let metrics = Metrics::new(&config, settings.shard);
+        let mut metrics = Metrics::new(&config, settings.shard);
+        let recorder = match &settings.record {
+            Some(r) => Some(Recorder::start(
+                &r.path,
+                r.max_bytes,
+                r.keep,
+                config.profiles.clone(),
+                &mut metrics.registry,
+            )?),
+            None => None,
+        };
         let (changes_tx, changes_rx) = mpsc::channel::<(Ts, Change)>(4096);
         let (snapshot_tx, snapshot_rx) = watch::channel(Arc::new(Snapshot::default()));
         let (transitions, _) = broadcast::channel(4096);
@@ -187,6 +211,7 @@ impl Daemon {
             health: metrics.health.clone(),
             snapshot: snapshot_tx,
             errors: HashMap::new(),
+            recorder,
         };
         tasks.spawn(engine.run((changes_rx, explain_rx), settings.tick, stop_rx.clone()));
         let lead = Lead {
@@ -269,6 +294,8 @@ pub enum StartError {
     },
     #[error(transparent)]
     Remediation(#[from] crate::remediation::deliver::DelivererError),
+    #[error(transparent)]
+    Record(#[from] crate::sinks::record::RecordError),
     #[error("{0}, which needs the Kubernetes API, but no client for it was given")]
     NoCluster(ClusterUse),
 }
@@ -498,6 +525,8 @@ struct EngineTask {
     snapshot: watch::Sender<Arc<Snapshot>>,
     /// The last error each source reported, and when.
     errors: HashMap<String, (Ts, String)>,
+    /// `--record`: every change applied, as replay values.
+    recorder: Option<Recorder>,
 }
 
 impl EngineTask {
@@ -538,7 +567,14 @@ impl EngineTask {
                 }
                 _ => None,
             };
+            let tick = matches!(change, Change::Tick);
+            if let Some(r) = self.recorder.as_ref().filter(|_| !tick) {
+                r.change(at, &change, false);
+            }
             let out = self.engine.apply(at, change);
+            if let Some(r) = self.recorder.as_ref().filter(|_| tick && !out.is_empty()) {
+                r.change(at, &Change::Tick, true);
+            }
             if let Some((name, ok)) = &source {
                 self.health.source_status(name, *ok);
                 self.findings.set_rules_active(&self.engine.rules_active());

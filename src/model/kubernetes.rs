@@ -4,19 +4,20 @@
 //! every field not named here (managedFields, volumes, env, images...), which is several
 //! times faster than a typed decode and allocates a fraction of the memory. The same type
 //! serves the replay file and the live watch. The World then keeps an even smaller projection
-//! (`world::Pod`); an `Object` lives only as long as one change.
+//! (`world::Pod`); an `Object` lives only as long as one change. It serializes back to a valid
+//! pod object (what `run --record` writes), with the fields it kept.
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use kube::core::{ApiResource, DynamicResourceScope};
-use serde::{Deserialize, Deserializer};
+use serde::{Deserialize, Deserializer, Serialize};
 
 use crate::util::time::Ts;
 
 /// A Kubernetes object, reduced to the fields the rules need.
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Object {
     #[serde(default)]
@@ -31,7 +32,7 @@ pub struct Object {
     pub status: Status,
 }
 
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Spec {
     pub restart_policy: Option<String>,
@@ -41,7 +42,7 @@ pub struct Spec {
     pub init_containers: Vec<ContainerSpec>,
 }
 
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ContainerSpec {
     pub name: String,
@@ -49,7 +50,7 @@ pub struct ContainerSpec {
     pub restart_policy: Option<String>,
 }
 
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Status {
     pub phase: Option<String>,
@@ -63,13 +64,13 @@ pub struct Status {
     pub init_container_statuses: Vec<ContainerStatus>,
 }
 
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Condition {
     pub last_transition_time: Option<Ts>,
 }
 
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ContainerStatus {
     pub name: String,
@@ -78,7 +79,7 @@ pub struct ContainerStatus {
 }
 
 /// Exactly one of the three is set by the kubelet; none while the status is unknown.
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ContainerState {
     pub waiting: Option<Waiting>,
@@ -86,19 +87,19 @@ pub struct ContainerState {
     pub terminated: Option<Terminated>,
 }
 
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Waiting {
     pub reason: Option<String>,
 }
 
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Running {
     pub started_at: Option<Ts>,
 }
 
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Terminated {
     #[serde(default)]

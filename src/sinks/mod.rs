@@ -8,6 +8,7 @@
 pub mod http;
 pub mod log;
 pub mod metrics;
+pub mod record;
 pub mod report;
 pub mod traces;
 
