@@ -167,16 +167,7 @@ impl Daemon {
         let _ = rustls::crypto::ring::default_provider().install_default();
         let config = settings.config.clone();
         let mut metrics = Metrics::new(&config, settings.shard);
-        let recorder = match &settings.record {
-            Some(r) => Some(Recorder::start(
-                &r.path,
-                r.max_bytes,
-                r.keep,
-                config.profiles.clone(),
-                &mut metrics.registry,
-            )?),
-            None => None,
-        };
+        let recorder = record(&settings, &mut metrics.registry)?;
         let (changes_tx, changes_rx) = mpsc::channel::<(Ts, Change)>(4096);
         let (snapshot_tx, snapshot_rx) = watch::channel(Arc::new(Snapshot::default()));
         let (transitions, _) = broadcast::channel(4096);
@@ -329,6 +320,24 @@ impl Metrics {
             registry,
         }
     }
+}
+
+/// The recording, when `--record` asks for one.
+fn record(
+    settings: &Settings,
+    registry: &mut prometheus_client::registry::Registry,
+) -> Result<Option<Recorder>, StartError> {
+    let Some(r) = &settings.record else {
+        return Ok(None);
+    };
+    let profiles = settings.config.profiles.clone();
+    Ok(Some(Recorder::start(
+        &r.path,
+        r.max_bytes,
+        r.keep,
+        profiles,
+        registry,
+    )?))
 }
 
 /// What the status page and explain read besides the snapshot, and the ends that feed them:
