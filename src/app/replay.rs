@@ -370,6 +370,8 @@ pub struct Replay<'a> {
     pub counts: Counts,
     /// The remediation backtest, when asked for: its rounds run between the values.
     pub backtest: Option<Backtest>,
+    /// The input is a recording (`run --record`): its sources' health comes from it.
+    recorded: bool,
 }
 
 impl<'a> Replay<'a> {
@@ -381,6 +383,7 @@ impl<'a> Replay<'a> {
             started: Vec::new(),
             counts: Counts::default(),
             backtest: None,
+            recorded: false,
         }
     }
 
@@ -411,7 +414,7 @@ impl<'a> Replay<'a> {
     }
 
     fn start_feed(&mut self, feed: Feed, at: Ts, out: &mut Vec<Transition>) {
-        if !self.started.contains(&feed) {
+        if !self.recorded && !self.started.contains(&feed) {
             self.started.push(feed);
             let status =
                 SourceStatus::new(format!("replay:{}", feed.as_str()), None, vec![feed], true);
@@ -441,6 +444,18 @@ impl<'a> Replay<'a> {
     fn apply(&mut self, value: Decoded, out: &mut Vec<Transition>) -> Result<(), InputError> {
         match value {
             Decoded::Skip => Ok(()),
+            Decoded::Recording => {
+                // A recording says its sources' health itself: no feed is taken as synced
+                // from its first value.
+                self.recorded = true;
+                Ok(())
+            }
+            Decoded::Recorded { at, what } => {
+                let change = what.change(self.profiles)?;
+                let at = self.tick(Some(at));
+                self.change(at, change, out);
+                Ok(())
+            }
             Decoded::Tick(at) => {
                 let at = self.tick(Some(at));
                 self.change(at, Change::Tick, out);

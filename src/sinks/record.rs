@@ -38,7 +38,9 @@ type Outcomes = Family<Vec<(&'static str, &'static str)>, Counter>;
 
 /// The engine's side of a recording.
 pub struct Recorder {
-    queue: SyncSender<Vec<u8>>,
+    /// `None` once dropped: the writer then ends after what is queued.
+    queue: Option<SyncSender<Vec<u8>>>,
+    writer: Option<std::thread::JoinHandle<()>>,
     values: Outcomes,
     profiles: std::sync::Arc<Profiles>,
 }
@@ -75,7 +77,7 @@ impl Recorder {
         })?;
         let (queue, rx) = sync_channel(QUEUE);
         let counts = values.clone();
-        std::thread::Builder::new()
+        let writer = std::thread::Builder::new()
             .name("sandwatch-record".into())
             .spawn(move || write_all(&mut file, rx, &counts))
             .map_err(|source| RecordError {
@@ -83,7 +85,8 @@ impl Recorder {
                 source,
             })?;
         Ok(Recorder {
-            queue,
+            queue: Some(queue),
+            writer: Some(writer),
             values,
             profiles,
         })
@@ -97,9 +100,10 @@ impl Recorder {
         };
         let mut line = value.to_string().into_bytes();
         line.push(b'\n');
-        if let Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) =
-            self.queue.try_send(line)
-        {
+        let Some(queue) = &self.queue else {
+            return;
+        };
+        if let Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) = queue.try_send(line) {
             self.values
                 .get_or_create(&vec![("outcome", "dropped")])
                 .inc();
@@ -164,6 +168,17 @@ impl Recorder {
         let mut v = body;
         v.as_object_mut()?.insert("at".into(), json!(at));
         Some(v)
+    }
+}
+
+impl Drop for Recorder {
+    /// Ends the recording: what is queued is written and flushed before this returns (the
+    /// queue is bounded, so this is too).
+    fn drop(&mut self) {
+        self.queue = None;
+        if let Some(w) = self.writer.take() {
+            let _ = w.join();
+        }
     }
 }
 

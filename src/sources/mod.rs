@@ -9,6 +9,7 @@
 pub mod ingest;
 pub mod kube;
 pub mod postgres;
+pub mod recorded;
 pub mod records;
 pub mod replay;
 

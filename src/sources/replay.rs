@@ -22,6 +22,7 @@ use serde::Deserialize;
 use crate::model::kubernetes::Object;
 use crate::model::record::{InputError, RecordDoc};
 use crate::sources::WatchType;
+use crate::sources::recorded::{self, Recorded};
 use crate::util::time::Ts;
 
 /// Where a value starts in the input.
@@ -341,6 +342,12 @@ struct Entry {
     at: Option<Ts>,
     watch: Option<WatchEvent>,
     record: Option<Box<RecordDoc>>,
+    /// What only a recording (`run --record`) writes.
+    recording: Option<recorded::Header>,
+    source: Option<recorded::Source>,
+    listed: Option<recorded::Listed>,
+    pod_deleted: Option<recorded::PodDeleted>,
+    resume_target: Option<recorded::ResumeTarget>,
 }
 
 /// What one value means.
@@ -358,6 +365,13 @@ pub enum Decoded {
     Tick(Ts),
     /// A watch event the replay has no use for (BOOKMARK).
     Skip,
+    /// The header of a recording: its sources' changes follow as values of their own.
+    Recording,
+    /// A source change a recording wrote.
+    Recorded {
+        at: Ts,
+        what: Box<Recorded>,
+    },
 }
 
 /// Decodes one value. Errors name the field path and the reason.
@@ -368,7 +382,36 @@ pub fn decode(bytes: &[u8]) -> Result<Decoded, InputError> {
     }
 }
 
-fn decode_entry(entry: Entry) -> Result<Decoded, InputError> {
+/// A recording's own values: its header, and the source changes it wrote.
+fn decode_recorded(entry: &mut Entry) -> Option<Result<Decoded, InputError>> {
+    if entry.recording.take().is_some() {
+        return Some(Ok(Decoded::Recording));
+    }
+    let what = if let Some(s) = entry.source.take() {
+        Recorded::Source(s)
+    } else if let Some(l) = entry.listed.take() {
+        Recorded::Listed(l)
+    } else if let Some(d) = entry.pod_deleted.take() {
+        Recorded::PodDeleted(d)
+    } else {
+        Recorded::ResumeTarget(entry.resume_target.take()?)
+    };
+    Some(match entry.at {
+        Some(at) => Ok(Decoded::Recorded {
+            at,
+            what: Box::new(what),
+        }),
+        None => Err(InputError::new(
+            "missing_field",
+            "at: a recorded source change needs its time",
+        )),
+    })
+}
+
+fn decode_entry(mut entry: Entry) -> Result<Decoded, InputError> {
+    if let Some(d) = decode_recorded(&mut entry) {
+        return d;
+    }
     let shape_error = || {
         InputError::new(
             "invalid_value",
@@ -394,6 +437,7 @@ fn decode_entry(entry: Entry) -> Result<Decoded, InputError> {
             at: None,
             watch: None,
             record: None,
+            ..
         } => watch_event(kind, object, None),
         Entry {
             kind: None,
@@ -401,6 +445,7 @@ fn decode_entry(entry: Entry) -> Result<Decoded, InputError> {
             at: Some(at),
             watch,
             record,
+            ..
         } => match (watch, record) {
             (Some(w), None) => watch_event(w.kind, w.object, Some(at)),
             (None, Some(doc)) => Ok(Decoded::Record { at: Some(at), doc }),
