@@ -270,3 +270,40 @@ async fn live_mode_and_the_backtest_make_the_same_calls_for_the_same_inputs() {
     assert_eq!(made.len(), 3, "{made:?}");
     assert_eq!(made, rehearsed, "{text}");
 }
+
+#[test]
+fn calls_that_cannot_be_built_are_counted_apart_and_the_backtest_ends() {
+    let config = load(
+        &GENERIC
+            .replace(
+                "URL/sessions/{session}/gone",
+                "http://platform/sessions/{session}/{pod}",
+            )
+            .replace("grace: 5m", "grace: 0s\n          per_minute: 1")
+            .replace("mode: live", "mode: live\n  retry_max: 30s"),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let input = records(&[
+        json!({"at": "2026-05-01T10:00:00Z", "record": {"kind": "session", "id": "other", "state": "running"}}),
+        json!({"at": "2026-05-01T10:00:00Z", "record": {"kind": "session", "id": "a", "state": "suspended"}}),
+        json!({"at": "2026-05-01T10:00:00Z", "record": {"kind": "session", "id": "b", "state": "suspended"}}),
+        json!({"at": "2026-05-01T10:30:00Z"}),
+    ]);
+    let ((calls, summary), text) = backtest(&config, input);
+    let s = &summary["mark_session_gone"];
+    assert_eq!(s.calls, 0, "{text}");
+    assert!(s.invalid > 0);
+    // Nothing went out, so nothing used up the rate limit: both incidents were tried.
+    let sessions: std::collections::BTreeSet<_> = calls
+        .iter()
+        .filter_map(|c| c.finding.finding.session.as_deref())
+        .collect();
+    assert_eq!(sessions.into_iter().collect::<Vec<_>>(), ["a", "b"]);
+    // And the backtest ends with the input: an invalid call waits on a fix, not on time.
+    assert!(
+        calls
+            .iter()
+            .all(|c| c.at.to_string() <= "2026-05-01T10:30:00Z".to_string())
+    );
+    assert!(text.contains("\"outcome\":\"invalid\""), "{text}");
+}

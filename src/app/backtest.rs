@@ -34,6 +34,8 @@ pub struct Backtest {
     snapshot: watch::Sender<Arc<Snapshot>>,
     _leadership: watch::Sender<Leadership>,
     wake: Option<Ts>,
+    /// The last round's instant: rounds only go forward.
+    last: Ts,
     calls: Vec<Call>,
     /// Per action, the backlog each time it changed.
     backlog: BTreeMap<&'static str, Vec<(Ts, i64)>>,
@@ -42,7 +44,10 @@ pub struct Backtest {
 /// Per action, what the backtest saw.
 #[derive(Debug, Default, Serialize)]
 pub struct ActionSummary {
+    /// Calls that would have gone out.
     pub calls: u64,
+    /// Calls that could not be built (a template value missing): live mode would retry them.
+    pub invalid: u64,
     pub resends: u64,
     /// The most calls within any 60 s.
     pub peak_per_minute: u64,
@@ -80,6 +85,7 @@ impl Backtest {
             snapshot,
             _leadership: leadership,
             wake: None,
+            last: Ts(i64::MIN),
             calls: Vec::new(),
             backlog: BTreeMap::new(),
         })
@@ -88,7 +94,7 @@ impl Backtest {
     /// Runs the rounds the controller asked for before `at`, advancing the engine to each
     /// (its transitions go to `sink`), then a round at `at` itself after the caller's change.
     pub fn until(&mut self, engine: &mut Engine, at: Ts, sink: &mut dyn FnMut(&[Transition])) {
-        while let Some(wake) = self.next(engine).filter(|w| *w < at) {
+        while let Some(wake) = self.next(engine).filter(|w| *w < at && *w > self.last) {
             let out = engine.advance(wake);
             sink(&out);
             self.round(engine, wake, !out.is_empty());
@@ -104,22 +110,22 @@ impl Backtest {
         }
     }
 
-    /// After the input: the rounds that drain what is due on the final state (a rate-limited
-    /// backlog), until nothing is due; timers still fire on their own times.
-    pub fn drain(&mut self, engine: &mut Engine, sink: &mut dyn FnMut(&[Transition])) {
+    /// After the input: rounds on the final state (the engine is not advanced: the report
+    /// and an explanation stay those of the input's end) while something is still coming —
+    /// a grace ending, a rate-limited backlog — for [`DRAIN_AT_MOST`] at most.
+    pub fn drain(&mut self, engine: &Engine) {
         let end = engine.now().saturating_add(DRAIN_AT_MOST);
-        while self.controller.backlog().values().any(|n| *n > 0)
-            && let Some(wake) = self.wake.filter(|w| *w <= end)
+        while self.controller.has_work()
+            && let Some(wake) = self.wake.filter(|w| *w <= end && *w > self.last)
         {
-            let out = engine.advance(wake);
-            sink(&out);
-            self.round(engine, wake, !out.is_empty());
+            self.round(engine, wake, false);
         }
     }
 
     /// One round at `at` on the engine as it stands (`changed`: its findings or sources
     /// changed since the last round).
     pub fn round(&mut self, engine: &Engine, at: Ts, changed: bool) {
+        self.last = at;
         self.clock.store(at.0, Ordering::Relaxed);
         if changed {
             self.snapshot.send_replace(Arc::new(snapshot(engine, at)));
@@ -142,14 +148,17 @@ impl Backtest {
         }
         for c in &self.calls {
             let s = summary.entry(c.action.as_str()).or_default();
-            s.calls += 1;
+            match c.outcome {
+                "success" => s.calls += 1,
+                _ => s.invalid += 1,
+            }
             s.resends += u64::from(c.resend);
         }
         for (name, s) in &mut summary {
             let times: Vec<Ts> = self
                 .calls
                 .iter()
-                .filter(|c| c.action.as_str() == *name)
+                .filter(|c| c.action.as_str() == *name && c.outcome == "success")
                 .map(|c| c.at)
                 .collect();
             s.peak_per_minute = peak_per_minute(&times);
@@ -201,6 +210,8 @@ struct CallView<'a> {
     event: &'static str,
     at: String,
     action: &'static str,
+    /// `success` (it would have gone out), `invalid` (it could not be built).
+    outcome: &'static str,
     call: &'a str,
     idempotency_key: &'a str,
     resend: bool,
@@ -221,6 +232,7 @@ pub fn write(
                 event: "remediation",
                 at: c.at.to_string(),
                 action: c.action.as_str(),
+                outcome: c.outcome,
                 call: &c.what,
                 idempotency_key: &c.key,
                 resend: c.resend,
@@ -252,7 +264,11 @@ pub fn write(
         } else {
             c.delayed_by.join(",")
         };
-        let resend = if c.resend { " (resend)" } else { "" };
+        let resend = match (c.resend, c.outcome) {
+            (_, "invalid") => " (invalid: not built)",
+            (true, _) => " (resend)",
+            _ => "",
+        };
         writeln!(
             out,
             "{:<22}  {:<18}  {:<35}  {:<28}  {:<32}  {:<24}  {}{resend}",
@@ -268,8 +284,8 @@ pub fn write(
     for (name, s) in summary {
         writeln!(
             out,
-            "{name}: {} calls ({} resends), peak {}/min, peak backlog {}, {} avoided (resolved during the grace)",
-            s.calls, s.resends, s.peak_per_minute, s.peak_backlog, s.avoided
+            "{name}: {} calls ({} resends, {} invalid), peak {}/min, peak backlog {}, {} avoided (resolved during the grace)",
+            s.calls, s.resends, s.invalid, s.peak_per_minute, s.peak_backlog, s.avoided
         )?;
     }
     Ok(())

@@ -123,11 +123,7 @@ pub fn run_with<W: Write + Send>(
         read(&mut replay, input, &mut sinks)?;
     }
     let backtest = replay.backtest.take().map(|mut bt| {
-        bt.drain(&mut replay.engine, &mut |ts| {
-            for t in ts {
-                sinks.transition(t);
-            }
-        });
+        bt.drain(&replay.engine);
         bt.finish()
     });
     drop(sinks);

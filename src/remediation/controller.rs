@@ -40,6 +40,8 @@ struct KeyState {
     /// Every reason it has waited for (grace, rate limit, untrusted source...).
     delays: BTreeSet<&'static str>,
     action: Option<ActionName>,
+    /// When its action's grace ends.
+    grace_until: Option<Ts>,
 }
 
 /// The waits a call's journal entry names as what delayed it.
@@ -70,6 +72,14 @@ pub struct Call {
 
 /// The wall clock live; a backtest's virtual clock.
 pub type Clock = Arc<dyn Fn() -> Ts + Send + Sync>;
+
+/// Live mode's clock: the wall clock at start, then advanced by the monotonic clock, so that
+/// a step of the system clock (NTP) neither stalls the rounds, freezes a rate limit or the
+/// published view, nor fires retries and resends early.
+fn monotonic_wall_clock() -> Clock {
+    let (wall, mono) = (Ts::now(), std::time::Instant::now());
+    Arc::new(move || wall.saturating_add(mono.elapsed()))
+}
 
 /// Where an open finding with an action stands in this round, for the status page.
 struct Standing {
@@ -158,7 +168,7 @@ impl<D: Deliver> Controller<D> {
             standing: HashMap::new(),
             view: watch::Sender::new(Arc::default()),
             published: None,
-            clock: Arc::new(Ts::now),
+            clock: monotonic_wall_clock(),
             journal: None,
             avoided: HashMap::new(),
             backlog: HashMap::new(),
@@ -196,6 +206,24 @@ impl<D: Deliver> Controller<D> {
         &self.avoided
     }
 
+    /// Whether an open finding still waits for something that time alone brings (its grace
+    /// to end, a rate limit's token, a breaker to close) or is due: more rounds would call.
+    /// An incident whose last call could not be built waits on a fix, not on time.
+    pub fn has_work(&self) -> bool {
+        self.standing.iter().any(|(id, s)| {
+            let invalid = self
+                .keys
+                .get(id)
+                .and_then(|k| self.state.get(k))
+                .is_some_and(|st| st.last.is_some_and(|(_, o)| o == "invalid"));
+            !invalid
+                && matches!(
+                    s.waiting,
+                    None | Some("grace" | "rate limit" | "circuit open")
+                )
+        })
+    }
+
     /// The backlog per action after the last round.
     pub fn backlog(&self) -> &HashMap<ActionName, i64> {
         &self.backlog
@@ -205,8 +233,14 @@ impl<D: Deliver> Controller<D> {
     /// go, a grace ends, a retry or resend is due. (Live mode also runs a round every 100 ms.)
     pub async fn step(&mut self) -> Option<Ts> {
         let token_due = self.round().await;
-        let mut next = token_due;
-        let mut sooner = |t: Ts| next = Some(next.map_or(t, |n: Ts| n.min(t)));
+        let now = self.now();
+        let mut next = token_due.filter(|t| *t > now);
+        // Only later instants: what is due now and held back is covered by the next token.
+        let mut sooner = |t: Ts| {
+            if t > now {
+                next = Some(next.map_or(t, |n: Ts| n.min(t)));
+            }
+        };
         for s in self.standing.values() {
             if let Some(t) = s.next_at {
                 sooner(t);
@@ -362,6 +396,7 @@ impl<D: Deliver> Controller<D> {
             let graced = f.opened_at.saturating_add(action.grace);
             let st = self.state.entry(key.clone()).or_default();
             st.action = Some(action.name);
+            st.grace_until = Some(graced);
             let mut stand = |waiting: Option<&'static str>, next_at| {
                 st.delays.extend(waiting.filter(|w| DELAYS.contains(w)));
                 self.standing.insert(
@@ -394,19 +429,19 @@ impl<D: Deliver> Controller<D> {
             stand(None, None);
             due.push((key, f.clone(), index));
         }
-        self.forget(&open_keys);
+        self.forget(&open_keys, now);
         self.keys.retain(|id, _| open_ids.contains(id));
         due
     }
 
     /// Forgets the incidents that resolved, counting those that did during their grace.
-    fn forget(&mut self, open_keys: &HashSet<String>) {
+    fn forget(&mut self, open_keys: &HashSet<String>, now: Ts) {
         let avoided = &mut self.avoided;
         self.state.retain(|k, st| {
             let open = open_keys.contains(k);
             if !open
                 && st.calls == 0
-                && st.delays.contains("grace")
+                && st.grace_until.is_some_and(|g| now < g)
                 && let Some(name) = st.action
             {
                 *avoided.entry(name).or_default() += 1;
@@ -443,7 +478,18 @@ impl<D: Deliver> Controller<D> {
             }
             self.global.take();
             self.buckets[index].take();
-            self.act(key, f, index).await;
+            self.act(key.clone(), f, index).await;
+            // A call that could not be built sent nothing: it does not use up the limits
+            // (nor hold back the incidents queued behind it).
+            if self
+                .state
+                .get(&key)
+                .and_then(|st| st.last)
+                .is_some_and(|(_, o)| o == "invalid")
+            {
+                self.global.refund();
+                self.buckets[index].refund();
+            }
         }
         token_due
     }

@@ -29,7 +29,7 @@ impl Bucket {
     fn refill(&mut self, now: Ts) {
         let elapsed = now.secs_since(self.last);
         self.tokens = (self.tokens + elapsed * self.per_sec).min(self.capacity);
-        self.last = self.last.max(now);
+        self.last = now;
     }
 
     pub(super) fn ready(&mut self, now: Ts) -> bool {
@@ -39,6 +39,11 @@ impl Bucket {
 
     pub(super) fn take(&mut self) {
         self.tokens -= 1.0;
+    }
+
+    /// Gives back a token taken for a call that was not made.
+    pub(super) fn refund(&mut self) {
+        self.tokens = (self.tokens + 1.0).min(self.capacity);
     }
 
     /// When the bucket next holds a whole token.
