@@ -303,7 +303,7 @@ fn calls_that_cannot_be_built_are_counted_apart_and_the_backtest_ends() {
     assert!(
         calls
             .iter()
-            .all(|c| c.at.to_string() <= "2026-05-01T10:30:00Z".to_string())
+            .all(|c| *c.at.to_string() <= *"2026-05-01T10:30:00Z")
     );
     assert!(text.contains("\"outcome\":\"invalid\""), "{text}");
 }
