@@ -562,7 +562,10 @@ impl EngineTask {
                 },
                 _ = ticker.tick() => (Ts::now(), Change::Tick),
                 Some((query, answer)) = questions.recv() => {
-                    let _ = answer.send(explain(&self.engine, &query));
+                    // A client that gave up (503 after its wait) is not answered.
+                    if !answer.is_closed() {
+                        let _ = answer.send(explain(&self.engine, &query));
+                    }
                     continue;
                 }
                 _ = stop.wait_for(|s| *s) => break,

@@ -71,8 +71,6 @@ pub enum ReplayError {
     NoActions,
     #[error("--remediation: {0}")]
     Remediation(#[from] crate::remediation::deliver::DelivererError),
-    #[error("--explain: {0}")]
-    Explain(explain::ExplainError),
 }
 
 /// What a replay does besides the report.
@@ -190,7 +188,20 @@ fn explained(
     q: &explain::Query,
     json: bool,
 ) -> Result<(), ReplayError> {
-    let e = explain::explain(engine, q).map_err(ReplayError::Explain)?;
+    let e = match explain::explain(engine, q) {
+        Ok(e) => e,
+        Err(error) => {
+            // The report and the metrics are still what the replay was for.
+            warn!("--explain: {error}");
+            if json {
+                let v = serde_json::json!({"event": "explain", "error": error.to_string()});
+                writeln!(out, "{v}")?;
+            } else {
+                writeln!(out, "\nEXPLAIN: {error}")?;
+            }
+            return Ok(());
+        }
+    };
     if json {
         serde_json::to_writer(
             &mut *out,

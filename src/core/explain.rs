@@ -96,14 +96,11 @@ impl Query {
         }
     }
 
-    /// Reads the subject syntax of the command line: `pod=NS/NAME`, `session=ID`, ...
+    /// Reads the subject syntax of the command line: `pod=NS/NAME`, `session=ID`, ... as a
+    /// query string (percent-encoded values too, as the status page's links give them).
     pub fn parse_arg(text: &str) -> Result<Query, ExplainError> {
-        let pairs: Vec<(String, String)> = text
-            .split('&')
-            .map(|kv| match kv.split_once('=') {
-                Some((k, v)) => (k.to_string(), v.to_string()),
-                None => (kv.to_string(), String::new()),
-            })
+        let pairs: Vec<(String, String)> = form_urlencoded::parse(text.as_bytes())
+            .map(|(k, v)| (k.into_owned(), v.into_owned()))
             .collect();
         Query::parse(&pairs)
     }

@@ -64,8 +64,9 @@ pub(super) fn from_pod(w: &World, pod: &Pod) -> Joined {
     if j.sessions.is_empty() {
         let why = match (&pod.session, key) {
             (Some(s), Some(m)) => format!(
-                "the pod's {} says {s}, and no such session record is held",
-                meta(m)
+                "the pod's {} says {s}, and no session record {s} that admits namespace {} is held",
+                meta(m),
+                pod.namespace
             ),
             _ => "the pod carries no session key and no session record names it".to_string(),
         };
@@ -234,15 +235,10 @@ pub(super) fn from_execution(w: &World, key: &RecordKey, rec: &StoredRecord) -> 
         });
         return j;
     }
-    pod_link(
-        w,
-        &from,
-        w.pod_of_execution(key, rec),
-        rec,
-        &key.id,
-        key.profile,
-        &mut j,
-    );
+    // Pods carry the session's key: a missing one is told by the session id.
+    let keyed_by = rec.session.as_deref().unwrap_or(&key.id);
+    let link = w.pod_of_execution(key, rec);
+    pod_link(w, &from, link, rec, keyed_by, key.profile, &mut j);
     j
 }
 
@@ -254,8 +250,10 @@ pub(super) fn from_sandbox(w: &World, key: &RecordKey) -> Joined {
         if k.kind != RecordKind::Execution || k.profile != key.profile {
             continue;
         }
-        if let Some((id, Some(_))) = w.sandbox_of(k, r)
-            && *id == *key.id
+        // The sandbox the execution's reference resolves to (namespaced ids included).
+        if let Some(id) = &r.sandbox
+            && w.resolve(RecordKind::Sandbox, k.profile, r.namespace.as_ref(), id)
+                == Resolved::Found(key.clone())
         {
             j.links.push(found(
                 &from,

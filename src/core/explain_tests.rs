@@ -21,6 +21,13 @@ fn a_subject_is_read_from_the_query() {
         parse("sandbox=sb-1").unwrap().lookup,
         record(RecordKind::Sandbox, "sb-1")
     );
+    // As the status page's links encode it.
+    assert_eq!(
+        parse("session=slack%3AC05F3A%3A1774900000%2E000100&profile=sandbox-api")
+            .unwrap()
+            .lookup,
+        record(RecordKind::Session, "slack:C05F3A:1774900000.000100")
+    );
 }
 
 #[test]

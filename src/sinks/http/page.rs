@@ -309,8 +309,10 @@ fn groups<'a>(snap: &'a Snapshot, q: &PageQuery) -> Vec<Group<'a>> {
                     "" => format!("{what} {id}"),
                     ns => format!("{what} {ns}/{id}"),
                 },
-                kubectl: (rank == 0)
-                    .then(|| format!("kubectl -n {} describe pod {}", shell(ns), shell(id))),
+                kubectl: (rank == 0).then(|| match ns {
+                    "" => format!("kubectl describe pod {}", shell(&clip(id))),
+                    ns => format!("kubectl -n {} describe pod {}", shell(ns), shell(&clip(id))),
+                }),
                 namespace: ns,
                 findings: Vec::new(),
             });
