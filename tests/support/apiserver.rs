@@ -681,6 +681,55 @@ enum ChangeType {
     Deleted,
 }
 
+/// The objects of a resource at some resourceVersion: the current objects, overlaid with what
+/// later changes replaced (`None` for an object created since).
+struct Snapshot<'a> {
+    current: &'a BTreeMap<String, Value>,
+    undone: BTreeMap<String, Option<&'a Value>>,
+}
+
+impl<'a> Snapshot<'a> {
+    /// The objects whose key is `from` or after, in key order.
+    fn from(&self, from: &str) -> impl Iterator<Item = (&str, &'a Value)> + '_ {
+        use std::ops::Bound;
+        let range = (Bound::Included(from), Bound::Unbounded);
+        let mut current = self
+            .current
+            .range::<str, _>(range)
+            .map(|(k, v)| (k.as_str(), v))
+            .peekable();
+        let mut undone = self
+            .undone
+            .range::<str, _>(range)
+            .map(|(k, v)| (k.as_str(), *v))
+            .peekable();
+        std::iter::from_fn(move || {
+            loop {
+                let take_undone = match (current.peek(), undone.peek()) {
+                    (None, None) => return None,
+                    (Some(_), None) => false,
+                    (None, Some(_)) => true,
+                    (Some((c, _)), Some((u, _))) if c < u => false,
+                    (Some((c, _)), Some((u, _))) => {
+                        if c == u {
+                            current.next();
+                        }
+                        true
+                    }
+                };
+                if !take_undone {
+                    return current.next();
+                }
+                match undone.next() {
+                    Some((k, Some(v))) => return Some((k, v)),
+                    Some((_, None)) => continue,
+                    None => return None,
+                }
+            }
+        })
+    }
+}
+
 struct Change {
     rv: u64,
     ty: ChangeType,
@@ -1224,25 +1273,30 @@ impl Store {
         }
     }
 
-    /// The objects of a resource as they were at `rv`, rebuilt by undoing later changes.
-    fn snapshot_at(&self, rk: &ResKey, rv: u64) -> Option<BTreeMap<String, Value>> {
+    /// The objects of a resource as they were at `rv`: the current ones with the later
+    /// changes undone, as a view (a page of a large list costs the page, not the list).
+    fn snapshot_at(&self, rk: &ResKey, rv: u64) -> Option<Snapshot<'_>> {
         let res = &self.resources[rk];
         if rv < res.compacted_through {
             return None;
         }
-        let mut objects = res.objects.clone();
+        // Undone from the newest change back, so the oldest change after `rv` decides.
+        let mut undone = BTreeMap::new();
         for change in res.history.iter().rev().take_while(|c| c.rv > rv) {
             match (&change.ty, &change.prev) {
                 (ChangeType::Added, _) => {
-                    objects.remove(&change.key);
+                    undone.insert(change.key.clone(), None);
                 }
                 (_, Some(prev)) => {
-                    objects.insert(change.key.clone(), prev.clone());
+                    undone.insert(change.key.clone(), Some(prev));
                 }
                 (_, None) => {}
             }
         }
-        Some(objects)
+        Some(Snapshot {
+            current: &res.objects,
+            undone,
+        })
     }
 
     /// Registers a watch; returns the events to send first and, unless the watch ended
@@ -2938,29 +2992,23 @@ fn list(
 
     // Keys are relative to the listed prefix: `name` under a namespace, `ns/name` across all.
     let prefix = namespace.map(|ns| format!("{ns}/")).unwrap_or_default();
-    let candidates: Vec<(String, &Value)> = objects
-        .iter()
-        .filter_map(|(k, v)| {
-            k.strip_prefix(prefix.as_str())
-                .map(|rel| (rel.to_string(), v))
-        })
-        .filter(|(rel, _)| start.as_deref().is_none_or(|s| rel.as_str() >= s))
-        .collect();
+    let from = format!("{prefix}{}", start.as_deref().unwrap_or_default());
+    let mut candidates = objects
+        .from(&from)
+        .map_while(|(k, v)| k.strip_prefix(prefix.as_str()).map(|rel| (rel, v)));
     let mut items = Vec::new();
     let mut last_key = None;
-    let mut examined = 0;
-    for (rel, obj) in &candidates {
-        if limit.is_some_and(|l| items.len() as i64 >= l) {
+    while !limit.is_some_and(|l| items.len() as i64 >= l) {
+        let Some((rel, obj)) = candidates.next() else {
             break;
-        }
-        examined += 1;
+        };
         if scope.matches(obj) {
             items.push(project(spec, projection, obj, true));
-            last_key = Some(rel.clone());
+            last_key = Some(rel.to_string());
         }
     }
     let mut metadata = json!({"resourceVersion": snapshot_rv.to_string()});
-    let remaining = candidates.len() - examined;
+    let remaining = candidates.count();
     if remaining > 0
         && let Some(last) = last_key
     {
@@ -2973,12 +3021,13 @@ fn list(
         Projection::Full => (format!("{}List", spec.kind), spec.api_version()),
         Projection::Metadata => ("PartialObjectMetadataList".into(), "meta.k8s.io/v1".into()),
     };
-    Ok(json!({
-        "kind": kind,
-        "apiVersion": api_version,
-        "metadata": metadata,
-        "items": items,
-    }))
+    // Built by hand: `json!` would copy every item once more.
+    let mut list = Map::new();
+    list.insert("kind".into(), Value::String(kind));
+    list.insert("apiVersion".into(), Value::String(api_version));
+    list.insert("metadata".into(), metadata);
+    list.insert("items".into(), Value::Array(items));
+    Ok(Value::Object(list))
 }
 
 /// WATCH.
