@@ -124,7 +124,7 @@ async fn start_daemon(server: &TestApiServer) -> anyhow::Result<(Daemon, Duratio
         ..Settings::new(config, "127.0.0.1:0".parse()?)
     };
     let t = Instant::now();
-    let daemon = Daemon::start(settings, server.client()).await?;
+    let daemon = Daemon::start(settings, Some(server.client())).await?;
     let deadline = t + Duration::from_secs(600);
     while get(&daemon, "/readyz").await.0 != 200 {
         anyhow::ensure!(Instant::now() < deadline, "the daemon did not get ready");

@@ -2998,7 +2998,7 @@ fn list(
         .map_while(|(k, v)| k.strip_prefix(prefix.as_str()).map(|rel| (rel, v)));
     let mut items = Vec::new();
     let mut last_key = None;
-    while !limit.is_some_and(|l| items.len() as i64 >= l) {
+    while limit.is_none_or(|l| (items.len() as i64) < l) {
         let Some((rel, obj)) = candidates.next() else {
             break;
         };
