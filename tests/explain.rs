@@ -183,6 +183,59 @@ async fn explain_gives_each_rules_verdict_for_a_subject() {
     daemon.shutdown().await;
 }
 
+/// The explanation `replay --explain SUBJECT` prints after replaying examples/records.json.
+fn explained_after_records(subject: &str) -> Value {
+    let config = sandwatch::app::config::preset("generic").unwrap();
+    let input = std::fs::read(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/examples/records.json"
+    ))
+    .unwrap();
+    let extras = sandwatch::app::replay::Extras {
+        remediation: false,
+        explain: Some(sandwatch::core::explain::Query::parse_arg(subject).unwrap()),
+    };
+    let inputs = vec![sandwatch::app::replay::Input {
+        name: "records.json".into(),
+        reader: Box::new(std::io::Cursor::new(input)),
+    }];
+    let outcome = sandwatch::app::replay::run_with(
+        &config,
+        inputs,
+        sandwatch::sinks::report::Format::Json,
+        Vec::new(),
+        extras,
+    )
+    .unwrap();
+    let text = String::from_utf8(outcome.out).unwrap();
+    serde_json::from_str(text.lines().last().unwrap()).unwrap()
+}
+
+#[test]
+fn a_sandbox_and_a_session_link_the_executions_that_name_them() {
+    let last = explained_after_records("sandbox=sb-1");
+    let links = last["explanation"]["links"].as_array().unwrap();
+    assert!(
+        links
+            .iter()
+            .any(|l| l["to"] == "execution" && l["id"] == "run-7" && l["found"] == true),
+        "{last:#}"
+    );
+    assert_eq!(
+        rule(&last["explanation"], "execution_on_dead_agent")["verdict"],
+        "open"
+    );
+    let last = explained_after_records("session=s-1");
+    // The session's tombstone came last: it is no longer held.
+    assert!(
+        last["error"]
+            .as_str()
+            .unwrap()
+            .contains("no session record \"s-1\" is held"),
+        "{last:#}"
+    );
+}
+
 #[test]
 fn replay_explains_a_subject_at_the_end_of_a_recording() {
     let config = sandwatch::app::config::preset("generic").unwrap();

@@ -304,9 +304,28 @@ fn find_record<'a>(
     kind: RecordKind,
     id: &str,
 ) -> Result<(RecordKey, &'a StoredRecord), ExplainError> {
-    let found: Vec<(&RecordKey, &StoredRecord)> = w
-        .records()
-        .filter(|(k, _)| k.kind == kind && *k.id == *id && profile_matches(w, query, k.profile))
+    // From the World's keys, not a scan: one lookup per profile.
+    let id_sym: crate::model::ids::Sym = id.into();
+    let ns: Option<crate::model::ids::Sym> = query.namespace.as_deref().map(Into::into);
+    let mut keys = Vec::new();
+    for (p, _) in w.profiles().iter() {
+        if !profile_matches(w, query, p) {
+            continue;
+        }
+        match w.resolve(kind, p, ns.as_ref(), &id_sym) {
+            Resolved::Found(k) => keys.push(k),
+            Resolved::Ambiguous(list) => keys.extend(list.into_iter().map(|n| RecordKey {
+                kind,
+                profile: p,
+                namespace: Some(n),
+                id: id_sym.clone(),
+            })),
+            Resolved::Missing => {}
+        }
+    }
+    let found: Vec<(&RecordKey, &StoredRecord)> = keys
+        .iter()
+        .filter_map(|k| w.record(k).map(|r| (k, r)))
         .filter(|(k, r)| {
             query
                 .namespace

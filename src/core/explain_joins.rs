@@ -105,29 +105,23 @@ pub(super) fn from_pod(w: &World, pod: &Pod) -> Joined {
 
 /// The executions that name one of these sessions (beyond those already linked).
 fn executions_of(w: &World, sessions: &[RecordKey], j: &mut Joined) {
-    for (k, r) in w.records() {
-        if k.kind != RecordKind::Execution {
-            continue;
+    for session in sessions {
+        for k in w.executions_naming_session(session.profile, &session.id) {
+            let Some(r) = w.record(k) else { continue };
+            if w.session_of(k, r) != Some(Resolved::Found(session.clone())) {
+                continue;
+            }
+            let subject = record_subject(k);
+            if j.executions.iter().any(|(x, _)| *x == subject) {
+                continue;
+            }
+            let from = label(RecordKind::Session, session);
+            let by = "the execution record's field session".to_string();
+            j.links
+                .push(found(&from, "execution", k.id.to_string(), by));
+            j.executions
+                .push((subject, label(RecordKind::Execution, k)));
         }
-        let Some(Resolved::Found(s)) = w.session_of(k, r) else {
-            continue;
-        };
-        let Some(session) = sessions.iter().find(|x| **x == s) else {
-            continue;
-        };
-        let subject = record_subject(k);
-        if j.executions.iter().any(|(x, _)| *x == subject) {
-            continue;
-        }
-        let from = label(RecordKind::Session, session);
-        j.links.push(found(
-            &from,
-            "execution",
-            k.id.to_string(),
-            "the execution record's field session".into(),
-        ));
-        j.executions
-            .push((subject, label(RecordKind::Execution, k)));
     }
 }
 
@@ -246,21 +240,17 @@ pub(super) fn from_execution(w: &World, key: &RecordKey, rec: &StoredRecord) -> 
 pub(super) fn from_sandbox(w: &World, key: &RecordKey) -> Joined {
     let mut j = Joined::default();
     let from = label(RecordKind::Sandbox, key);
-    for (k, r) in w.records() {
-        if k.kind != RecordKind::Execution || k.profile != key.profile {
-            continue;
-        }
+    for k in w.executions_naming_sandbox(key.profile, &key.id) {
+        let Some(r) = w.record(k) else { continue };
         // The sandbox the execution's reference resolves to (namespaced ids included).
-        if let Some(id) = &r.sandbox
-            && w.resolve(RecordKind::Sandbox, k.profile, r.namespace.as_ref(), id)
+        let resolves = r.sandbox.as_ref().is_some_and(|id| {
+            w.resolve(RecordKind::Sandbox, k.profile, r.namespace.as_ref(), id)
                 == Resolved::Found(key.clone())
-        {
-            j.links.push(found(
-                &from,
-                "execution",
-                k.id.to_string(),
-                "the execution record's field sandbox".into(),
-            ));
+        });
+        if resolves {
+            let by = "the execution record's field sandbox".to_string();
+            j.links
+                .push(found(&from, "execution", k.id.to_string(), by));
             j.executions
                 .push((record_subject(k), label(RecordKind::Execution, k)));
         }

@@ -136,6 +136,21 @@ impl World {
         Some((id.clone(), found))
     }
 
+    /// The executions whose `session` field says `id` (within the profile; the reference may
+    /// still resolve elsewhere when ids are namespaced).
+    pub fn executions_naming_session(&self, profile: ProfileId, id: &Sym) -> &[RecordKey] {
+        self.executions_by_session
+            .get(&(profile, id.clone()))
+            .map_or(&[], Vec::as_slice)
+    }
+
+    /// The executions whose `sandbox` field says `id` (within the profile).
+    pub fn executions_naming_sandbox(&self, profile: ProfileId, id: &Sym) -> &[RecordKey] {
+        self.executions_by_sandbox
+            .get(&(profile, id.clone()))
+            .map_or(&[], Vec::as_slice)
+    }
+
     /// Session records that claim a pod: named by it, or named by its session key.
     pub fn sessions_of_pod(&self, pod: &Pod) -> Vec<(RecordKey, &StoredRecord)> {
         let mut keys: Vec<RecordKey> = Vec::new();
