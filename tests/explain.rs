@@ -238,31 +238,8 @@ fn a_sandbox_and_a_session_link_the_executions_that_name_them() {
 
 #[test]
 fn replay_explains_a_subject_at_the_end_of_a_recording() {
-    let config = sandwatch::app::config::preset("generic").unwrap();
-    let input = std::fs::read(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/examples/records.json"
-    ))
-    .unwrap();
-    let extras = sandwatch::app::replay::Extras {
-        remediation: false,
-        explain: Some(sandwatch::core::explain::Query::parse_arg("execution=run-7").unwrap()),
-    };
-    let inputs = vec![sandwatch::app::replay::Input {
-        name: "records.json".into(),
-        reader: Box::new(std::io::Cursor::new(input)),
-    }];
-    let outcome = sandwatch::app::replay::run_with(
-        &config,
-        inputs,
-        sandwatch::sinks::report::Format::Json,
-        Vec::new(),
-        extras,
-    )
-    .unwrap();
-    let text = String::from_utf8(outcome.out).unwrap();
-    let last: Value = serde_json::from_str(text.lines().last().unwrap()).unwrap();
-    assert_eq!(last["event"], "explain", "{text}");
+    let last = explained_after_records("execution=run-7");
+    assert_eq!(last["event"], "explain", "{last}");
     let e = &last["explanation"];
     assert_eq!(e["subject"]["id"], "run-7");
     let link = e["links"]
