@@ -575,7 +575,7 @@ impl EngineTask {
                     if let Some(e) = &s.error {
                         self.errors.insert(s.name.clone(), (at, e.clone()));
                     }
-                    Some((s.name.clone(), s.synced && s.fresh))
+                    Some((s.name.clone(), s.healthy()))
                 }
                 _ => None,
             };

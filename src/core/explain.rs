@@ -479,7 +479,7 @@ fn held_on(w: &World, rule: &dyn Rule, subject: &Subject) -> String {
         .iter()
         .filter(|s| s.profile.is_none() || s.profile == profile)
         .filter(|s| s.feeds.iter().any(|f| feeds.contains(&f)))
-        .filter(|s| !(s.synced && s.fresh))
+        .filter(|s| !s.healthy())
         .map(|s| s.name.as_str())
         .collect();
     format!(

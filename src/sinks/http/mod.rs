@@ -114,7 +114,7 @@ async fn readyz(State(s): State<AppState>) -> Response {
     let not_ready: Vec<&str> = snap
         .sources
         .iter()
-        .filter(|s| !(s.synced && s.fresh))
+        .filter(|s| !s.healthy())
         .map(|s| s.name.as_str())
         .collect();
     let ready = !snap.sources.is_empty() && not_ready.is_empty();
@@ -133,18 +133,7 @@ async fn readyz(State(s): State<AppState>) -> Response {
                 error: s.error.as_deref(),
             })
             .collect(),
-        rules: {
-            let mut by: std::collections::BTreeMap<&str, RulesView> = Default::default();
-            for (profile, kind, on) in &snap.rules {
-                let v = by.entry(profile).or_default();
-                if *on {
-                    v.running.push(*kind);
-                } else {
-                    v.off.push(*kind);
-                }
-            }
-            by
-        },
+        rules: rules_by_profile(&snap),
         pods: snap.pods,
         records: snap.records,
     };
@@ -193,16 +182,7 @@ impl Selection {
         };
         for (key, value) in pairs {
             match key.as_str() {
-                "kind" => {
-                    for k in value.split(',').filter(|k| !k.is_empty()) {
-                        let kind = FindingKind::parse(k).ok_or_else(|| {
-                            let kinds: Vec<&str> =
-                                FindingKind::ALL.iter().map(|k| k.as_str()).collect();
-                            format!("kind: {k:?} is not a finding kind ({})", kinds.join(", "))
-                        })?;
-                        s.kinds.push(kind);
-                    }
-                }
+                "kind" => read_kinds(&value, &mut s.kinds)?,
                 "namespace" => s.namespace = Some(value),
                 "profile" => s.profile = Some(value),
                 "pod" => s.pod = Some(value),
@@ -246,6 +226,28 @@ impl Selection {
             && is(&self.execution, d.execution.as_deref())
             && is(&self.reason, Some(&d.reason))
     }
+}
+
+/// Per profile, the rules that run and those that do not (readiness and the status page).
+fn rules_by_profile(snap: &Snapshot) -> std::collections::BTreeMap<&str, RulesView> {
+    let mut by: std::collections::BTreeMap<&str, RulesView> = Default::default();
+    for (profile, kind, on) in &snap.rules {
+        let v = by.entry(profile).or_default();
+        if *on { &mut v.running } else { &mut v.off }.push(*kind);
+    }
+    by
+}
+
+/// Reads `kind=a,b` (the parameter may also be given several times) into `kinds`; an unknown
+/// kind is an error naming it and the kinds there are.
+fn read_kinds(value: &str, kinds: &mut Vec<FindingKind>) -> Result<(), String> {
+    for k in value.split(',').filter(|k| !k.is_empty()) {
+        kinds.push(FindingKind::parse(k).ok_or_else(|| {
+            let all: Vec<&str> = FindingKind::ALL.iter().map(|k| k.as_str()).collect();
+            format!("kind: {k:?} is not a finding kind ({})", all.join(", "))
+        })?);
+    }
+    Ok(())
 }
 
 /// An error, as every error of the API is answered: JSON naming what was wrong.

@@ -97,15 +97,7 @@ impl PageQuery {
                 continue;
             }
             match key.as_str() {
-                "kind" => {
-                    for k in value.split(',').filter(|k| !k.is_empty()) {
-                        q.kinds.push(FindingKind::parse(k).ok_or_else(|| {
-                            let kinds: Vec<&str> =
-                                FindingKind::ALL.iter().map(|k| k.as_str()).collect();
-                            format!("kind: {k:?} is not a finding kind ({})", kinds.join(", "))
-                        })?);
-                    }
-                }
+                "kind" => super::read_kinds(&value, &mut q.kinds)?,
                 "profile" => q.profile = Some(value),
                 "namespace" => q.namespace = Some(value),
                 "sort" => {
@@ -391,7 +383,7 @@ fn daemon(h: &mut String, snap: &Snapshot, about: &About, rem: &RemediationView,
     let down: Vec<&str> = snap
         .sources
         .iter()
-        .filter(|s| !(s.synced && s.fresh))
+        .filter(|s| !s.healthy())
         .map(|s| s.name.as_str())
         .collect();
     if down.is_empty() {
@@ -597,13 +589,10 @@ fn sources(h: &mut String, snap: &Snapshot, now: Ts) {
 }
 
 fn rules_per_profile(h: &mut String, snap: &Snapshot) {
-    let mut by: BTreeMap<&str, (Vec<&str>, Vec<&str>)> = BTreeMap::new();
-    for (profile, kind, on) in &snap.rules {
-        let e = by.entry(profile).or_default();
-        if *on { &mut e.0 } else { &mut e.1 }.push(kind.as_str());
-    }
     h.push_str("<h2>Rules</h2><table id=\"rules\"><tr><th>profile</th><th>running</th><th>off (a source it needs is not configured)</th></tr>");
-    for (profile, (on, off)) in by {
+    let names = |kinds: &[FindingKind]| -> Vec<&str> { kinds.iter().map(|k| k.as_str()).collect() };
+    for (profile, rules) in super::rules_by_profile(snap) {
+        let (on, off) = (names(&rules.running), names(&rules.off));
         let _ = write!(
             h,
             "<tr><td>{}</td><td>{}</td><td>{}</td></tr>",
