@@ -128,7 +128,7 @@ impl Backtest {
         self.last = at;
         self.clock.store(at.0, Ordering::Relaxed);
         if changed {
-            self.snapshot.send_replace(Arc::new(snapshot(engine, at)));
+            self.snapshot.send_replace(Arc::new(engine.snapshot(at)));
         }
         self.wake = futures::executor::block_on(self.controller.step());
         self.calls.extend(self.controller.take_journal());
@@ -176,18 +176,6 @@ impl Backtest {
 
     fn controller_actions(&self) -> Vec<&'static str> {
         self.backlog.keys().copied().collect()
-    }
-}
-
-/// What the engine publishes live, at `at`.
-fn snapshot(engine: &Engine, at: Ts) -> Snapshot {
-    let mut findings: Vec<_> = engine.open_findings().into_iter().cloned().collect();
-    findings.sort_by_key(|f| f.id);
-    Snapshot {
-        at,
-        findings,
-        sources: engine.world().sources().to_vec(),
-        ..Snapshot::default()
     }
 }
 

@@ -614,32 +614,18 @@ impl EngineTask {
     }
 
     fn publish(&self, at: Ts) {
-        let snap = Snapshot {
-            at,
-            // In the order they opened (by id): the findings API pages by id.
-            findings: {
-                let mut f: Vec<_> = self.engine.open_findings().into_iter().cloned().collect();
-                f.sort_by_key(|f| f.id);
-                f
-            },
-            sources: self.engine.world().sources().to_vec(),
-            pods: self.engine.world().pod_count(),
-            records: self.engine.world().record_count(),
-            rules: self.engine.rules_active(),
-            source_times: self
-                .engine
-                .world()
-                .sources()
-                .iter()
-                .map(|s| {
-                    let times = SourceTimes {
-                        last_success: self.health.last_success(&s.name),
-                        last_error: self.errors.get(&s.name).cloned(),
-                    };
-                    (s.name.clone(), times)
-                })
-                .collect(),
-        };
+        let mut snap = self.engine.snapshot(at);
+        snap.source_times = snap
+            .sources
+            .iter()
+            .map(|s| {
+                let times = SourceTimes {
+                    last_success: self.health.last_success(&s.name),
+                    last_error: self.errors.get(&s.name).cloned(),
+                };
+                (s.name.clone(), times)
+            })
+            .collect();
         self.snapshot.send_replace(Arc::new(snap));
     }
 }

@@ -25,12 +25,13 @@ use std::sync::Arc;
 
 use crate::core::rules::{self, Clear, Rule, SubjectKind, SubjectView};
 use crate::core::trust::{self, Verdict};
-use crate::core::world::{Feed, HashMap, Notice, SourceStatus, Subject, World};
+use crate::core::world::{Feed, HashMap, Notice, SourceStatus, Subject, World, shrink};
 use crate::model::finding::FindingKind;
 use crate::model::finding::{Candidate, Event, FindingKey, OpenFinding, Transition};
 use crate::model::kubernetes::Object;
 use crate::model::profile::{ProfileId, Profiles};
 use crate::model::record::{RecordChange, RecordKind};
+use crate::model::view::Snapshot;
 use crate::util::shard::Shard;
 use crate::util::time::Ts;
 
@@ -111,13 +112,6 @@ pub struct Engine {
     next_id: u64,
 }
 
-/// Gives back a map's memory once it has emptied to a quarter of its capacity (amortized O(1)).
-fn shrink<K: std::hash::Hash + Eq, V>(map: &mut HashMap<K, V>) {
-    if map.capacity() > 1024 && map.len() * 4 < map.capacity() {
-        map.shrink_to(map.len() * 2);
-    }
-}
-
 /// Counts a rise of the attempt counter and remembers the new value.
 fn bump(last: &mut Option<u64>, new: Option<u64>) -> u64 {
     let added = match (*last, new) {
@@ -162,6 +156,24 @@ impl Engine {
         let mut keys: Vec<&FindingKey> = self.open.keys().collect();
         keys.sort();
         keys.into_iter().map(|k| &self.open[k].finding).collect()
+    }
+
+    /// What readers outside the engine see at `at`: the open findings in the order they
+    /// opened (by id: the findings API pages by id), the sources, the counts, the rules that
+    /// run. The sources' times are not the engine's to know: the daemon adds them.
+    pub fn snapshot(&self, at: Ts) -> Snapshot {
+        let mut findings: Vec<OpenFinding> =
+            self.open.values().map(|o| o.finding.clone()).collect();
+        findings.sort_by_key(|f| f.id);
+        Snapshot {
+            at,
+            findings,
+            sources: self.world.sources().to_vec(),
+            pods: self.world.pod_count(),
+            records: self.world.record_count(),
+            rules: self.rules_active(),
+            source_times: Default::default(),
+        }
     }
 
     /// Applies one change that happened at `at` (clamped so the clock never runs backwards).

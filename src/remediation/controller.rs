@@ -44,6 +44,13 @@ struct KeyState {
     grace_until: Option<Ts>,
 }
 
+impl KeyState {
+    /// Its last call could not be built: it waits on a fix, not on time.
+    fn invalid(&self) -> bool {
+        self.last.is_some_and(|(_, outcome)| outcome == "invalid")
+    }
+}
+
 /// The waits a call's journal entry names as what delayed it.
 const DELAYS: [&str; 5] = [
     "grace",
@@ -215,7 +222,7 @@ impl<D: Deliver> Controller<D> {
                 .keys
                 .get(id)
                 .and_then(|k| self.state.get(k))
-                .is_some_and(|st| st.last.is_some_and(|(_, o)| o == "invalid"));
+                .is_some_and(KeyState::invalid);
             !invalid
                 && matches!(
                     s.waiting,
@@ -481,12 +488,7 @@ impl<D: Deliver> Controller<D> {
             self.act(key.clone(), f, index).await;
             // A call that could not be built sent nothing: it does not use up the limits
             // (nor hold back the incidents queued behind it).
-            if self
-                .state
-                .get(&key)
-                .and_then(|st| st.last)
-                .is_some_and(|(_, o)| o == "invalid")
-            {
+            if self.state.get(&key).is_some_and(KeyState::invalid) {
                 self.global.refund();
                 self.buckets[index].refund();
             }
