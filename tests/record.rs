@@ -16,6 +16,7 @@ use sandwatch::app::replay::{Extras, Input, run_with};
 use sandwatch::sinks::report::Format;
 use support::apiserver::TestApiServer;
 use support::daemon::*;
+use support::metrics::value;
 use support::postgres::{SCHEMA, TestPostgres};
 
 const CONFIG: &str = r#"
@@ -142,6 +143,25 @@ async fn replaying_a_recording_gives_the_transitions_of_the_live_run() {
             .iter()
             .any(|l| l.contains("orphaned_suspended_session centaur-sandbox-t-1"))
     })
+    .await;
+    // What the metric says was written is what the file holds (the header aside), and
+    // nothing was dropped.
+    wait_for(
+        Duration::from_secs(5),
+        "the recording's metric to match the file",
+        || async {
+            let text = reqwest::get(format!("http://{}/metrics", d.addr))
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap();
+            let lines = std::fs::read_to_string(&recording).unwrap().lines().count() as f64;
+            let written = value(&text, r#"sandwatch_record_values_total{outcome="written"}"#);
+            let dropped = value(&text, r#"sandwatch_record_values_total{outcome="dropped"}"#);
+            written == Some(lines - 1.0) && dropped == Some(0.0)
+        },
+    )
     .await;
     d.shutdown().await;
 
