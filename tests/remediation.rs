@@ -715,6 +715,24 @@ remediation:
     );
     assert_eq!(metric(&b, "sandwatch_leader ").await, 0.0);
     assert_eq!(metric(&a, "sandwatch_leader ").await, 1.0);
+    // Each replica's status page says which one remediates, as the calls received show.
+    let page = |d: &Daemon| {
+        let url = format!("http://{}/", d.addr);
+        async move { reqwest::get(url).await.unwrap().text().await.unwrap() }
+    };
+    wait_for(
+        Duration::from_secs(5),
+        "both pages to say who leads",
+        || async {
+            page(&a)
+                .await
+                .contains("remediation: live, this replica leads")
+                && page(&b)
+                    .await
+                    .contains("remediation: live, another replica leads")
+        },
+    )
+    .await;
     // The leader crashes: no release. b takes over once the Lease has gone unrenewed.
     a.abort().await;
     let crashed = Instant::now();
