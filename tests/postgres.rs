@@ -13,30 +13,8 @@ use sandwatch::model::finding::Event;
 use support::apiserver::TestApiServer;
 use support::daemon::*;
 use support::metrics::has;
-use support::postgres::{SCHEMA, TestPostgres};
+use support::postgres::{SANDBOX_API_FAST, TestPostgres};
 use support::proxy::FreezingProxy;
-
-/// centaur's sandbox API with the preset's own queries; only the timings are shortened.
-const SANDBOX_API_FAST: &str = r#"
-profiles:
-  - preset: sandbox-api
-    grace:
-      absence: 0s
-    records:
-      postgres:
-        poll_interval: 300ms
-        stale_after: 1s
-        resync_interval: 1h
-"#;
-
-async fn setup() -> (TestPostgres, tokio_postgres::Client, TestApiServer) {
-    let db = tokio::task::spawn_blocking(TestPostgres::start)
-        .await
-        .unwrap();
-    let client = db.client().await;
-    client.batch_execute(SCHEMA).await.unwrap();
-    (db, client, TestApiServer::start().await)
-}
 
 async fn daemon(
     server: &TestApiServer,

@@ -14,22 +14,9 @@ use serde_json::Value;
 use common::{C, centaur_pod};
 use sandwatch::app::replay::{Extras, Input, run_with};
 use sandwatch::sinks::report::Format;
-use support::apiserver::TestApiServer;
 use support::daemon::*;
 use support::metrics::value;
-use support::postgres::{SCHEMA, TestPostgres};
-
-const CONFIG: &str = r#"
-profiles:
-  - preset: sandbox-api
-    grace:
-      absence: 0s
-    records:
-      postgres:
-        poll_interval: 300ms
-        stale_after: 1s
-        resync_interval: 1h
-"#;
+use support::postgres::SANDBOX_API_FAST;
 
 /// One transition, as both the live log and the replay report show it.
 type Seen = (String, String, String, String, String);
@@ -46,12 +33,7 @@ fn seen(event: &str, kind: &str, subject: &str, evidence_at: &str, at: &str) -> 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replaying_a_recording_gives_the_transitions_of_the_live_run() {
-    let db = tokio::task::spawn_blocking(TestPostgres::start)
-        .await
-        .unwrap();
-    let sql = db.client().await;
-    sql.batch_execute(SCHEMA).await.unwrap();
-    let server = TestApiServer::start().await;
+    let (db, sql, server) = setup().await;
     for t in ["t-1", "t-2", "t-3"] {
         let p = centaur_pod(t);
         server.create(p.stored());
@@ -66,7 +48,7 @@ async fn replaying_a_recording_gives_the_transitions_of_the_live_run() {
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     let recording = dir.join("live.json");
-    let config = sandwatch::app::config::load(CONFIG).unwrap();
+    let config = sandwatch::app::config::load(SANDBOX_API_FAST).unwrap();
     let url_file = db.url_file("sandwatch_ro");
     let d = start_with(&server, config.clone(), |s| {
         s.database_url_file = Some(url_file);

@@ -135,3 +135,17 @@ pub async fn push_snapshot(daemon: &Daemon, token: &str, records: &[Value]) -> V
     assert_eq!(r.status(), 200, "the snapshot is taken");
     r.json().await.unwrap()
 }
+
+/// A real PostgreSQL with centaur's schema, a client of it, and the test API server.
+pub async fn setup() -> (
+    super::postgres::TestPostgres,
+    tokio_postgres::Client,
+    TestApiServer,
+) {
+    let db = tokio::task::spawn_blocking(super::postgres::TestPostgres::start)
+        .await
+        .unwrap();
+    let client = db.client().await;
+    client.batch_execute(super::postgres::SCHEMA).await.unwrap();
+    (db, client, TestApiServer::start().await)
+}

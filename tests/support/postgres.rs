@@ -212,3 +212,16 @@ GRANT CONNECT ON DATABASE postgres TO sandwatch_ro;
 GRANT USAGE ON SCHEMA public TO sandwatch_ro;
 GRANT SELECT ON sandbox_sessions, agent_execution_requests TO sandwatch_ro;
 "#;
+
+/// centaur's sandbox API with the preset's own queries; only the timings are shortened.
+pub const SANDBOX_API_FAST: &str = r#"
+profiles:
+  - preset: sandbox-api
+    grace:
+      absence: 0s
+    records:
+      postgres:
+        poll_interval: 300ms
+        stale_after: 1s
+        resync_interval: 1h
+"#;
