@@ -319,9 +319,10 @@ fn groups<'a>(snap: &'a Snapshot, q: &PageQuery) -> Vec<Group<'a>> {
         Sort::Oldest => out.sort_by_key(|g| g.oldest()),
         Sort::Kind => out.sort_by_key(|g| (g.findings[0].finding.kind.as_str(), g.oldest())),
         // Findings without a namespace (records that name none) come last.
-        Sort::Namespace => {
-            out.sort_by_key(|g| (g.namespace.is_empty(), g.namespace, g.title.clone()))
-        }
+        Sort::Namespace => out.sort_by(|a, b| {
+            let key = |g: &Group<'a>| (g.namespace.is_empty(), g.namespace);
+            key(a).cmp(&key(b)).then_with(|| a.title.cmp(&b.title))
+        }),
     }
     out
 }
