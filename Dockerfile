@@ -2,6 +2,9 @@
 # Build stage: the release binary. Runtime stage: distroless (glibc, CA roots, no shell),
 # running as the non-root user 65532.
 FROM rust:1.95-slim-bookworm AS build
+# make builds jemalloc (the global allocator); the slim image has only the C compiler.
+RUN apt-get update && apt-get install -y --no-install-recommends make \
+    && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
 COPY src ./src

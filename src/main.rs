@@ -584,7 +584,7 @@ fn replay_files(
     stop_on_interrupt(&stop)?;
     let mut inputs = Vec::new();
     for f in files {
-        let reader: Box<dyn io::Read> = if f == "-" {
+        let reader: Box<dyn io::Read + Send> = if f == "-" {
             Box::new(stop.threaded(io::stdin()))
         } else {
             let file = File::open(&f).with_context(|| format!("opening {f}"))?;

@@ -37,7 +37,7 @@ use crate::util::time::Ts;
 /// One input: a name for messages, and its bytes.
 pub struct Input {
     pub name: String,
-    pub reader: Box<dyn Read>,
+    pub reader: Box<dyn Read + Send>,
 }
 
 pub struct Outcome<W> {

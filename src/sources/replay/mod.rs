@@ -25,6 +25,8 @@ use crate::sources::WatchType;
 use crate::sources::recorded::{self, Recorded};
 use crate::util::time::Ts;
 
+mod pipeline;
+
 /// Where a value starts in the input.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Position {
@@ -50,6 +52,8 @@ pub struct Rejected {
 pub struct Splitter<R> {
     reader: R,
     buf: Vec<u8>,
+    /// The end of the input read into `buf` (what follows is room for the next read).
+    end: usize,
     /// Bytes of `buf` already consumed.
     pos: usize,
     lines: LineCounter,
@@ -83,6 +87,7 @@ impl<R: Read> Splitter<R> {
         Splitter {
             reader,
             buf: Vec::new(),
+            end: 0,
             pos: 0,
             lines: LineCounter {
                 line: 1,
@@ -100,26 +105,26 @@ impl<R: Read> Splitter<R> {
             return Ok(false);
         }
         if self.pos > 0 {
-            self.lines.at(&self.buf, self.pos);
-            self.buf.drain(..self.pos);
+            self.lines.at(&self.buf[..self.end], self.pos);
+            self.buf.copy_within(self.pos..self.end, 0);
+            self.end -= self.pos;
             self.lines.counted -= self.pos;
             self.pos = 0;
         }
-        let start = self.buf.len();
-        let want = self.block.max(self.buf.len());
+        let want = self.block.max(self.end);
         self.block = (self.block * 2).min(MAX_BLOCK);
-        self.buf.resize(start + want, 0);
+        // Zeroed once: a pipe that hands out a few bytes per read costs what it hands out.
+        if self.buf.len() < self.end + want {
+            self.buf.resize(self.end + want, 0);
+        }
         let n = loop {
-            match self.reader.read(&mut self.buf[start..]) {
+            match self.reader.read(&mut self.buf[self.end..self.end + want]) {
                 Ok(n) => break n,
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                Err(e) => {
-                    self.buf.truncate(start);
-                    return Err(e);
-                }
+                Err(e) => return Err(e),
             }
         };
-        self.buf.truncate(start + n);
+        self.end += n;
         if n == 0 {
             self.eof = true;
         }
@@ -130,7 +135,7 @@ impl<R: Read> Splitter<R> {
         self.values += 1;
         Position {
             value: self.values,
-            line: self.lines.at(&self.buf, start),
+            line: self.lines.at(&self.buf[..self.end], start),
         }
     }
 
@@ -154,102 +159,28 @@ impl<R: Read> Splitter<R> {
 
     /// Whatever is left at the end of the input is a value cut short.
     fn rest(&mut self, f: impl FnOnce(&[u8], Position)) {
-        let rest = &self.buf[self.pos..];
+        if let Some((start, position)) = self.rest_start() {
+            f(&self.buf[start..self.end], position);
+        }
+    }
+
+    /// Where the value cut short at the end of the input starts, and its position; consumes it.
+    fn rest_start(&mut self) -> Option<(usize, Position)> {
+        let rest = &self.buf[self.pos..self.end];
         let skip = rest.iter().take_while(|b| b.is_ascii_whitespace()).count();
         if skip == rest.len() {
-            return;
+            return None;
         }
         let start = self.pos + skip;
         let position = self.position(start);
-        self.pos = self.buf.len();
-        f(&self.buf[start..], position);
-    }
-
-    /// Decodes each value as it splits it, in one pass over the bytes: serde_json reads the
-    /// values back to back, and the scanner is only asked where a value ends when serde_json
-    /// rejects it. `apply` gets each decoded value (or the reason it could not be decoded);
-    /// when it returns an error, `rejected` gets it with the value's position.
-    pub fn for_each_decoded(
-        &mut self,
-        mut apply: impl FnMut(Result<Decoded, InputError>) -> Result<(), InputError>,
-        mut rejected: impl FnMut(InputError, Position),
-    ) -> std::io::Result<()> {
-        loop {
-            // Values from `self.pos` on, until the buffer runs out or one is bad.
-            let base = self.pos;
-            let buf = &self.buf;
-            let mut stream =
-                serde_json::Deserializer::from_slice(&buf[base..]).into_iter::<Entry>();
-            let next_start = |offset: usize| {
-                offset
-                    + buf[offset..]
-                        .iter()
-                        .take_while(|b| b.is_ascii_whitespace())
-                        .count()
-            };
-            let (stop, bad) = loop {
-                let start = next_start(base + stream.byte_offset());
-                match stream.next() {
-                    None => break (start, None),
-                    Some(Ok(entry)) => {
-                        self.values += 1;
-                        if let Err(e) = apply(decode_entry(entry)) {
-                            let position = Position {
-                                value: self.values,
-                                line: self.lines.at(buf, start),
-                            };
-                            rejected(e, position);
-                        }
-                    }
-                    Some(Err(e)) => break (start, Some(e)),
-                }
-            };
-            self.pos = stop;
-            match bad {
-                // A value ends beyond the buffer: read more and start again at it.
-                Some(e) if e.is_eof() && !self.eof => {
-                    if !self.fill()? {
-                        // Cut short at the end of the input (a recording that was stopped
-                        // mid-value): reported and counted like any bad value.
-                        self.rest(|bytes, p| {
-                            let error = explain(bytes, e);
-                            let _ = apply(Err(error.clone()));
-                            rejected(error, p)
-                        });
-                        return Ok(());
-                    }
-                }
-                Some(e) => match self.scan() {
-                    Some((start, end)) => {
-                        let position = self.position(start);
-                        let error = explain(&self.buf[start..end], e);
-                        let _ = apply(Err(error.clone()));
-                        rejected(error, position);
-                    }
-                    None => {
-                        if !self.fill()? {
-                            self.rest(|bytes, p| {
-                                let error = explain(bytes, e);
-                                let _ = apply(Err(error.clone()));
-                                rejected(error, p)
-                            });
-                            return Ok(());
-                        }
-                    }
-                },
-                None => {
-                    if !self.fill()? {
-                        return Ok(());
-                    }
-                }
-            }
-        }
+        self.pos = self.end;
+        Some((start, position))
     }
 
     /// Finds the next complete value in the buffer: (start, end). Consumes it.
     /// Returns `None` (consuming only whitespace) if the buffer ends inside a value.
     fn scan(&mut self) -> Option<(usize, usize)> {
-        let buf = &self.buf;
+        let buf = &self.buf[..self.end];
         let mut i = self.pos;
         while i < buf.len() && buf[i].is_ascii_whitespace() {
             i += 1;
