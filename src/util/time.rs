@@ -128,13 +128,61 @@ impl Ts {
 }
 
 impl fmt::Display for Ts {
-    /// RFC 3339 in UTC, with milliseconds only when they are not zero.
+    /// RFC 3339 in UTC, with milliseconds only when they are not zero. Years 0000-9999 are
+    /// printed here (every report line and log line prints several); others go through jiff.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let Some(text) = self.rfc3339() {
+            let len = if self.0 % 1000 == 0 { 20 } else { 24 };
+            // Only ASCII digits and separators were written.
+            return f.write_str(std::str::from_utf8(&text[..len]).map_err(|_| fmt::Error)?);
+        }
         match jiff::Timestamp::from_millisecond(self.0) {
             Ok(t) if self.0 % 1000 == 0 => write!(f, "{}", t.strftime("%Y-%m-%dT%H:%M:%SZ")),
             Ok(t) => write!(f, "{}", t.strftime("%Y-%m-%dT%H:%M:%S%.3fZ")),
             Err(_) => write!(f, "@{}ms", self.0),
         }
+    }
+}
+
+impl Ts {
+    /// `YYYY-MM-DDTHH:MM:SSZ` in the first 20 bytes, and `YYYY-MM-DDTHH:MM:SS.mmmZ` in all 24,
+    /// for years 0000 to 9999 that jiff prints (the proleptic Gregorian calendar, as jiff and RFC 3339 count).
+    fn rfc3339(self) -> Option<[u8; 24]> {
+        const DAY: i64 = 86_400_000;
+        // From 0000-01-01 to the last instant jiff prints (late on 9999-12-30).
+        if !(-62_167_219_200_000..=253_402_207_200_000).contains(&self.0) {
+            return None;
+        }
+        let days = self.0.div_euclid(DAY);
+        let ms = self.0.rem_euclid(DAY);
+        // Days to a civil date (H. Hinnant, "chrono-Compatible Low-Level Date Algorithms").
+        let z = days + 719_468;
+        let era = z.div_euclid(146_097);
+        let doe = z.rem_euclid(146_097);
+        let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+        let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+        let mp = (5 * doy + 2) / 153;
+        let day = doy - (153 * mp + 2) / 5 + 1;
+        let month = if mp < 10 { mp + 3 } else { mp - 9 };
+        let year = yoe + era * 400 + i64::from(month <= 2);
+        let mut out = *b"0000-00-00T00:00:00.000Z";
+        let mut put = |at: usize, width: usize, mut n: i64| {
+            for i in (at..at + width).rev() {
+                out[i] = b'0' + (n % 10) as u8;
+                n /= 10;
+            }
+        };
+        put(0, 4, year);
+        put(5, 2, month);
+        put(8, 2, day);
+        put(11, 2, ms / 3_600_000);
+        put(14, 2, ms / 60_000 % 60);
+        put(17, 2, ms / 1000 % 60);
+        put(20, 3, ms % 1000);
+        if ms % 1000 == 0 {
+            out[19] = b'Z';
+        }
+        Some(out)
     }
 }
 
@@ -164,6 +212,41 @@ impl<'de> serde::Deserialize<'de> for Ts {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The printer against jiff's, over the years it prints and across the edges.
+    #[test]
+    fn prints_what_jiff_prints() {
+        let jiff = |ms: i64| {
+            let t = jiff::Timestamp::from_millisecond(ms).unwrap();
+            if ms % 1000 == 0 {
+                t.strftime("%Y-%m-%dT%H:%M:%SZ").to_string()
+            } else {
+                t.strftime("%Y-%m-%dT%H:%M:%S%.3fZ").to_string()
+            }
+        };
+        let first = -62_167_219_200_000; // 0000-01-01T00:00:00Z
+        let end = 253_402_207_200_001; // just past the last instant jiff prints
+        let mut edges = vec![first, end - 1, 0, -1, 1, 951_782_400_000, 4_102_444_800_000];
+        // A pseudo-random walk over the whole range, and every day around a few leap years.
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        for _ in 0..200_000 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            edges.push(first + (x % (end - first) as u64) as i64);
+        }
+        for year_start in [951_782_400_000i64, 4_107_542_400_000, -2_203_891_200_000] {
+            for d in -400..400 {
+                edges.push(year_start + d * 86_400_000 + d * 1_001);
+            }
+        }
+        for ms in edges {
+            assert_eq!(Ts(ms).to_string(), jiff(ms), "{ms}");
+        }
+        // Outside those years, jiff prints.
+        assert_eq!(Ts(first - 1).to_string(), jiff(first - 1));
+        assert_eq!(Ts(end).to_string(), format!("@{end}ms"));
+    }
 
     #[test]
     fn parses_kubernetes_and_postgres_forms() {
