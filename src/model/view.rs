@@ -7,7 +7,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use serde::Serialize;
+use serde::ser::{Serialize, SerializeStruct, Serializer};
 
 use crate::model::finding::{FindingKind, OpenFinding};
 use crate::model::source::SourceStatus;
@@ -72,7 +72,6 @@ pub struct ActionState {
 }
 
 /// One open finding as the API shows it.
-#[derive(Serialize)]
 pub struct FindingView<'a> {
     pub kind: FindingKind,
     pub profile: &'a str,
@@ -86,9 +85,42 @@ pub struct FindingView<'a> {
     pub exit_code: Option<i32>,
     pub state: Option<&'a str>,
     pub retries_after_death: u64,
-    pub evidence_at: String,
-    pub opened_at: String,
+    pub evidence_at: Ts,
+    pub opened_at: Ts,
     pub open_for_seconds: f64,
+}
+
+impl FindingView<'_> {
+    /// How many fields [`FindingView::fields`] writes.
+    pub const FIELDS: usize = 15;
+
+    /// Writes the fields into a struct being serialized: the view's own, or a line that
+    /// carries it with fields of its own (the replay report), with no flattening map between.
+    pub fn fields<S: SerializeStruct>(&self, m: &mut S) -> Result<(), S::Error> {
+        m.serialize_field("kind", &self.kind)?;
+        m.serialize_field("profile", self.profile)?;
+        m.serialize_field("namespace", &self.namespace)?;
+        m.serialize_field("pod", &self.pod)?;
+        m.serialize_field("session", &self.session)?;
+        m.serialize_field("execution", &self.execution)?;
+        m.serialize_field("sandbox", &self.sandbox)?;
+        m.serialize_field("reason", self.reason)?;
+        m.serialize_field("container", &self.container)?;
+        m.serialize_field("exit_code", &self.exit_code)?;
+        m.serialize_field("state", &self.state)?;
+        m.serialize_field("retries_after_death", &self.retries_after_death)?;
+        m.serialize_field("evidence_at", &self.evidence_at)?;
+        m.serialize_field("opened_at", &self.opened_at)?;
+        m.serialize_field("open_for_seconds", &self.open_for_seconds)
+    }
+}
+
+impl Serialize for FindingView<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut m = s.serialize_struct("FindingView", Self::FIELDS)?;
+        self.fields(&mut m)?;
+        m.end()
+    }
 }
 
 impl<'a> FindingView<'a> {
@@ -107,8 +139,8 @@ impl<'a> FindingView<'a> {
             exit_code: d.exit_code,
             state: d.state.as_deref(),
             retries_after_death: f.retries_after_death,
-            evidence_at: f.evidence_at.to_string(),
-            opened_at: f.opened_at.to_string(),
+            evidence_at: f.evidence_at,
+            opened_at: f.opened_at,
             open_for_seconds: now.secs_since(f.opened_at),
         }
     }

@@ -12,9 +12,11 @@ use std::collections::BTreeMap;
 use std::io::{self, Write};
 
 use serde::Serialize;
+use serde::ser::SerializeStruct;
 
 use crate::model::finding::{Event, FindingKind, Transition};
 use crate::model::view::FindingView;
+use crate::util::time::Ts;
 
 /// How the report is written.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -26,14 +28,26 @@ pub enum Format {
     StreamedTable,
 }
 
-#[derive(Serialize)]
+/// One transition of the JSON report: the event and its time, then the finding's fields.
 struct Line<'a> {
     event: Event,
-    at: String,
-    #[serde(flatten)]
+    at: Ts,
     finding: FindingView<'a>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     detection_latency_seconds: Option<f64>,
+}
+
+impl Serialize for Line<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let latency = usize::from(self.detection_latency_seconds.is_some());
+        let mut m = s.serialize_struct("Line", 2 + FindingView::FIELDS + latency)?;
+        m.serialize_field("event", &self.event)?;
+        m.serialize_field("at", &self.at)?;
+        self.finding.fields(&mut m)?;
+        if let Some(l) = &self.detection_latency_seconds {
+            m.serialize_field("detection_latency_seconds", l)?;
+        }
+        m.end()
+    }
 }
 
 #[derive(Serialize)]
@@ -151,7 +165,7 @@ impl<W: Write> Report<W> {
             Format::Json => {
                 let line = Line {
                     event: t.event,
-                    at: t.at.to_string(),
+                    at: t.at,
                     finding: view,
                     detection_latency_seconds: (t.event == Event::Opened)
                         .then(|| t.detection_latency_secs())
