@@ -279,6 +279,28 @@ mod tests {
         assert_eq!(decoded(tail.as_bytes(), 3).len(), 2);
     }
 
+    /// A last value cut short inside a nested object ends where the next line starts with
+    /// `{`, as a broken value anywhere else in the input does: what follows is its own value.
+    #[test]
+    fn a_value_cut_short_at_the_end_ends_where_a_line_starts_an_object() {
+        let input = "{\"at\":\"2026-01-01T00:00:00Z\"}\n{\"type\":\"ADDED\",\"object\":\n{\"metadata\":{\"name\":\"a\"}}";
+        let expected = split_then_decoded(input.as_bytes());
+        for n in [1, 5, 1 << 20] {
+            assert_eq!(decoded(input.as_bytes(), n), expected, "reads of {n} bytes");
+        }
+        let rejected: Vec<_> = expected
+            .iter()
+            .filter(|l| l.starts_with("rejected"))
+            .collect();
+        assert_eq!(rejected.len(), 2, "{expected:#?}");
+        assert!(
+            rejected[0].starts_with("rejected 2 2 not valid JSON"),
+            "{}",
+            rejected[0]
+        );
+        assert!(rejected[1].starts_with("rejected 3 3 "), "{}", rejected[1]);
+    }
+
     #[test]
     fn a_value_longer_than_a_block_is_whole() {
         let big = format!(
