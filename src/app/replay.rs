@@ -159,16 +159,13 @@ fn read(replay: &mut Replay<'_>, input: Input, sinks: &mut Fanout<'_>) -> Result
     Splitter::new(input.reader)
         .for_each_decoded(
             |value| {
-                let mut flush = |ts: &mut Vec<Transition>| {
-                    for t in ts.drain(..) {
-                        sinks.transition(&t);
-                    }
-                };
-                let result = replay.decoded_into(value, &mut transitions, &mut flush);
+                let result = replay.decoded(value, &mut transitions);
                 for n in replay.engine.take_notices() {
                     warn!(reason = n.reason, "{}", crate::util::text::clip(&n.message));
                 }
-                flush(&mut transitions);
+                for t in transitions.drain(..) {
+                    sinks.transition(&t);
+                }
                 result
             },
             |e, position| {
@@ -371,12 +368,6 @@ pub struct Counts {
     pub rejected: u64,
 }
 
-/// Takes the transitions made so far (to the sinks).
-type Flush<'f> = &'f mut dyn FnMut(&mut Vec<Transition>);
-
-/// Timers fired at a time when many are due at once.
-const BURST: usize = 4096;
-
 /// Drives an engine from replay values.
 pub struct Replay<'a> {
     pub engine: Engine,
@@ -405,16 +396,9 @@ impl<'a> Replay<'a> {
 
     /// Applies one change at `at`; with a backtest, its rounds due before `at` run first, and
     /// one runs after the change.
-    fn change(&mut self, at: Ts, change: Change, out: &mut Vec<Transition>, flush: Flush<'_>) {
+    fn change(&mut self, at: Ts, change: Change, out: &mut Vec<Transition>) {
         if let Some(bt) = &mut self.backtest {
             bt.until(&mut self.engine, at, &mut |t| out.extend_from_slice(t));
-        } else {
-            // A burst of timers (every grace period of a cluster ending at once) reaches the
-            // sinks a part at a time instead of being held whole.
-            while self.engine.next_due().is_some_and(|due| due <= at) {
-                out.extend(self.engine.fire_due(at, BURST));
-                flush(out);
-            }
         }
         let before = out.len();
         let source = matches!(change, Change::Source(_));
@@ -436,12 +420,12 @@ impl<'a> Replay<'a> {
         t
     }
 
-    fn start_feed(&mut self, feed: Feed, at: Ts, out: &mut Vec<Transition>, flush: Flush<'_>) {
+    fn start_feed(&mut self, feed: Feed, at: Ts, out: &mut Vec<Transition>) {
         if !self.recorded && !self.started.contains(&feed) {
             self.started.push(feed);
             let status =
                 SourceStatus::new(format!("replay:{}", feed.as_str()), None, vec![feed], true);
-            self.change(at, Change::Source(status), out, flush);
+            self.change(at, Change::Source(status), out);
         }
     }
 
@@ -456,30 +440,15 @@ impl<'a> Replay<'a> {
         value: Result<Decoded, InputError>,
         out: &mut Vec<Transition>,
     ) -> Result<(), InputError> {
-        self.decoded_into(value, out, &mut |_| {})
-    }
-
-    /// The same, with `flush` taking what `out` holds whenever a burst of timers fires.
-    pub fn decoded_into(
-        &mut self,
-        value: Result<Decoded, InputError>,
-        out: &mut Vec<Transition>,
-        flush: Flush<'_>,
-    ) -> Result<(), InputError> {
         self.counts.values += 1;
-        let result = value.and_then(|v| self.apply(v, out, flush));
+        let result = value.and_then(|v| self.apply(v, out));
         if result.is_err() {
             self.counts.rejected += 1;
         }
         result
     }
 
-    fn apply(
-        &mut self,
-        value: Decoded,
-        out: &mut Vec<Transition>,
-        flush: Flush<'_>,
-    ) -> Result<(), InputError> {
+    fn apply(&mut self, value: Decoded, out: &mut Vec<Transition>) -> Result<(), InputError> {
         match value {
             Decoded::Skip => Ok(()),
             Decoded::Recording => {
@@ -491,12 +460,12 @@ impl<'a> Replay<'a> {
             Decoded::Recorded { at, what } => {
                 let change = what.change(self.profiles)?;
                 let at = self.tick(Some(at));
-                self.change(at, change, out, flush);
+                self.change(at, change, out);
                 Ok(())
             }
             Decoded::Tick(at) => {
                 let at = self.tick(Some(at));
-                self.change(at, Change::Tick, out, flush);
+                self.change(at, Change::Tick, out);
                 Ok(())
             }
             Decoded::Watch { at, kind, object } => {
@@ -505,8 +474,8 @@ impl<'a> Replay<'a> {
                 let at = self.tick(at);
                 self.counts.events += 1;
                 if let Some((feed, change)) = change {
-                    self.start_feed(feed, at, out, flush);
-                    self.change(at, change, out, flush);
+                    self.start_feed(feed, at, out);
+                    self.change(at, change, out);
                 }
                 Ok(())
             }
@@ -518,8 +487,8 @@ impl<'a> Replay<'a> {
                 };
                 let at = self.tick(at);
                 self.counts.records += 1;
-                self.start_feed(Feed::of_record(kind), at, out, flush);
-                self.change(at, Change::Record(change), out, flush);
+                self.start_feed(Feed::of_record(kind), at, out);
+                self.change(at, Change::Record(change), out);
                 Ok(())
             }
         }

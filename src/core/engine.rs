@@ -259,27 +259,8 @@ impl Engine {
         out
     }
 
-    /// Fires up to `limit` of the timers due by `to`, in order, moving the clock only to the
-    /// last one fired: a caller can hand a burst (every grace period of a cluster ending at
-    /// once) to its sinks a part at a time; [`Engine::advance`] or [`Engine::apply`] at `to`
-    /// then fires the rest and moves the clock to `to`, as if all had fired at once.
-    pub fn fire_due(&mut self, to: Ts, limit: usize) -> Vec<Transition> {
-        let mut out = Vec::new();
-        self.fire(to, limit, &mut out);
-        out
-    }
-
     fn advance_into(&mut self, to: Ts, out: &mut Vec<Transition>) {
-        self.fire(to, usize::MAX, out);
-        self.now = max(self.now, to);
-        self.world.advance(self.now);
-    }
-
-    fn fire(&mut self, to: Ts, limit: usize, out: &mut Vec<Transition>) {
-        for _ in 0..limit {
-            let Some((due, key)) = self.timers.first().cloned() else {
-                break;
-            };
+        while let Some((due, key)) = self.timers.first().cloned() {
             if due > to {
                 break;
             }
@@ -292,6 +273,8 @@ impl Engine {
             self.now = max(self.now, due);
             self.evaluate(&key.subject, out);
         }
+        self.now = max(self.now, to);
+        self.world.advance(self.now);
     }
 
     /// What the World noticed and could not act on since the last call (ambiguous
