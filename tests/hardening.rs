@@ -58,15 +58,6 @@ async fn healthz_within(d: &Daemon, limit: Duration) -> bool {
         .is_ok_and(|r| r.status() == 200)
 }
 
-async fn metrics(d: &Daemon) -> String {
-    reqwest::get(format!("http://{}/metrics", d.addr))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_wrong_token_is_refused_before_any_body_is_read() {
     let server = TestApiServer::start().await;
@@ -262,7 +253,7 @@ async fn a_leader_whose_api_server_drops_packets_counts_the_failures_and_still_s
     };
     let d = Daemon::start(settings, Some(client)).await.unwrap();
     wait_for(Duration::from_secs(10), "the lease taken", || async {
-        has(&metrics(&d).await, "sandwatch_leader 1")
+        has(&metrics_text(&d).await, "sandwatch_leader 1")
     })
     .await;
     // Packets to the API server are dropped from now on (nothing is refused or closed).
@@ -271,7 +262,7 @@ async fn a_leader_whose_api_server_drops_packets_counts_the_failures_and_still_s
         Duration::from_secs(10),
         "the failed lease calls counted",
         || async {
-            support::metrics::value(&metrics(&d).await, "sandwatch_lease_errors_total")
+            support::metrics::value(&metrics_text(&d).await, "sandwatch_lease_errors_total")
                 .unwrap_or(0.0)
                 >= 1.0
         },

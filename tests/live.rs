@@ -249,12 +249,7 @@ async fn an_api_server_outage_holds_findings_and_the_daemon_recovers_by_itself()
         opened_at.0 - evidence_at.0 >= 500,
         "the finding waited its grace: evidence at {evidence_at}, opened at {opened_at}"
     );
-    let metrics = reqwest::get(format!("http://{}/metrics", daemon.addr))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = metrics_text(&daemon).await;
     assert!(
         has(
             &metrics,
@@ -668,12 +663,7 @@ async fn a_pod_the_decoder_cannot_read_is_skipped_and_counted_and_the_watch_stil
         || async { findings(&daemon).await.len() == 1 },
     )
     .await;
-    let m = reqwest::get(format!("http://{}/metrics", daemon.addr))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let m = metrics_text(&daemon).await;
     assert!(
         has(
             &m,
@@ -703,12 +693,7 @@ async fn a_pod_the_decoder_cannot_read_is_skipped_and_counted_and_the_watch_stil
     current["status"]["containerStatuses"][0]["state"]["terminated"]["exitCode"] = json!("x");
     server.update(current);
     wait_for(Duration::from_secs(5), "the update rejected", || async {
-        let m = reqwest::get(format!("http://{}/metrics", daemon.addr))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let m = metrics_text(&daemon).await;
         has(
             &m,
             "sandwatch_rejected_inputs_total{source=\"pods/generic\",reason=\"invalid_value\"} 2",

@@ -29,15 +29,6 @@ async fn daemon(
     .await
 }
 
-async fn metrics(d: &sandwatch::app::live::Daemon) -> String {
-    reqwest::get(format!("http://{}/metrics", d.addr))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_update_is_picked_up_within_one_poll_interval() {
     let (db, sql, server) = setup().await;
@@ -85,7 +76,7 @@ async fn an_update_is_picked_up_within_one_poll_interval() {
         "seen {took:?} after the commit; the poll interval is 300 ms"
     );
     eprintln!("the update was seen {took:?} after its commit");
-    let m = metrics(&d).await;
+    let m = metrics_text(&d).await;
     assert!(
         has(
             &m,
@@ -157,7 +148,7 @@ async fn a_database_restart_opens_no_absence_finding_and_loses_no_update() {
         },
     )
     .await;
-    let m = metrics(&d).await;
+    let m = metrics_text(&d).await;
     assert!(
         has(
             &m,
@@ -183,7 +174,7 @@ async fn rows_it_cannot_understand_are_reported_counted_and_skipped() {
     wait_ready(&d, true).await;
     let (_, ready) = get(&d, "/readyz").await;
     assert_eq!(ready["records"], 3, "good-1, good-2 and exe-1: {ready}");
-    let m = metrics(&d).await;
+    let m = metrics_text(&d).await;
     assert!(
         has(
             &m,
@@ -273,7 +264,7 @@ async fn a_database_that_stops_answering_is_reported_stale_and_read_again_after(
     proxy.thaw();
     wait_ready(&d, true).await;
     assert_eq!(records(&d).await, 2);
-    let m = metrics(&d).await;
+    let m = metrics_text(&d).await;
     assert!(
         has(
             &m,
@@ -302,7 +293,7 @@ async fn a_full_load_may_take_longer_than_the_statement_timeout() {
     let d = daemon(&server, &db, &yaml).await;
     wait_ready(&d, true).await;
     assert_eq!(records(&d).await, 20);
-    let m = metrics(&d).await;
+    let m = metrics_text(&d).await;
     assert!(
         has(
             &m,
@@ -369,7 +360,7 @@ async fn a_row_that_turns_unreadable_keeps_what_was_known_of_it() {
         .await
         .unwrap();
     let full_loads = || async {
-        let m = metrics(&d).await;
+        let m = metrics_text(&d).await;
         support::metrics::value(
             &m,
             "sandwatch_record_polls_total{source=\"postgres/sandbox-api\",mode=\"full\",outcome=\"success\"}",
@@ -389,7 +380,7 @@ async fn a_row_that_turns_unreadable_keeps_what_was_known_of_it() {
         "the pod is not leaked: {:?}",
         log.lines()
     );
-    let m = metrics(&d).await;
+    let m = metrics_text(&d).await;
     assert!(
         has(
             &m,
@@ -457,7 +448,7 @@ async fn incident_02_every_orphaned_suspended_session_and_nothing_else() {
     )
     .await;
     assert_eq!(only["count"], ORPHANS);
-    let m = metrics(&d).await;
+    let m = metrics_text(&d).await;
     assert!(
         has(
             &m,
@@ -582,7 +573,7 @@ async fn incident_04_retries_against_a_dead_modal_sandbox_through_the_ingest_api
     assert_eq!(f["findings"][0]["execution"], "run-7");
     assert_eq!(f["findings"][0]["sandbox"], sb);
     assert_eq!(f["findings"][0]["reason"], "SandboxDead");
-    let m = metrics(&d).await;
+    let m = metrics_text(&d).await;
     assert!(
         has(
             &m,
@@ -724,7 +715,7 @@ async fn a_restart_reports_long_standing_orphans_at_once_with_the_same_evidence(
         before,
         "the same evidence time"
     );
-    let m = metrics(&second).await;
+    let m = metrics_text(&second).await;
     assert!(
         has(
             &m,
@@ -830,7 +821,7 @@ async fn a_database_without_a_url_makes_the_daemon_not_ready_until_one_is_there(
         "{pg}"
     );
     assert!(!error.contains("os error"), "said once: {error}");
-    let m = metrics(&d).await;
+    let m = metrics_text(&d).await;
     assert!(
         has(
             &m,
@@ -876,7 +867,7 @@ async fn a_bad_row_is_counted_once_per_change_not_at_every_reload() {
     let counted = |reason: &'static str| {
         let d = &d;
         async move {
-            let m = metrics(d).await;
+            let m = metrics_text(d).await;
             support::metrics::value(
                 &m,
                 &format!("sandwatch_rejected_inputs_total{{source=\"postgres/sandbox-api\",reason=\"{reason}\"}}"),
@@ -885,7 +876,7 @@ async fn a_bad_row_is_counted_once_per_change_not_at_every_reload() {
         }
     };
     let full_loads = || async {
-        let m = metrics(&d).await;
+        let m = metrics_text(&d).await;
         support::metrics::value(&m, "sandwatch_record_polls_total{source=\"postgres/sandbox-api\",mode=\"full\",outcome=\"success\"}").unwrap_or(0.0)
     };
     let loads = full_loads().await;
@@ -947,7 +938,7 @@ async fn a_missing_table_is_named_with_its_sqlstate_and_retried_slowly() {
     assert!(e.contains("retrying every 300s"), "{e}");
     // Not retried at full speed: one failed poll, not one every half second.
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let m = metrics(&d).await;
+    let m = metrics_text(&d).await;
     let failed = support::metrics::value(
         &m,
         "sandwatch_record_polls_total{source=\"postgres/sandbox-api\",mode=\"full\",outcome=\"error\"}",
@@ -966,7 +957,7 @@ async fn reconnects_stay_prompt_after_connections_dropped_over_a_healthy_day() {
     let d = daemon(&server, &db, SANDBOX_API_FAST).await;
     wait_ready(&d, true).await;
     let successes = || async {
-        let m = metrics(&d).await;
+        let m = metrics_text(&d).await;
         support::metrics::value(&m, "sandwatch_record_polls_total{source=\"postgres/sandbox-api\",mode=\"incremental\",outcome=\"success\"}").unwrap_or(0.0)
     };
     // Each time, the server drops sandwatch's connection (a failover, an idle timeout...);

@@ -132,12 +132,7 @@ async fn replaying_a_recording_gives_the_transitions_of_the_live_run() {
         Duration::from_secs(5),
         "the recording's metric to match the file",
         || async {
-            let text = reqwest::get(format!("http://{}/metrics", d.addr))
-                .await
-                .unwrap()
-                .text()
-                .await
-                .unwrap();
+            let text = metrics_text(&d).await;
             let lines = std::fs::read_to_string(&recording).unwrap().lines().count() as f64;
             let written = value(&text, r#"sandwatch_record_values_total{outcome="written"}"#);
             let dropped = value(&text, r#"sandwatch_record_values_total{outcome="dropped"}"#);

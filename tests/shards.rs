@@ -144,12 +144,7 @@ async fn each_finding_is_reported_by_exactly_one_of_three_shards() {
         union, all,
         "the shards together report exactly what one replica does"
     );
-    let text = reqwest::get(format!("http://{}/metrics", shards[2].addr))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = metrics_text(&shards[2]).await;
     assert!(
         has(&text, "sandwatch_shard_ordinal 2") && has(&text, "sandwatch_total_shards 3"),
         "{text}"

@@ -84,6 +84,16 @@ pub async fn get(daemon: &Daemon, path: &str) -> (u16, Value) {
     (status, r.json().await.unwrap_or(Value::Null))
 }
 
+/// The daemon's `/metrics` page, as Prometheus scrapes it.
+pub async fn metrics_text(daemon: &Daemon) -> String {
+    reqwest::get(format!("http://{}/metrics", daemon.addr))
+        .await
+        .expect("HTTP to the daemon")
+        .text()
+        .await
+        .expect("the /metrics body")
+}
+
 /// Waits for a condition, checking every 20 ms, failing with `what` after `limit`.
 pub async fn wait_for<F, Fut>(limit: Duration, what: &str, mut cond: F)
 where
