@@ -83,7 +83,7 @@ async fn ingest(d: &Daemon, records: &[Value]) {
 }
 
 async fn metric(d: &Daemon, line_start: &str) -> f64 {
-    let text = metrics_text(&d).await;
+    let text = metrics_text(d).await;
     support::metrics::value(&text, line_start).unwrap_or(f64::NAN)
 }
 
