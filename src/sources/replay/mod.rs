@@ -73,6 +73,11 @@ struct LineCounter {
 }
 
 impl LineCounter {
+    /// Counts from `line`, the line of the buffer's first byte.
+    fn starting_at(line: u64) -> LineCounter {
+        LineCounter { line, counted: 0 }
+    }
+
     fn at(&mut self, buf: &[u8], offset: usize) -> u64 {
         if offset > self.counted {
             self.line += memchr_iter(b'\n', &buf[self.counted..offset]).count() as u64;
@@ -89,10 +94,7 @@ impl<R: Read> Splitter<R> {
             buf: Vec::new(),
             end: 0,
             pos: 0,
-            lines: LineCounter {
-                line: 1,
-                counted: 0,
-            },
+            lines: LineCounter::starting_at(1),
             values: 0,
             eof: false,
             block: 64 << 10,
@@ -188,15 +190,8 @@ impl<R: Read> Splitter<R> {
         let start = i;
         let found = if i >= buf.len() {
             None
-        } else if buf[i] != b'{' {
-            // Not an object: the rest of the line is one bad value.
-            match memchr(b'\n', &buf[i..]) {
-                Some(k) => Some(i + k),
-                None if self.eof => Some(buf.len()),
-                None => None,
-            }
         } else {
-            Self::object_end(buf, i)
+            value_end(buf, start, self.eof)
         };
         match found {
             Some(end) => {
@@ -209,46 +204,59 @@ impl<R: Read> Splitter<R> {
             }
         }
     }
+}
 
-    /// The end of the object starting at `start`: after its closing brace, or at the start of
-    /// the line where the next object visibly begins if this one is cut short.
-    fn object_end(buf: &[u8], start: usize) -> Option<usize> {
-        let mut depth = 0usize;
-        let mut i = start;
-        loop {
-            i += memchr3(b'"', b'{', b'}', &buf[i..])?;
-            match buf[i] {
-                b'"' => {
-                    let mut j = i + 1;
-                    loop {
-                        j += memchr3(b'"', b'\\', b'\n', &buf[j..])?;
-                        match buf[j] {
-                            b'\\' if j + 2 <= buf.len() => j += 2,
-                            b'\\' => return None,
-                            b'"' => {
-                                j += 1;
-                                break;
-                            }
-                            // A raw newline cannot be inside a JSON string: the value is
-                            // broken; carry on outside the string from the newline.
-                            _ => break,
+/// Where the value that starts at `start` (not whitespace) ends: a value that is not an
+/// object is the rest of its line; `None` if the bytes end first and more may follow.
+pub(super) fn value_end(buf: &[u8], start: usize, eof: bool) -> Option<usize> {
+    if buf[start] != b'{' {
+        return match memchr(b'\n', &buf[start..]) {
+            Some(k) => Some(start + k),
+            None if eof => Some(buf.len()),
+            None => None,
+        };
+    }
+    object_end(buf, start)
+}
+
+/// The end of the object starting at `start`: after its closing brace, or at the start of
+/// the line where the next object visibly begins if this one is cut short.
+fn object_end(buf: &[u8], start: usize) -> Option<usize> {
+    let mut depth = 0usize;
+    let mut i = start;
+    loop {
+        i += memchr3(b'"', b'{', b'}', &buf[i..])?;
+        match buf[i] {
+            b'"' => {
+                let mut j = i + 1;
+                loop {
+                    j += memchr3(b'"', b'\\', b'\n', &buf[j..])?;
+                    match buf[j] {
+                        b'\\' if j + 2 <= buf.len() => j += 2,
+                        b'\\' => return None,
+                        b'"' => {
+                            j += 1;
+                            break;
                         }
+                        // A raw newline cannot be inside a JSON string: the value is
+                        // broken; carry on outside the string from the newline.
+                        _ => break,
                     }
-                    i = j;
                 }
-                b'{' => {
-                    if depth > 0 && buf[i - 1] == b'\n' {
-                        return Some(i);
-                    }
-                    depth += 1;
-                    i += 1;
+                i = j;
+            }
+            b'{' => {
+                if depth > 0 && buf[i - 1] == b'\n' {
+                    return Some(i);
                 }
-                _ => {
-                    depth = depth.saturating_sub(1);
-                    i += 1;
-                    if depth == 0 {
-                        return Some(i);
-                    }
+                depth += 1;
+                i += 1;
+            }
+            _ => {
+                depth = depth.saturating_sub(1);
+                i += 1;
+                if depth == 0 {
+                    return Some(i);
                 }
             }
         }

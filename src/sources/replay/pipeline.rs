@@ -1,35 +1,73 @@
-//! Decoding on a thread of its own while the caller's thread applies what was decoded.
+//! Decoding on threads of their own while the caller's thread applies what was decoded.
 //!
 //! ```text
-//!  decoder thread: read a block, split and decode it ──batches──▶ caller: apply, in order
+//!  reader: read, cut ──chunks──▶ decoders (one per core, up to 4) ──▶ caller: apply, in order
 //! ```
 //!
-//! One pass over the bytes: serde_json reads the values back to back, given complete lines
-//! only; the scanner is asked where a value ends only when serde_json rejects one.
+//! The reader cuts what it reads after its last complete line when that is where the read
+//! ended, else where its last line starting with `{` starts (where a top-level value starts
+//! in one-per-line and pretty-printed output alike), and counts lines. A decoder reads a
+//! chunk's values back to back with serde_json; the scanner is asked where a value ends only
+//! when serde_json rejects one. A cut can fall inside a value (a pretty-printed value that a
+//! pipe hands over a few lines at a time): the chunk before it then ends with a value that
+//! runs past its end, and the caller decodes the bytes from there together with the next
+//! chunk itself, as one pass over the input would. So what is decoded, in which order, and
+//! what is said about a bad value do not depend on where the input was cut.
 
 use std::io::Read;
-use std::ops::ControlFlow;
-use std::sync::mpsc::{channel, sync_channel};
+use std::sync::Mutex;
+use std::sync::mpsc::{Receiver, SyncSender, channel, sync_channel};
 
-use memchr::memrchr;
+use memchr::{memchr_iter, memmem, memrchr};
 
-use super::{Decoded, Entry, Position, Splitter, decode_entry, explain};
+use super::{Decoded, Entry, LineCounter, Position, Splitter, decode_entry, explain, value_end};
 use crate::model::record::InputError;
 
-/// Decoded values with their positions, as the decoder thread hands them over.
-type Batch = Vec<(Result<Decoded, InputError>, Position)>;
-/// Values per batch: handing one over may wake the other thread, which costs about as much
-/// as decoding a few values.
-const BATCH: usize = 128;
-/// Batches decoded ahead of the caller: bounds the memory of values in flight.
-const BATCHES_AHEAD: usize = 4;
+/// Bytes of input from a value's start up to where the reader cut it.
+struct Chunk {
+    /// The bytes are `buf[..len]`; the rest is room the next read may use.
+    buf: Vec<u8>,
+    len: usize,
+    /// The line of the chunk's first byte.
+    first_line: u64,
+    /// Nothing follows.
+    eof: bool,
+}
+
+impl Chunk {
+    fn bytes(&self) -> &[u8] {
+        &self.buf[..self.len]
+    }
+}
+
+/// Values, each with the offset where it starts in the bytes it was decoded from.
+type Values = Vec<(Result<Decoded, InputError>, usize)>;
+
+/// A decoded chunk: its values, and where what is left (a value that runs past its end)
+/// starts; the chunk's length if nothing is.
+struct Done {
+    chunk: Chunk,
+    values: Values,
+    rest: usize,
+}
+
+type Job = (Chunk, SyncSender<Done>);
+
+/// The first read asks for this much, each next one for twice as much up to [`MAX_READ`]:
+/// small inputs stay cheap, large ones are cut into chunks of about a MiB.
+const FIRST_READ: usize = 64 << 10;
+const MAX_READ: usize = 1 << 20;
+/// Chunks read ahead of the caller (decoding or decoded), and lines per chunk at most (about
+/// as many values in one-per-line input): bound the memory of the values in flight.
+const CHUNKS_AHEAD: usize = 4;
+const MAX_LINES: usize = 1024;
 
 impl<R: Read> Splitter<R> {
-    /// Decodes each value as it splits it, on a thread of its own, while this thread applies
-    /// what was decoded: `apply` gets each decoded value, in input order (or the reason it
-    /// could not be decoded); when it returns an error, `rejected` gets it with the value's
-    /// position. Values go across in batches; a batch is handed over early whenever the
-    /// decoder is about to wait for input, so a live pipe's values are applied as they come.
+    /// Decodes each value on threads of their own while this thread applies what was
+    /// decoded: `apply` gets each decoded value, in input order (or the reason it could not
+    /// be decoded); when it returns an error, `rejected` gets it with the value's position.
+    /// A value is applied as soon as the read that brings its last line has returned, without
+    /// waiting for more input, so a live pipe's values are applied as they come.
     pub fn for_each_decoded(
         &mut self,
         mut apply: impl FnMut(Result<Decoded, InputError>) -> Result<(), InputError>,
@@ -38,156 +76,269 @@ impl<R: Read> Splitter<R> {
     where
         R: Send,
     {
+        let decoders = std::thread::available_parallelism().map_or(1, |n| n.get().clamp(1, 4));
+        let reader = &mut self.reader;
+        let (order_tx, order) = sync_channel::<Receiver<Done>>(CHUNKS_AHEAD);
+        let (jobs_tx, jobs) = channel::<Job>();
+        let (spare_tx, spare) = channel::<Vec<u8>>();
+        let jobs = &Mutex::new(jobs);
         std::thread::scope(|s| {
-            let (tx, rx) = sync_channel::<Batch>(BATCHES_AHEAD);
-            let (spare_tx, spare) = channel::<Batch>();
-            let worker = std::thread::Builder::new()
-                .name("replay-decode".into())
+            let read = std::thread::Builder::new()
+                .name("replay-read".into())
                 .spawn_scoped(s, move || {
-                    let mut batch = Batch::with_capacity(BATCH);
-                    let result = self.decode_each(&mut |item| {
-                        let full = match item {
-                            Some(value) => {
-                                batch.push(value);
-                                batch.len() == BATCH
-                            }
-                            None => !batch.is_empty(),
-                        };
-                        if !full {
-                            return ControlFlow::Continue(());
-                        }
-                        let next = spare
-                            .try_recv()
-                            .unwrap_or_else(|_| Batch::with_capacity(BATCH));
-                        match tx.send(std::mem::replace(&mut batch, next)) {
-                            Ok(()) => ControlFlow::Continue(()),
-                            // The caller is gone (it panicked): stop reading.
-                            Err(_) => ControlFlow::Break(()),
-                        }
-                    });
-                    if !batch.is_empty() {
-                        let _ = tx.send(batch);
-                    }
-                    result
+                    read_chunks(reader, &spare, |chunk| {
+                        let (done_tx, done) = sync_channel(1);
+                        // Either fails only when the caller is gone (it panicked): stop.
+                        order_tx.send(done).is_ok() && jobs_tx.send((chunk, done_tx)).is_ok()
+                    })
                 })
-                .expect("spawning the replay decoder thread");
-            for mut batch in rx {
-                for (value, position) in batch.drain(..) {
-                    if let Err(e) = apply(value) {
-                        rejected(e, position);
-                    }
-                }
-                let _ = spare_tx.send(batch);
+                .expect("spawning the replay reader thread");
+            let workers: Vec<_> = (0..decoders)
+                .map(|_| {
+                    std::thread::Builder::new()
+                        .name("replay-decode".into())
+                        .spawn_scoped(s, move || decode_chunks(jobs))
+                        .expect("spawning a replay decoder thread")
+                })
+                .collect();
+            let mut in_order = InOrder::default();
+            for done in order {
+                // A decoder that panicked dropped its sender: its panic is resumed below.
+                let Ok(done) = done.recv() else {
+                    break;
+                };
+                let buf = in_order.apply(done, &mut apply, &mut rejected);
+                let _ = spare_tx.send(buf);
             }
-            worker
-                .join()
+            for worker in workers {
+                worker
+                    .join()
+                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+            }
+            read.join()
                 .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
         })
     }
+}
 
-    /// Splits and decodes in one pass over the bytes: serde_json reads the values back to
-    /// back, and the scanner is only asked where a value ends when serde_json rejects it.
-    /// `out` gets each value (or why it is bad) with its position, and `None` before each
-    /// wait for more input; it stops the decoding by breaking.
-    fn decode_each(
+/// The caller's side: applies decoded chunks in input order.
+#[derive(Default)]
+struct InOrder {
+    /// Values so far.
+    values: u64,
+    /// The bytes from where a value ran past the end of the chunk before, and their line.
+    carry: Vec<u8>,
+    carry_line: u64,
+}
+
+impl InOrder {
+    /// Applies a chunk's values; gives its buffer back.
+    fn apply(
         &mut self,
-        out: &mut impl FnMut(Option<(Result<Decoded, InputError>, Position)>) -> ControlFlow<()>,
-    ) -> std::io::Result<()> {
-        macro_rules! emit {
-            ($item:expr) => {
-                if out($item).is_break() {
-                    return Ok(());
-                }
-            };
+        done: Done,
+        apply: &mut impl FnMut(Result<Decoded, InputError>) -> Result<(), InputError>,
+        rejected: &mut impl FnMut(InputError, Position),
+    ) -> Vec<u8> {
+        let Done {
+            chunk,
+            values,
+            rest,
+        } = done;
+        if self.carry.is_empty() {
+            if rest < chunk.len {
+                self.carry.extend_from_slice(&chunk.bytes()[rest..]);
+                self.carry_line =
+                    LineCounter::starting_at(chunk.first_line).at(chunk.bytes(), rest);
+            }
+            self.each(values, chunk.bytes(), chunk.first_line, apply, rejected);
+        } else {
+            // The chunk was decoded as if a value started where it begins; none does. Its
+            // bytes are decoded again, after the carried ones, as one pass would.
+            drop(values);
+            let mut bytes = std::mem::take(&mut self.carry);
+            bytes.extend_from_slice(chunk.bytes());
+            let first_line = self.carry_line;
+            let mut again = Values::new();
+            let rest = decode_block(&bytes, chunk.eof, &mut again);
+            self.each(again, &bytes, first_line, apply, rejected);
+            if rest < bytes.len() {
+                self.carry_line = LineCounter::starting_at(first_line).at(&bytes, rest);
+                bytes.drain(..rest);
+                self.carry = bytes;
+            }
         }
-        loop {
-            // Values from `self.pos` on, until the buffer runs out or one is bad.
-            let base = self.pos;
-            let buf = &self.buf[..self.end];
-            // Complete lines only, until the input has ended: a value never runs past the
-            // end of the slice in one-per-line input, where serde_json would stop with an
-            // error whose position it finds by counting every line before it.
-            let limit = match memrchr(b'\n', &buf[base..]) {
-                Some(i) if !self.eof => base + i + 1,
-                _ if self.eof => buf.len(),
-                _ => base,
-            };
-            let mut stream =
-                serde_json::Deserializer::from_slice(&buf[base..limit]).into_iter::<Entry>();
-            let next_start = |offset: usize| {
-                offset
-                    + buf[offset..]
-                        .iter()
-                        .take_while(|b| b.is_ascii_whitespace())
-                        .count()
-            };
-            let (stop, bad) = loop {
-                let start = next_start(base + stream.byte_offset());
-                match stream.next() {
-                    None => break (start, None),
-                    Some(Ok(entry)) => {
-                        self.values += 1;
-                        let position = Position {
-                            value: self.values,
-                            line: self.lines.at(buf, start),
-                        };
-                        if out(Some((decode_entry(entry), position))).is_break() {
-                            return Ok(());
-                        }
-                    }
-                    Some(Err(e)) => break (start, Some(e)),
-                }
-            };
-            self.pos = stop;
-            match bad {
-                // A value ends beyond the complete lines read so far: read more and start
-                // again at it. (At the end of the input, one cut short is reported below.)
-                Some(e) if e.is_eof() && !self.eof => {
-                    emit!(None);
-                    self.fill()?;
-                }
-                Some(e) => {
-                    if self.bad_value(e, out)?.is_break() {
-                        return Ok(());
-                    }
-                }
-                // Everything up to the limit was read.
-                None => {
-                    if self.eof {
-                        return Ok(());
-                    }
-                    emit!(None);
-                    self.fill()?;
-                }
+        chunk.buf
+    }
+
+    /// Applies values decoded from `bytes`, whose first byte is on `first_line`.
+    fn each(
+        &mut self,
+        values: Values,
+        bytes: &[u8],
+        first_line: u64,
+        apply: &mut impl FnMut(Result<Decoded, InputError>) -> Result<(), InputError>,
+        rejected: &mut impl FnMut(InputError, Position),
+    ) {
+        let mut lines = LineCounter::starting_at(first_line);
+        for (value, at) in values {
+            self.values += 1;
+            if let Err(e) = apply(value) {
+                let line = lines.at(bytes, at);
+                rejected(
+                    e,
+                    Position {
+                        value: self.values,
+                        line,
+                    },
+                );
             }
         }
     }
+}
 
-    /// A value serde_json rejected: the scanner finds where it ends, and `out` gets why it is
-    /// bad. Breaks at the end of the input (or when `out` does).
-    fn bad_value(
-        &mut self,
-        e: serde_json::Error,
-        out: &mut impl FnMut(Option<(Result<Decoded, InputError>, Position)>) -> ControlFlow<()>,
-    ) -> std::io::Result<ControlFlow<()>> {
-        if let Some((start, end)) = self.scan() {
-            let position = self.position(start);
-            return Ok(out(Some((
-                Err(explain(&self.buf[start..end], e)),
-                position,
-            ))));
+/// Reads chunks and hands each to `send` (until it returns false), reusing the buffers that
+/// come back on `spare`.
+fn read_chunks(
+    reader: &mut impl Read,
+    spare: &Receiver<Vec<u8>>,
+    mut send: impl FnMut(Chunk) -> bool,
+) -> std::io::Result<()> {
+    let mut line = 1;
+    let mut want = FIRST_READ;
+    let mut buf = Vec::new();
+    let mut len = 0;
+    let mut eof = false;
+    loop {
+        let mut at = cut(&buf[..len], eof);
+        while at == 0 && !eof {
+            // Zeroed once: a buffer keeps its length when it comes back.
+            if buf.len() < len + want {
+                buf.resize(len + want, 0);
+            }
+            let n = loop {
+                match reader.read(&mut buf[len..len + want]) {
+                    Ok(n) => break n,
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                    Err(e) => return Err(e),
+                }
+            };
+            len += n;
+            eof = n == 0;
+            want = (want * 2).min(MAX_READ);
+            at = cut(&buf[..len], eof);
         }
-        if out(None).is_break() {
-            return Ok(ControlFlow::Break(()));
+        let last = eof && at == len;
+        let mut next = spare.try_recv().unwrap_or_default();
+        if next.len() < len - at {
+            next.resize(len - at, 0);
         }
-        if self.fill()? {
-            return Ok(ControlFlow::Continue(()));
+        next[..len - at].copy_from_slice(&buf[at..len]);
+        let first_line = line;
+        line += memchr_iter(b'\n', &buf[..at]).count() as u64;
+        let chunk = Chunk {
+            buf: std::mem::replace(&mut buf, next),
+            len: at,
+            first_line,
+            eof: last,
+        };
+        if !send(chunk) || last {
+            return Ok(());
         }
-        // It runs to the end of the input.
-        if let Some((start, p)) = self.rest_start() {
-            let _ = out(Some((Err(explain(&self.buf[start..self.end], e)), p)));
+        len -= at;
+    }
+}
+
+/// Where to cut the bytes read so far: where the line that starts with `{` before the
+/// [`MAX_LINES`]th line starts, if there is one; else at the end, if that ends the input or
+/// a line; else where the last line that starts with `{` starts; 0 if nowhere.
+fn cut(read: &[u8], eof: bool) -> usize {
+    if let Some(i) = memchr_iter(b'\n', read).nth(MAX_LINES)
+        && let Some(j) = memmem::rfind(&read[..i], b"\n{")
+    {
+        return j + 1;
+    }
+    if eof || read.last() == Some(&b'\n') {
+        return read.len();
+    }
+    memmem::rfind(read, b"\n{").map_or(0, |i| i + 1)
+}
+
+/// A decoder thread: decodes the chunks it takes until there are no more.
+fn decode_chunks(jobs: &Mutex<Receiver<Job>>) {
+    loop {
+        let job = jobs.lock().unwrap_or_else(|e| e.into_inner()).recv();
+        let Ok((chunk, done)) = job else {
+            return;
+        };
+        let mut values = Values::new();
+        let rest = decode_block(chunk.bytes(), chunk.eof, &mut values);
+        if done
+            .send(Done {
+                chunk,
+                values,
+                rest,
+            })
+            .is_err()
+        {
+            return;
         }
-        Ok(ControlFlow::Break(()))
+    }
+}
+
+/// Decodes the values in `bytes`, which start at a value's start, into `out`: serde_json
+/// reads them back to back, and the scanner is only asked where a value ends when serde_json
+/// rejects it. Unless `eof`, more input may follow: only complete lines are decoded, and
+/// what is left where a value runs past the end is not. Returns where what is left starts
+/// (`bytes.len()` if nothing is).
+fn decode_block(bytes: &[u8], eof: bool, out: &mut Values) -> usize {
+    let skip_space = |offset: usize| {
+        offset
+            + bytes[offset..]
+                .iter()
+                .take_while(|b| b.is_ascii_whitespace())
+                .count()
+    };
+    let mut pos = skip_space(0);
+    loop {
+        // Complete lines only, until the input has ended: a value never runs past the end of
+        // the slice in one-per-line input, where serde_json would stop with an error whose
+        // position it finds by counting every line before it.
+        let limit = match memrchr(b'\n', &bytes[pos..]) {
+            _ if eof => bytes.len(),
+            Some(i) => pos + i + 1,
+            None => pos,
+        };
+        let mut stream =
+            serde_json::Deserializer::from_slice(&bytes[pos..limit]).into_iter::<Entry>();
+        let (stop, bad) = loop {
+            let start = skip_space(pos + stream.byte_offset());
+            match stream.next() {
+                None => break (start, None),
+                Some(Ok(entry)) => out.push((decode_entry(entry), start)),
+                Some(Err(e)) => break (start, Some(e)),
+            }
+        };
+        pos = stop;
+        let Some(e) = bad else {
+            // Everything up to the limit was read.
+            return pos;
+        };
+        if e.is_eof() && !eof {
+            // A value runs past the complete lines: it is what is left.
+            return pos;
+        }
+        match value_end(bytes, pos, eof) {
+            Some(end) => {
+                out.push((Err(explain(&bytes[pos..end], e)), pos));
+                pos = skip_space(end);
+            }
+            None if !eof => return pos,
+            // It runs to the end of the input.
+            None => {
+                out.push((Err(explain(&bytes[pos..], e)), pos));
+                return bytes.len();
+            }
+        }
     }
 }
 
@@ -277,6 +428,76 @@ mod tests {
             split_then_decoded(tail.as_bytes())
         );
         assert_eq!(decoded(tail.as_bytes(), 3).len(), 2);
+    }
+
+    /// The same from one pass over the whole input, uncut.
+    fn one_pass_decoded(input: &[u8]) -> Vec<String> {
+        let mut values = Values::new();
+        assert_eq!(decode_block(input, true, &mut values), input.len());
+        let mut lines = LineCounter::starting_at(1);
+        let mut seen = Vec::new();
+        let mut out = Vec::new();
+        for (n, (v, at)) in values.into_iter().enumerate() {
+            match v {
+                Ok(d) => seen.push(format!("ok {d:?}")),
+                Err(e) => {
+                    seen.push(format!("bad {}", e.message));
+                    let line = lines.at(input, at);
+                    out.push(format!("rejected {} {line} {}", n + 1, e.message));
+                }
+            }
+        }
+        seen.extend(out);
+        seen
+    }
+
+    /// Inputs put together at random from the shapes a replay file can have, good and bad
+    /// (among them a value with a line that starts with `{` inside it, where a cut may fall):
+    /// however the reads cut them, decoding on threads gives what one pass gives.
+    #[test]
+    fn random_inputs_decode_as_the_oracle_says_whatever_the_reads() {
+        const PIECES: &[&str] = &[
+            "{\"type\":\"ADDED\",\"object\":{\"kind\":\"Pod\",\"metadata\":{\"name\":\"a\",\"namespace\":\"n\"}}}\n",
+            "{\"at\":\"2026-01-01T00:00:01Z\"}\n",
+            "{\n  \"at\": \"2026-01-01T00:00:03Z\",\n  \"record\": {\n    \"kind\": \"session\",\n    \"id\": \"s\"\n  }\n}\n",
+            "{\n  \"type\": \"MODIFIED\",\n  \"object\": {\n    \"metadata\": {\n      \"name\": \"b\"\n    }\n  }\n}\n",
+            "this is not json\n",
+            "{\"at\":\"2026-01-01T00:00:04Z\",\"record\":{\"kind\":\"sandbox\",\n",
+            "{\"at\":\"2026-01-01T00:00:05Z\"}\r\n",
+            "   {\"at\":\"2026-01-01T00:00:06Z\"} {\"at\":\"2026-01-01T00:00:07Z\"}\n",
+            "\n\n",
+            "{\"at\":\"2026-01-01T00:00:08Z\",\"record\":{\"kind\":\"session\",\"id\":5}}\n",
+            "{\"type\":\"ADDED\",\"object\":\n{\"metadata\":{\"name\":\"c\"}}}\n",
+            "{\"at\":\"2026-01-01T00:00:09Z\",\"note\":\"a { and a } and \\\" in a string\"}\n",
+            "[1, 2]\n",
+            "{\"type\":\"BOOKMARK\",\"object\":{\"metadata\":{}}}\n",
+        ];
+        let mut seed = 0x9e37_79b9_7f4a_7c15_u64;
+        let mut next = |n: usize| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            (seed % n as u64) as usize
+        };
+        for _ in 0..60 {
+            let mut input = String::new();
+            for _ in 0..next(24) {
+                input.push_str(PIECES[next(PIECES.len())]);
+            }
+            if next(3) == 0 {
+                // The input ends inside a value, or without a last newline.
+                let piece = PIECES[next(PIECES.len())];
+                input.push_str(&piece[..next(piece.len())]);
+            }
+            let expected = one_pass_decoded(input.as_bytes());
+            for n in [2 + next(30), 32 + next(512), 1 << 20] {
+                assert_eq!(
+                    decoded(input.as_bytes(), n),
+                    expected,
+                    "reads of {n} bytes of {input:?}"
+                );
+            }
+        }
     }
 
     /// A last value cut short inside a nested object ends where the next line starts with
