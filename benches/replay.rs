@@ -97,7 +97,9 @@ fn generate(path: &std::path::Path, pods: usize, sessions: usize) -> std::io::Re
         values += 1;
     }
     writeln!(w, r#"{{"at":"2026-05-01T12:00:00Z"}}"#)?;
-    w.flush()?;
+    // On disk before anything is timed: the kernel writing a GB back meanwhile would take
+    // CPU from the replay.
+    w.into_inner().map_err(|e| e.into_error())?.sync_all()?;
     Ok((values + 1, std::fs::metadata(path)?.len()))
 }
 

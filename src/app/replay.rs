@@ -12,7 +12,7 @@
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{Receiver, SyncSender};
+use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex};
 
 use tracing::warn;
@@ -117,9 +117,11 @@ pub fn run_with<W: Write + Send>(
     let mut metric_sink = metrics.sink();
     let mut report = Report::new(out, format);
     let mut sinks = Fanout::new().with(&mut metric_sink).with(&mut report);
-    for input in inputs {
-        read(&mut replay, input, &mut sinks)?;
-    }
+    with_sinks_on_a_thread(&mut sinks, |to| {
+        inputs
+            .into_iter()
+            .try_for_each(|input| read(&mut replay, input, to))
+    })?;
     let backtest = replay.backtest.take().map(|mut bt| {
         bt.drain(&replay.engine);
         bt.finish()
@@ -153,18 +155,19 @@ pub fn run_with<W: Write + Send>(
 }
 
 /// Reads one input to its end (or to a stop), feeding the engine and the sinks.
-fn read(replay: &mut Replay<'_>, input: Input, sinks: &mut Fanout<'_>) -> Result<(), ReplayError> {
+fn read(replay: &mut Replay<'_>, input: Input, sinks: &mut ToSinks) -> Result<(), ReplayError> {
     let name = input.name;
-    let mut transitions = Vec::new();
+    let sinks = std::cell::RefCell::new(sinks);
     Splitter::new(input.reader)
         .for_each_decoded(
             |value| {
-                let result = replay.decoded(value, &mut transitions);
+                let mut sinks = sinks.borrow_mut();
+                let result = replay.decoded(value, &mut sinks.batch);
                 for n in replay.engine.take_notices() {
                     warn!(reason = n.reason, "{}", crate::util::text::clip(&n.message));
                 }
-                for t in transitions.drain(..) {
-                    sinks.transition(&t);
+                if sinks.batch.len() >= SINK_BATCH {
+                    sinks.flush();
                 }
                 result
             },
@@ -177,8 +180,76 @@ fn read(replay: &mut Replay<'_>, input: Input, sinks: &mut Fanout<'_>) -> Result
                     crate::util::text::clip(&e.message)
                 );
             },
+            || sinks.borrow_mut().flush(),
         )
         .map_err(|source| ReplayError::Read { name, source })
+}
+
+/// Transitions per hand-over to the sinks' thread, and how many may wait for it.
+const SINK_BATCH: usize = 1024;
+const SINK_BEHIND: usize = 1 << 15;
+
+/// Hands transitions over to the sinks, which run on a thread of their own (the report's
+/// JSON and the metrics cost about as much as the engine's work for them).
+struct ToSinks {
+    batch: Vec<Transition>,
+    tx: SyncSender<Vec<Transition>>,
+    /// Batches the sinks are done with, to fill again.
+    spare: Receiver<Vec<Transition>>,
+}
+
+impl ToSinks {
+    fn flush(&mut self) {
+        if self.batch.is_empty() {
+            return;
+        }
+        let next = self.spare.try_recv().unwrap_or_default();
+        let batch = std::mem::replace(&mut self.batch, next);
+        match self.tx.try_send(batch) {
+            // The sinks are behind (after a burst): keep filling this batch, up to a bound.
+            Err(TrySendError::Full(mut batch)) if batch.len() < SINK_BEHIND => {
+                batch.append(&mut self.batch);
+                self.batch = batch;
+            }
+            Err(TrySendError::Full(batch)) => {
+                let _ = self.tx.send(batch);
+            }
+            // The sinks' thread panicked: its panic is resumed when it is joined.
+            Err(TrySendError::Disconnected(_)) | Ok(()) => {}
+        }
+    }
+}
+
+/// Runs `f` with the sinks on a thread of their own, fed through a [`ToSinks`]; every
+/// transition has reached them when it returns.
+fn with_sinks_on_a_thread<T>(sinks: &mut Fanout<'_>, f: impl FnOnce(&mut ToSinks) -> T) -> T {
+    let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<Transition>>(4);
+    let (spare_tx, spare) = std::sync::mpsc::channel();
+    std::thread::scope(|s| {
+        let worker = std::thread::Builder::new()
+            .name("replay-sinks".into())
+            .spawn_scoped(s, move || {
+                for mut batch in rx {
+                    for t in batch.drain(..) {
+                        sinks.transition(&t);
+                    }
+                    let _ = spare_tx.send(batch);
+                }
+            })
+            .expect("spawning the replay sinks' thread");
+        let mut to = ToSinks {
+            batch: Vec::new(),
+            tx,
+            spare,
+        };
+        let result = f(&mut to);
+        to.flush();
+        drop(to);
+        worker
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+        result
+    })
 }
 
 /// The explanation of `q` at the end of the replay, after the report.
@@ -402,7 +473,7 @@ impl<'a> Replay<'a> {
         }
         let before = out.len();
         let source = matches!(change, Change::Source(_));
-        out.extend(self.engine.apply(at, change));
+        self.engine.apply_into(at, change, out);
         if let Some(bt) = &mut self.backtest {
             bt.round(&self.engine, at, source || out.len() > before);
         }

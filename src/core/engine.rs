@@ -179,7 +179,13 @@ impl Engine {
     /// Applies one change that happened at `at` (clamped so the clock never runs backwards).
     pub fn apply(&mut self, at: Ts, change: Change) -> Vec<Transition> {
         let mut out = Vec::new();
-        self.advance_into(at, &mut out);
+        self.apply_into(at, change, &mut out);
+        out
+    }
+
+    /// [`Engine::apply`], its transitions appended to `out`.
+    pub fn apply_into(&mut self, at: Ts, change: Change, out: &mut Vec<Transition>) {
+        self.advance_into(at, out);
         let mut touched = Vec::new();
         let now = self.now;
         match change {
@@ -239,12 +245,11 @@ impl Engine {
         touched.sort();
         touched.dedup();
         for subject in &touched {
-            self.evaluate(subject, &mut out);
+            self.evaluate(subject, out);
         }
         // A burst (every pod pending until its records arrive) must not pin its memory.
         shrink(&mut self.pending);
         shrink(&mut self.open);
-        out
     }
 
     /// When the next pending finding is due to open, if any is.

@@ -67,11 +67,13 @@ impl<R: Read> Splitter<R> {
     /// decoded: `apply` gets each decoded value, in input order (or the reason it could not
     /// be decoded); when it returns an error, `rejected` gets it with the value's position.
     /// A value is applied as soon as the read that brings its last line has returned, without
-    /// waiting for more input, so a live pipe's values are applied as they come.
+    /// waiting for more input, so a live pipe's values are applied as they come; `applied`
+    /// is called after each chunk of values, when more may be a while coming.
     pub fn for_each_decoded(
         &mut self,
         mut apply: impl FnMut(Result<Decoded, InputError>) -> Result<(), InputError>,
         mut rejected: impl FnMut(InputError, Position),
+        mut applied: impl FnMut(),
     ) -> std::io::Result<()>
     where
         R: Send,
@@ -108,6 +110,7 @@ impl<R: Read> Splitter<R> {
                     break;
                 };
                 let buf = in_order.apply(done, &mut apply, &mut rejected);
+                applied();
                 let _ = spare_tx.send(buf);
             }
             for worker in workers {
@@ -377,6 +380,7 @@ mod tests {
                     v.map(|_| ())
                 },
                 |e, p| out.push(format!("rejected {} {} {}", p.value, p.line, e.message)),
+                || {},
             )
             .unwrap();
         seen.extend(out);
@@ -558,6 +562,7 @@ mod tests {
                 v.map(|_| ())
             },
             |_, _| {},
+            || {},
         )
         .unwrap_err();
         assert_eq!(e.to_string(), "disk on fire");
