@@ -1,11 +1,13 @@
 //! Replay throughput and memory on a generated cluster.
 //!
-//! `cargo bench --bench replay [-- --pods N --sessions N --keep]` (defaults: 100,000 of each)
-//! writes a replay file of realistic pods (~7 KB of JSON each, managedFields and all) and
-//! session records to a temporary directory, replays it through the real pipeline
-//! (splitter → decode → engine → report and metrics sinks), and prints events/s, the
-//! process's peak memory per tracked pod, and the JSON-scan floor (serde's `IgnoredAny`
-//! over the same bytes) for comparison.
+//! `cargo bench --bench replay [-- --pods N --sessions N --rounds N --keep]` (defaults: 100,000
+//! of each, 3 rounds) writes a replay file of realistic pods (~7 KB of JSON each, managedFields
+//! and all) and session records to a temporary directory, replays it through the real
+//! pipeline (reader → decoders → engine → report and metrics sinks), and prints events/s, the
+//! process's memory per tracked pod, and the JSON-scan floor (serde's `IgnoredAny` over the
+//! same bytes, in memory, on one thread) for comparison. Replays and floors take turns, round
+//! after round, so that a machine whose speed drifts slows both alike; the ratio is of the
+//! medians, and each round's is printed too.
 
 use std::fs::File;
 use std::io::{BufWriter, Read, Write};
@@ -119,18 +121,21 @@ fn main() -> anyhow::Result<()> {
     );
 
     let config = config::preset("generic")?;
+    let replay_once = || -> anyhow::Result<(f64, replay::Outcome<std::io::Sink>)> {
+        let t = Instant::now();
+        let outcome = replay::run(
+            &config,
+            vec![Input {
+                name: path.display().to_string(),
+                reader: Box::new(File::open(&path)?),
+            }],
+            Format::Json,
+            std::io::sink(),
+        )?;
+        Ok((t.elapsed().as_secs_f64(), outcome))
+    };
     let rss_before = status_kib("VmRSS:");
-    let t = Instant::now();
-    let outcome = replay::run(
-        &config,
-        vec![Input {
-            name: path.display().to_string(),
-            reader: Box::new(File::open(&path)?),
-        }],
-        Format::Json,
-        std::io::sink(),
-    )?;
-    let replay_secs = t.elapsed().as_secs_f64();
+    let (first_secs, outcome) = replay_once()?;
     let peak = status_kib("VmHWM:");
     let after = status_kib("VmRSS:");
     // What the daemon settles to: jemalloc's background thread gives freed pages back a
@@ -141,21 +146,14 @@ fn main() -> anyhow::Result<()> {
     let c = outcome.counts;
     assert_eq!(c.rejected, 0, "the generated file is valid");
     println!(
-        "replay: {} values ({} watch events, {} records) in {replay_secs:.2} s = {:.0} values/s, {:.0} MB/s",
-        c.values,
-        c.events,
-        c.records,
-        c.values as f64 / replay_secs,
-        bytes as f64 / 1e6 / replay_secs
-    );
-    let per_pod = |kib: u64| (kib.saturating_sub(rss_before) * 1024) as f64 / tracked as f64;
-    println!(
         "memory: peak RSS {:.1} MiB, {:.1} MiB at the end, {:.1} MiB before the replay; {tracked} pods and {sessions} sessions tracked, {} findings open",
         peak as f64 / 1024.0,
         after as f64 / 1024.0,
         rss_before as f64 / 1024.0,
         outcome.engine.open_findings().len(),
     );
+    drop(outcome);
+    let per_pod = |kib: u64| (kib.saturating_sub(rss_before) * 1024) as f64 / tracked as f64;
     println!(
         "memory per tracked pod (with its session, indexes and open findings): {:.0} bytes at peak, {:.0} bytes at the end, {:.0} bytes once freed pages are given back",
         per_pod(peak),
@@ -166,17 +164,46 @@ fn main() -> anyhow::Result<()> {
     // The floor: parse every value and throw it away.
     let mut data = Vec::with_capacity(bytes as usize);
     File::open(&path)?.read_to_end(&mut data)?;
-    let t = Instant::now();
-    let mut n = 0u64;
-    for v in serde_json::Deserializer::from_slice(&data).into_iter::<serde::de::IgnoredAny>() {
-        v?;
-        n += 1;
+    let floor_once = || -> anyhow::Result<f64> {
+        let t = Instant::now();
+        let mut n = 0;
+        for v in serde_json::Deserializer::from_slice(&data).into_iter::<serde::de::IgnoredAny>() {
+            v?;
+            n += 1;
+        }
+        assert_eq!(n, values);
+        Ok(t.elapsed().as_secs_f64())
+    };
+    let rounds = arg("--rounds", 3).max(1);
+    let mut replays = vec![first_secs];
+    let mut floors = vec![floor_once()?];
+    for _ in 1..rounds {
+        replays.push(replay_once()?.0);
+        floors.push(floor_once()?);
     }
-    let floor_secs = t.elapsed().as_secs_f64();
+    let per_round: Vec<String> = replays
+        .iter()
+        .zip(&floors)
+        .map(|(r, f)| format!("{:.0}%", 100.0 * f / r))
+        .collect();
+    let replay_secs = median(&replays);
+    let floor_secs = median(&floors);
     println!(
-        "JSON-scan floor (IgnoredAny, in memory): {n} values in {floor_secs:.2} s = {:.0} MB/s; replay runs at {:.0}% of the floor's speed",
+        "replay: {} values ({} watch events, {} records) in {replay_secs:.2} s (median of {rounds}) = {:.0} values/s, {:.0} MB/s",
+        c.values,
+        c.events,
+        c.records,
+        c.values as f64 / replay_secs,
+        bytes as f64 / 1e6 / replay_secs
+    );
+    println!(
+        "JSON-scan floor (IgnoredAny, in memory, one thread): {values} values in {floor_secs:.2} s (median of {rounds}) = {:.0} MB/s",
         bytes as f64 / 1e6 / floor_secs,
-        100.0 * floor_secs / replay_secs
+    );
+    println!(
+        "replay runs at {:.0}% of the floor's speed (rounds: {})",
+        100.0 * floor_secs / replay_secs,
+        per_round.join(", ")
     );
     if std::env::args().any(|a| a == "--keep") {
         println!("kept {}", path.display());
@@ -184,4 +211,10 @@ fn main() -> anyhow::Result<()> {
         std::fs::remove_dir_all(&dir)?;
     }
     Ok(())
+}
+
+fn median(xs: &[f64]) -> f64 {
+    let mut xs = xs.to_vec();
+    xs.sort_by(f64::total_cmp);
+    xs[xs.len() / 2]
 }

@@ -114,6 +114,9 @@ pub struct Report<W: Write> {
     open: BTreeMap<&'static str, u64>,
     /// The first write that failed; reported by [`Report::finish`].
     error: Option<io::Error>,
+    /// A JSON line is put together here and written at once: one write per line, not one
+    /// per field (each of which would lock standard output).
+    line: Vec<u8>,
 }
 
 impl<W: Write> super::TransitionSink for Report<W> {
@@ -140,6 +143,7 @@ impl<W: Write> Report<W> {
             retries: 0,
             open: FindingKind::ALL.iter().map(|k| (k.as_str(), 0)).collect(),
             error: None,
+            line: Vec::new(),
         }
     }
 
@@ -171,8 +175,10 @@ impl<W: Write> Report<W> {
                         .then(|| t.detection_latency_secs())
                         .flatten(),
                 };
-                serde_json::to_writer(&mut self.out, &line)?;
-                writeln!(self.out)
+                self.line.clear();
+                serde_json::to_writer(&mut self.line, &line)?;
+                self.line.push(b'\n');
+                self.out.write_all(&self.line)
             }
             Format::Table => {
                 let row = row(t, &view);
@@ -214,7 +220,9 @@ impl<W: Write> Report<W> {
                 line.push_str(&format!("{cell:<w$}  "));
             }
         }
-        writeln!(self.out, "{}", line.trim_end())
+        line.truncate(line.trim_end().len());
+        line.push('\n');
+        self.out.write_all(line.as_bytes())
     }
 
     /// How many findings are open now.

@@ -25,9 +25,10 @@ use crate::model::record::InputError;
 
 /// Bytes of input from a value's start up to where the reader cut it.
 struct Chunk {
-    /// The bytes are `buf[..len]`; the rest is room the next read may use.
+    /// The bytes are `buf[start..end]`; what follows is room the next read may use.
     buf: Vec<u8>,
-    len: usize,
+    start: usize,
+    end: usize,
     /// The line of the chunk's first byte.
     first_line: u64,
     /// Nothing follows.
@@ -36,7 +37,7 @@ struct Chunk {
 
 impl Chunk {
     fn bytes(&self) -> &[u8] {
-        &self.buf[..self.len]
+        &self.buf[self.start..self.end]
     }
 }
 
@@ -57,10 +58,10 @@ type Job = (Chunk, SyncSender<Done>);
 /// small inputs stay cheap, large ones are cut into chunks of about a MiB.
 const FIRST_READ: usize = 64 << 10;
 const MAX_READ: usize = 1 << 20;
-/// Chunks read ahead of the caller (decoding or decoded), and lines per chunk at most (about
-/// as many values in one-per-line input): bound the memory of the values in flight.
+/// Chunks read ahead of the caller (decoding or decoded), and values per chunk at most (lines
+/// that start with `{`): bound the memory of the values in flight.
 const CHUNKS_AHEAD: usize = 4;
-const MAX_LINES: usize = 1024;
+const MAX_VALUES: usize = 1024;
 
 impl<R: Read> Splitter<R> {
     /// Decodes each value on threads of their own while this thread applies what was
@@ -111,7 +112,10 @@ impl<R: Read> Splitter<R> {
                 };
                 let buf = in_order.apply(done, &mut apply, &mut rejected);
                 applied();
-                let _ = spare_tx.send(buf);
+                // Read buffers go back to be read into again; copied-out parts are dropped.
+                if buf.len() >= MAX_READ {
+                    let _ = spare_tx.send(buf);
+                }
             }
             for worker in workers {
                 worker
@@ -148,7 +152,7 @@ impl InOrder {
             rest,
         } = done;
         if self.carry.is_empty() {
-            if rest < chunk.len {
+            if rest < chunk.bytes().len() {
                 self.carry.extend_from_slice(&chunk.bytes()[rest..]);
                 self.carry_line =
                     LineCounter::starting_at(chunk.first_line).at(chunk.bytes(), rest);
@@ -231,35 +235,41 @@ fn read_chunks(
             at = cut(&buf[..len], eof);
         }
         let last = eof && at == len;
+        let mut chunk = |buf: Vec<u8>, start: usize, end: usize, eof: bool| {
+            let first_line = line;
+            line += memchr_iter(b'\n', &buf[start..end]).count() as u64;
+            send(Chunk {
+                buf,
+                start,
+                end,
+                first_line,
+                eof,
+            })
+        };
+        // Many small values: all but the last [`MAX_VALUES`] of them go in copies of their own.
+        let mut start = 0;
+        while let Some(i) = memmem::find_iter(&buf[start..at], b"\n{").nth(MAX_VALUES - 1) {
+            let end = start + i + 1;
+            if !chunk(buf[start..end].to_vec(), 0, end - start, false) {
+                return Ok(());
+            }
+            start = end;
+        }
         let mut next = spare.try_recv().unwrap_or_default();
         if next.len() < len - at {
             next.resize(len - at, 0);
         }
         next[..len - at].copy_from_slice(&buf[at..len]);
-        let first_line = line;
-        line += memchr_iter(b'\n', &buf[..at]).count() as u64;
-        let chunk = Chunk {
-            buf: std::mem::replace(&mut buf, next),
-            len: at,
-            first_line,
-            eof: last,
-        };
-        if !send(chunk) || last {
+        if !chunk(std::mem::replace(&mut buf, next), start, at, last) || last {
             return Ok(());
         }
         len -= at;
     }
 }
 
-/// Where to cut the bytes read so far: where the line that starts with `{` before the
-/// [`MAX_LINES`]th line starts, if there is one; else at the end, if that ends the input or
-/// a line; else where the last line that starts with `{` starts; 0 if nowhere.
+/// Where to cut the bytes read so far: at their end if that ends the input or a line, else
+/// where the last line that starts with `{` starts; 0 if nowhere.
 fn cut(read: &[u8], eof: bool) -> usize {
-    if let Some(i) = memchr_iter(b'\n', read).nth(MAX_LINES)
-        && let Some(j) = memmem::rfind(&read[..i], b"\n{")
-    {
-        return j + 1;
-    }
     if eof || read.last() == Some(&b'\n') {
         return read.len();
     }
@@ -502,6 +512,29 @@ mod tests {
                 );
             }
         }
+    }
+
+    /// More values in one read than a chunk takes: the chunks copied out of it keep their
+    /// values' order and lines.
+    #[test]
+    fn a_read_of_many_small_values_is_cut_into_chunks_that_keep_their_lines() {
+        let mut input = String::new();
+        for i in 0..(3 * MAX_VALUES + 7) {
+            if i % 500 == 0 {
+                input.push_str("not json\n");
+            } else {
+                input.push_str(&format!("{{\"at\":\"2026-01-01T00:00:{:02}Z\"}}\n", i % 60));
+            }
+        }
+        let expected = one_pass_decoded(input.as_bytes());
+        assert_eq!(
+            expected
+                .iter()
+                .filter(|l| l.starts_with("rejected"))
+                .count(),
+            7
+        );
+        assert_eq!(decoded(input.as_bytes(), 1 << 20), expected);
     }
 
     /// A last value cut short inside a nested object ends where the next line starts with
