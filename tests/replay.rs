@@ -321,6 +321,54 @@ fn reads_standard_input_and_writes_metrics() {
     }
 }
 
+/// A report read slowly (standard output a pipe nobody reads for a while, so the sinks' thread
+/// blocks on it) still gets every transition, and the summary counts them all.
+#[test]
+fn a_report_read_slowly_loses_no_transition() {
+    use std::io::Read;
+    let n = 5000;
+    let at = "2026-05-01T14:00:01Z";
+    let mut input = String::new();
+    for i in 0..n {
+        input.push_str(&format!(
+            "{{\"at\":\"{at}\",\"record\":{{\"kind\":\"sandbox\",\"id\":\"sb-{i}\",\"state\":\"running\"}}}}\n\
+             {{\"at\":\"{at}\",\"record\":{{\"kind\":\"execution\",\"id\":\"run-{i}\",\"sandbox\":\"sb-{i}\",\"state\":\"running\",\"attempt\":0}}}}\n\
+             {{\"at\":\"{at}\",\"record\":{{\"kind\":\"sandbox\",\"id\":\"sb-{i}\",\"state\":\"failure\"}}}}\n"
+        ));
+    }
+    let path =
+        std::env::temp_dir().join(format!("sandwatch-slow-report-{}.json", std::process::id()));
+    std::fs::write(&path, input).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_sandwatch"))
+        .args(["replay", "--format", "json", "--preset", "generic"])
+        .arg(&path)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // The slow reader: nothing is read until the pipe has long been full.
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    let mut out = String::new();
+    child
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut out)
+        .unwrap();
+    assert!(child.wait().unwrap().success());
+    std::fs::remove_file(&path).unwrap();
+    let opened = out
+        .lines()
+        .filter(|l| l.contains("\"event\":\"opened\""))
+        .count();
+    assert_eq!(opened, n);
+    let summary = out.lines().last().unwrap();
+    assert!(
+        summary.contains(&format!("\"opened_total\":{n},")),
+        "{summary}"
+    );
+}
+
 #[test]
 fn check_config_explains_errors_and_accepts_good_files() {
     let dir = std::env::temp_dir().join(format!("sandwatch-config-{}", std::process::id()));

@@ -12,7 +12,7 @@
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
+use std::sync::mpsc::{Receiver, SyncSender};
 use std::sync::{Arc, Mutex};
 
 use tracing::warn;
@@ -185,9 +185,11 @@ fn read(replay: &mut Replay<'_>, input: Input, sinks: &mut ToSinks) -> Result<()
         .map_err(|source| ReplayError::Read { name, source })
 }
 
-/// Transitions per hand-over to the sinks' thread, and how many may wait for it.
+/// Transitions per hand-over to the sinks' thread (at most, unless one change makes more),
+/// and hand-overs that may wait for it: after a burst the engine goes on while the sinks
+/// catch up, and it waits for them only when that many are waiting.
 const SINK_BATCH: usize = 1024;
-const SINK_BEHIND: usize = 1 << 15;
+const SINK_BATCHES_AHEAD: usize = 32;
 
 /// Hands transitions over to the sinks, which run on a thread of their own (the report's
 /// JSON and the metrics cost about as much as the engine's work for them).
@@ -204,26 +206,15 @@ impl ToSinks {
             return;
         }
         let next = self.spare.try_recv().unwrap_or_default();
-        let batch = std::mem::replace(&mut self.batch, next);
-        match self.tx.try_send(batch) {
-            // The sinks are behind (after a burst): keep filling this batch, up to a bound.
-            Err(TrySendError::Full(mut batch)) if batch.len() < SINK_BEHIND => {
-                batch.append(&mut self.batch);
-                self.batch = batch;
-            }
-            Err(TrySendError::Full(batch)) => {
-                let _ = self.tx.send(batch);
-            }
-            // The sinks' thread panicked: its panic is resumed when it is joined.
-            Err(TrySendError::Disconnected(_)) | Ok(()) => {}
-        }
+        // Fails only if the sinks' thread panicked: its panic is resumed when it is joined.
+        let _ = self.tx.send(std::mem::replace(&mut self.batch, next));
     }
 }
 
 /// Runs `f` with the sinks on a thread of their own, fed through a [`ToSinks`]; every
 /// transition has reached them when it returns.
 fn with_sinks_on_a_thread<T>(sinks: &mut Fanout<'_>, f: impl FnOnce(&mut ToSinks) -> T) -> T {
-    let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<Transition>>(4);
+    let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<Transition>>(SINK_BATCHES_AHEAD);
     let (spare_tx, spare) = std::sync::mpsc::channel();
     std::thread::scope(|s| {
         let worker = std::thread::Builder::new()

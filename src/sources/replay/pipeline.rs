@@ -216,7 +216,7 @@ fn read_chunks(
     let mut len = 0;
     let mut eof = false;
     loop {
-        let mut at = cut(&buf[..len], eof);
+        let mut at = 0;
         while at == 0 && !eof {
             // Zeroed once: a buffer keeps its length when it comes back.
             if buf.len() < len + want {
@@ -226,13 +226,26 @@ fn read_chunks(
                 match reader.read(&mut buf[len..len + want]) {
                     Ok(n) => break n,
                     Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                    Err(e) => return Err(e),
+                    Err(e) => {
+                        // The complete lines read before it are still decoded.
+                        let at = memrchr(b'\n', &buf[..len]).map_or(0, |i| i + 1);
+                        let first_line = line;
+                        let _ = at > 0
+                            && send(Chunk {
+                                buf,
+                                start: 0,
+                                end: at,
+                                first_line,
+                                eof: false,
+                            });
+                        return Err(e);
+                    }
                 }
             };
             len += n;
             eof = n == 0;
+            at = cut(&buf[..len], eof, n < want);
             want = (want * 2).min(MAX_READ);
-            at = cut(&buf[..len], eof);
         }
         let last = eof && at == len;
         let mut chunk = |buf: Vec<u8>, start: usize, end: usize, eof: bool| {
@@ -267,13 +280,19 @@ fn read_chunks(
     }
 }
 
-/// Where to cut the bytes read so far: at their end if that ends the input or a line, else
-/// where the last line that starts with `{` starts; 0 if nowhere.
-fn cut(read: &[u8], eof: bool) -> usize {
+/// Where to cut the bytes read so far: at their end if that ends the input or a line; after
+/// a read that filled what it asked for (more is likely there already), where the last line
+/// that starts with `{` starts, so that a chunk ends where a value does; else (nothing more
+/// may come for a while) after the last complete line, so that no complete value waits.
+/// 0 if there is no complete line.
+fn cut(read: &[u8], eof: bool, short: bool) -> usize {
     if eof || read.last() == Some(&b'\n') {
         return read.len();
     }
-    memmem::rfind(read, b"\n{").map_or(0, |i| i + 1)
+    if !short && let Some(i) = memmem::rfind(read, b"\n{") {
+        return i + 1;
+    }
+    memrchr(b'\n', read).map_or(0, |i| i + 1)
 }
 
 /// A decoder thread: decodes the chunks it takes until there are no more.
@@ -537,6 +556,69 @@ mod tests {
         assert_eq!(decoded(input.as_bytes(), 1 << 20), expected);
     }
 
+    /// A pipe: each read returns what one write sent, waiting for it if need be.
+    struct Chan(std::sync::mpsc::Receiver<Vec<u8>>, Vec<u8>);
+
+    impl Read for Chan {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            if self.1.is_empty() {
+                match self.0.recv() {
+                    Ok(v) => self.1 = v,
+                    Err(_) => return Ok(0),
+                }
+            }
+            let k = buf.len().min(self.1.len());
+            buf[..k].copy_from_slice(&self.1[..k]);
+            self.1.drain(..k);
+            Ok(k)
+        }
+    }
+
+    /// A complete value on a pipe is applied before any more input comes, whatever the line
+    /// after it starts with.
+    #[test]
+    fn a_complete_value_on_a_pipe_is_applied_before_more_input_comes() {
+        for (first, rest) in [
+            (
+                "{\"at\":\"2026-01-01T00:00:00Z\"}\n{\"at\"",
+                ":\"2026-01-01T00:00:01Z\"}\n",
+            ),
+            (
+                " {\"at\":\"2026-01-01T00:00:00Z\"}\n {\"at\"",
+                ":\"2026-01-01T00:00:01Z\"}\n",
+            ),
+            ("{\"at\":\"2026-01-01T00:00:00Z\"}\n[1,", "2]\n"),
+            ("{\"at\":\"2026-01-01T00:00:00Z\"}\n ", "\n"),
+            (
+                "{\n  \"at\": \"2026-01-01T00:00:00Z\"\n}\n{\n",
+                "  \"at\": \"2026-01-01T00:00:01Z\"\n}\n",
+            ),
+        ] {
+            let (tx, rx) = std::sync::mpsc::channel::<Vec<u8>>();
+            let (seen_tx, seen) = std::sync::mpsc::channel();
+            tx.send(first.as_bytes().to_vec()).unwrap();
+            let t = std::thread::spawn(move || {
+                Splitter::new(Chan(rx, Vec::new()))
+                    .for_each_decoded(
+                        |_| {
+                            let _ = seen_tx.send(());
+                            Ok(())
+                        },
+                        |_, _| {},
+                        || {},
+                    )
+                    .unwrap()
+            });
+            let live = seen
+                .recv_timeout(std::time::Duration::from_secs(10))
+                .is_ok();
+            tx.send(rest.as_bytes().to_vec()).unwrap();
+            drop(tx);
+            t.join().unwrap();
+            assert!(live, "{first:?}: the first value waited for more input");
+        }
+    }
+
     /// A last value cut short inside a nested object ends where the next line starts with
     /// `{`, as a broken value anywhere else in the input does: what follows is its own value.
     #[test]
@@ -585,20 +667,24 @@ mod tests {
                 Ok(n)
             }
         }
-        let mut seen = 0;
-        let e = Splitter::new(Failing(
-            b"{\"at\":\"2026-01-01T00:00:00Z\"}\n{\"at\":".to_vec(),
-        ))
-        .for_each_decoded(
-            |v| {
-                seen += 1;
-                v.map(|_| ())
-            },
-            |_, _| {},
-            || {},
-        )
-        .unwrap_err();
-        assert_eq!(e.to_string(), "disk on fire");
-        assert_eq!(seen, 1);
+        for input in [
+            "{\"at\":\"2026-01-01T00:00:00Z\"}\n{\"at\":",
+            " {\"at\":\"2026-01-01T00:00:00Z\"}\n {\"at\":",
+            "{\"at\":\"2026-01-01T00:00:00Z\"}\n\"x",
+        ] {
+            let mut seen = 0;
+            let e = Splitter::new(Failing(input.as_bytes().to_vec()))
+                .for_each_decoded(
+                    |v| {
+                        seen += 1;
+                        v.map(|_| ())
+                    },
+                    |_, _| {},
+                    || {},
+                )
+                .unwrap_err();
+            assert_eq!(e.to_string(), "disk on fire");
+            assert_eq!(seen, 1, "{input:?}");
+        }
     }
 }
