@@ -189,7 +189,7 @@ fn read(replay: &mut Replay<'_>, input: Input, sinks: &mut ToSinks) -> Result<()
 /// and hand-overs that may wait for it: after a burst the engine goes on while the sinks
 /// catch up, and it waits for them only when that many are waiting.
 const SINK_BATCH: usize = 1024;
-const SINK_BATCHES_AHEAD: usize = 32;
+const SINK_BATCHES_AHEAD: usize = 8;
 
 /// Hands transitions over to the sinks, which run on a thread of their own (the report's
 /// JSON and the metrics cost about as much as the engine's work for them).

@@ -8,10 +8,10 @@
 //! - `{"at": ...}` alone, which only advances the clock.
 //!
 //! The clock never runs backwards: a value older than the previous one happens at the
-//! previous one's time. The input is read in blocks and split into values by a small scanner
-//! before any value is parsed, so one malformed value (bad JSON, wrong types, a pod without
-//! metadata, an unknown record kind) is reported with its position and skipped, and the
-//! replay goes on. What a value means for the engine (the clock, the feeds it starts) is the
+//! previous one's time. The input is read in chunks and decoded on threads of their own
+//! (`pipeline`); one malformed value (bad JSON, wrong types, a pod without metadata, an
+//! unknown record kind) is reported with its position and skipped, a small scanner finding
+//! where it ends, and the replay goes on. What a value means for the engine (the clock, the feeds it starts) is the
 //! replay driver's business (`app::replay`).
 
 use std::io::Read;
