@@ -152,29 +152,54 @@ impl InOrder {
             rest,
         } = done;
         if self.carry.is_empty() {
-            if rest < chunk.bytes().len() {
-                self.carry.extend_from_slice(&chunk.bytes()[rest..]);
-                self.carry_line =
-                    LineCounter::starting_at(chunk.first_line).at(chunk.bytes(), rest);
-            }
+            self.carry_rest(chunk.bytes(), rest, chunk.first_line);
             self.each(values, chunk.bytes(), chunk.first_line, apply, rejected);
         } else {
-            // The chunk was decoded as if a value started where it begins; none does. Its
-            // bytes are decoded again, after the carried ones, as one pass would.
-            drop(values);
+            // The chunk was decoded as if a value started where it begins; none does. The
+            // carried value is decoded with the chunk's first bytes; where it ends, the
+            // decoder's values take over if one of them starts there (from a value's start on,
+            // decoding depends on nothing before it), else the rest is decoded here too.
             let mut bytes = std::mem::take(&mut self.carry);
+            let carried = bytes.len();
             bytes.extend_from_slice(chunk.bytes());
             let first_line = self.carry_line;
-            let mut again = Values::new();
-            let rest = decode_block(&bytes, chunk.eof, &mut again);
-            self.each(again, &bytes, first_line, apply, rejected);
-            if rest < bytes.len() {
-                self.carry_line = LineCounter::starting_at(first_line).at(&bytes, rest);
-                bytes.drain(..rest);
-                self.carry = bytes;
+            let mut first = Values::new();
+            let next = decode_values(&bytes, chunk.eof, &mut first, 1);
+            if first.is_empty() {
+                // It runs past this chunk too (or only space is left).
+                if next < bytes.len() {
+                    self.carry_line = LineCounter::starting_at(first_line).at(&bytes, next);
+                    bytes.drain(..next);
+                    self.carry = bytes;
+                }
+                return chunk.buf;
+            }
+            self.each(first, &bytes, first_line, apply, rejected);
+            let taken_over = next
+                .checked_sub(carried)
+                .and_then(|at| values.iter().position(|(_, start)| *start == at));
+            if let Some(i) = taken_over {
+                let mut values = values;
+                let values = values.split_off(i);
+                self.each(values, chunk.bytes(), chunk.first_line, apply, rejected);
+                self.carry_rest(chunk.bytes(), rest, chunk.first_line);
+            } else {
+                let mut again = Values::new();
+                let rest = next + decode_block(&bytes[next..], chunk.eof, &mut again);
+                let again = again.into_iter().map(|(v, at)| (v, at + next)).collect();
+                self.each(again, &bytes, first_line, apply, rejected);
+                self.carry_rest(&bytes, rest, first_line);
             }
         }
         chunk.buf
+    }
+
+    /// Carries `bytes[rest..]` (what is left of them) over to the next chunk.
+    fn carry_rest(&mut self, bytes: &[u8], rest: usize, first_line: u64) {
+        if rest < bytes.len() {
+            self.carry.extend_from_slice(&bytes[rest..]);
+            self.carry_line = LineCounter::starting_at(first_line).at(bytes, rest);
+        }
     }
 
     /// Applies values decoded from `bytes`, whose first byte is on `first_line`.
@@ -323,6 +348,12 @@ fn decode_chunks(jobs: &Mutex<Receiver<Job>>) {
 /// what is left where a value runs past the end is not. Returns where what is left starts
 /// (`bytes.len()` if nothing is).
 fn decode_block(bytes: &[u8], eof: bool, out: &mut Values) -> usize {
+    decode_values(bytes, eof, out, usize::MAX)
+}
+
+/// [`decode_block`], stopping after `max` values: then returns where the next one starts.
+fn decode_values(bytes: &[u8], eof: bool, out: &mut Values, max: usize) -> usize {
+    let max = out.len().saturating_add(max);
     let skip_space = |offset: usize| {
         offset
             + bytes[offset..]
@@ -344,6 +375,9 @@ fn decode_block(bytes: &[u8], eof: bool, out: &mut Values) -> usize {
             serde_json::Deserializer::from_slice(&bytes[pos..limit]).into_iter::<Entry>();
         let (stop, bad) = loop {
             let start = skip_space(pos + stream.byte_offset());
+            if out.len() == max {
+                return start;
+            }
             match stream.next() {
                 None => break (start, None),
                 Some(Ok(entry)) => out.push((decode_entry(entry), start)),
@@ -363,6 +397,9 @@ fn decode_block(bytes: &[u8], eof: bool, out: &mut Values) -> usize {
             Some(end) => {
                 out.push((Err(explain(&bytes[pos..end], e)), pos));
                 pos = skip_space(end);
+                if out.len() == max {
+                    return pos;
+                }
             }
             None if !eof => return pos,
             // It runs to the end of the input.
