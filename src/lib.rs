@@ -25,8 +25,8 @@ pub mod sources;
 pub mod util;
 
 /// jemalloc for every binary built on this library (the daemon, the benchmarks, the tests):
-/// the replay decodes on one thread and frees on another, which glibc's malloc serializes on
-/// its arena locks (the pipelined replay ran slower than a single thread), and jemalloc keeps
+/// the replay decodes on some threads and frees on another, which glibc's malloc serializes
+/// on its arena locks (the pipelined replay ran slower than a single thread), and jemalloc keeps
 /// a tracked pod about a fifth smaller in resident memory (the replay benchmark measures both).
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;

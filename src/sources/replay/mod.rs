@@ -11,8 +11,8 @@
 //! previous one's time. The input is read in chunks and decoded on threads of their own
 //! (`pipeline`); one malformed value (bad JSON, wrong types, a pod without metadata, an
 //! unknown record kind) is reported with its position and skipped, a small scanner finding
-//! where it ends, and the replay goes on. What a value means for the engine (the clock, the feeds it starts) is the
-//! replay driver's business (`app::replay`).
+//! where it ends, and the replay goes on. What a value means for the engine (the clock, the
+//! feeds it starts) is the replay driver's business (`app::replay`).
 
 use std::io::Read;
 
@@ -43,12 +43,14 @@ pub struct Rejected {
     pub error: InputError,
 }
 
-/// Splits a byte stream into top-level JSON values without parsing them.
+/// Splits a byte stream into top-level JSON values without parsing them (`for_each`), or
+/// decodes them on threads of their own (`for_each_decoded`, in `pipeline`).
 ///
-/// It tracks strings, escapes and brace depth, jumping between the bytes that matter. Because JSON strings cannot hold a raw
-/// newline, and because a top-level value's opening brace is the only one at the start of a
-/// line in both one-per-line and pretty-printed output, a value that is cut short is closed
-/// at the next line that starts with `{`, so one broken value never swallows the rest.
+/// It tracks strings, escapes and brace depth, jumping between the bytes that matter.
+/// Because JSON strings cannot hold a raw newline, and because a top-level value's opening
+/// brace is the only one at the start of a line in both one-per-line and pretty-printed
+/// output, a value that is cut short is closed at the next line that starts with `{`, so one
+/// broken value never swallows the rest.
 pub struct Splitter<R> {
     reader: R,
     buf: Vec<u8>,

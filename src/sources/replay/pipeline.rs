@@ -4,15 +4,18 @@
 //!  reader: read, cut ──chunks──▶ decoders (one per core, up to 4) ──▶ caller: apply, in order
 //! ```
 //!
-//! The reader cuts what it reads after its last complete line when that is where the read
-//! ended, else where its last line starting with `{` starts (where a top-level value starts
-//! in one-per-line and pretty-printed output alike), and counts lines. A decoder reads a
-//! chunk's values back to back with serde_json; the scanner is asked where a value ends only
-//! when serde_json rejects one. A cut can fall inside a value (a pretty-printed value that a
-//! pipe hands over a few lines at a time): the chunk before it then ends with a value that
-//! runs past its end, and the caller decodes the bytes from there together with the next
-//! chunk itself, as one pass over the input would. So what is decoded, in which order, and
-//! what is said about a bad value do not depend on where the input was cut.
+//! The reader cuts what it reads at its end when that ends a line; after a read that filled
+//! its buffer, where its last line starting with `{` starts (where a top-level value starts
+//! in one-per-line and pretty-printed output alike); after a short read, after its last
+//! complete line, so that no complete value waits for more input. It counts lines. A decoder
+//! reads a chunk's values back to back with serde_json; the scanner is asked where a value
+//! ends only when serde_json rejects one. A cut can fall inside a value (a pretty-printed
+//! value that a pipe hands over a few lines at a time): the chunk before it then ends with a
+//! value that runs past its end, which the caller decodes with the next chunk's first bytes;
+//! where it ends, the decoders' values take over again if one of them starts there, else the
+//! caller decodes the rest of the chunk too, as one pass over the input would. So what is
+//! decoded, in which order, and what is said about a bad value do not depend on where the
+//! input was cut.
 
 use std::io::Read;
 use std::sync::Mutex;
@@ -148,7 +151,7 @@ impl InOrder {
     ) -> Vec<u8> {
         let Done {
             chunk,
-            values,
+            mut values,
             rest,
         } = done;
         if self.carry.is_empty() {
@@ -167,11 +170,7 @@ impl InOrder {
             let next = decode_values(&bytes, chunk.eof, &mut first, 1);
             if first.is_empty() {
                 // It runs past this chunk too (or only space is left).
-                if next < bytes.len() {
-                    self.carry_line = LineCounter::starting_at(first_line).at(&bytes, next);
-                    bytes.drain(..next);
-                    self.carry = bytes;
-                }
+                self.carry_rest(&bytes, next, first_line);
                 return chunk.buf;
             }
             self.each(first, &bytes, first_line, apply, rejected);
@@ -179,8 +178,7 @@ impl InOrder {
                 .checked_sub(carried)
                 .and_then(|at| values.iter().position(|(_, start)| *start == at));
             if let Some(i) = taken_over {
-                let mut values = values;
-                let values = values.split_off(i);
+                values.drain(..i);
                 self.each(values, chunk.bytes(), chunk.first_line, apply, rejected);
                 self.carry_rest(chunk.bytes(), rest, chunk.first_line);
             } else {
