@@ -12,8 +12,8 @@
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{Receiver, SyncSender};
-use std::sync::{Arc, Mutex};
+use std::sync::mpsc::{Receiver, Sender, SyncSender};
+use std::sync::{Arc, Condvar, Mutex};
 
 use tracing::warn;
 
@@ -159,6 +159,7 @@ fn read(replay: &mut Replay<'_>, input: Input, sinks: &mut ToSinks) -> Result<()
     let name = input.name;
     let sinks = std::cell::RefCell::new(sinks);
     Splitter::new(input.reader)
+        .keeping_only(replay.profiles.pod_meta_keys())
         .for_each_decoded(
             |value| {
                 let mut sinks = sinks.borrow_mut();
@@ -185,26 +186,67 @@ fn read(replay: &mut Replay<'_>, input: Input, sinks: &mut ToSinks) -> Result<()
         .map_err(|source| ReplayError::Read { name, source })
 }
 
-/// Transitions per hand-over to the sinks' thread (at most, unless one change makes more),
-/// and hand-overs that may wait for it: after a burst the engine goes on while the sinks
-/// catch up, and it waits for them only when that many are waiting.
+/// Transitions per hand-over to the sinks' thread (at most, unless one change makes more).
 const SINK_BATCH: usize = 1024;
-const SINK_BATCHES_AHEAD: usize = 8;
+
+/// Transitions that may wait for the sinks' thread (~20 MB): after a burst the engine goes on
+/// while the sinks catch up, and it waits for them only when more than that are waiting. One
+/// change's transitions go over whole however many they are (every pod judged at once when a
+/// feed starts): they are in memory already.
+const SINK_QUEUE: usize = 64 * 1024;
+
+/// How many transitions wait for the sinks' thread, and whether it is still there.
+#[derive(Default)]
+struct Queued {
+    state: Mutex<(usize, bool)>,
+    changed: Condvar,
+}
+
+impl Queued {
+    /// Waits until at most [`SINK_QUEUE`] transitions wait (or the sinks are gone), then
+    /// counts `n` more.
+    fn add(&self, n: usize) {
+        let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        while s.0 > SINK_QUEUE && !s.1 {
+            s = self.changed.wait(s).unwrap_or_else(|e| e.into_inner());
+        }
+        s.0 += n;
+    }
+
+    fn done(&self, n: usize) {
+        let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        s.0 = s.0.saturating_sub(n);
+        self.changed.notify_all();
+    }
+}
+
+/// Marks the sinks' thread gone when it ends, panicking or not, so the engine never waits
+/// for it in vain.
+struct Gone<'a>(&'a Queued);
+
+impl Drop for Gone<'_> {
+    fn drop(&mut self) {
+        self.0.state.lock().unwrap_or_else(|e| e.into_inner()).1 = true;
+        self.0.changed.notify_all();
+    }
+}
 
 /// Hands transitions over to the sinks, which run on a thread of their own (the report's
 /// JSON and the metrics cost about as much as the engine's work for them).
-struct ToSinks {
+struct ToSinks<'q> {
     batch: Vec<Transition>,
-    tx: SyncSender<Vec<Transition>>,
+    tx: Sender<Vec<Transition>>,
+    queued: &'q Queued,
     /// Batches the sinks are done with, to fill again.
     spare: Receiver<Vec<Transition>>,
 }
 
-impl ToSinks {
+impl ToSinks<'_> {
     fn flush(&mut self) {
         if self.batch.is_empty() {
             return;
         }
+        self.queued.add(self.batch.len());
         let next = self.spare.try_recv().unwrap_or_default();
         // Fails only if the sinks' thread panicked: its panic is resumed when it is joined.
         let _ = self.tx.send(std::mem::replace(&mut self.batch, next));
@@ -214,23 +256,32 @@ impl ToSinks {
 /// Runs `f` with the sinks on a thread of their own, fed through a [`ToSinks`]; every
 /// transition has reached them when it returns.
 fn with_sinks_on_a_thread<T>(sinks: &mut Fanout<'_>, f: impl FnOnce(&mut ToSinks) -> T) -> T {
-    let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<Transition>>(SINK_BATCHES_AHEAD);
+    let (tx, rx) = std::sync::mpsc::channel::<Vec<Transition>>();
     let (spare_tx, spare) = std::sync::mpsc::channel();
+    let queued = Queued::default();
     std::thread::scope(|s| {
+        let queued = &queued;
         let worker = std::thread::Builder::new()
             .name("replay-sinks".into())
             .spawn_scoped(s, move || {
+                let _gone = Gone(queued);
                 for mut batch in rx {
+                    let n = batch.len();
                     for t in batch.drain(..) {
                         sinks.transition(&t);
                     }
-                    let _ = spare_tx.send(batch);
+                    queued.done(n);
+                    // A burst's batch is not kept for reuse: its memory goes back.
+                    if batch.capacity() <= 4 * SINK_BATCH {
+                        let _ = spare_tx.send(batch);
+                    }
                 }
             })
             .expect("spawning the replay sinks' thread");
         let mut to = ToSinks {
             batch: Vec::new(),
             tx,
+            queued,
             spare,
         };
         let result = f(&mut to);

@@ -242,8 +242,10 @@ impl Engine {
             }
             Change::Tick => {}
         }
-        touched.sort();
+        touched.sort_unstable();
         touched.dedup();
+        // A burst (a feed starting judges every subject) makes about one transition each.
+        out.reserve(touched.len());
         for subject in &touched {
             self.evaluate(subject, out);
         }
@@ -417,21 +419,22 @@ impl Engine {
             }
             return;
         }
-        let p = self.pending.entry(key.clone()).or_insert(Pending {
-            due: None,
-            last_attempt: c.attempt,
-            retries: 0,
-        });
-        p.retries += bump(&mut p.last_attempt, c.attempt);
         let due = max(
             c.evidence_at.saturating_add(c.hold_for),
             c.not_before.unwrap_or(Ts(i64::MIN)),
         );
         if now >= due {
-            let p = self.pending.remove(&key).expect("just inserted");
-            if let Some(old) = p.due {
-                self.timers.remove(&(old, key.clone()));
-            }
+            // Due already: it opens without waiting in `pending` (most of a burst does).
+            let (last_attempt, retries) = match self.pending.remove(&key) {
+                Some(mut p) => {
+                    if let Some(old) = p.due {
+                        self.timers.remove(&(old, key.clone()));
+                    }
+                    let retries = p.retries + bump(&mut p.last_attempt, c.attempt);
+                    (p.last_attempt, retries)
+                }
+                None => (c.attempt, 0),
+            };
             self.next_id += 1;
             let evidence_at = c.evidence_at.min(now);
             let seen_live = self.seen_live(&key, evidence_at);
@@ -440,7 +443,7 @@ impl Engine {
                 finding: c.finding,
                 opened_at: now,
                 evidence_at,
-                retries_after_death: p.retries,
+                retries_after_death: retries,
                 seen_live,
                 subject: key.subject.clone(),
             };
@@ -454,10 +457,18 @@ impl Engine {
                 key,
                 Open {
                     finding,
-                    last_attempt: p.last_attempt,
+                    last_attempt,
                 },
             );
-        } else if p.due != Some(due) {
+            return;
+        }
+        let p = self.pending.entry(key.clone()).or_insert(Pending {
+            due: None,
+            last_attempt: c.attempt,
+            retries: 0,
+        });
+        p.retries += bump(&mut p.last_attempt, c.attempt);
+        if p.due != Some(due) {
             if let Some(old) = p.due.replace(due) {
                 self.timers.remove(&(old, key.clone()));
             }

@@ -46,22 +46,29 @@ pub enum Uid {
 
 impl Uid {
     pub fn parse(text: &str) -> Uid {
-        let hex: Vec<u8> = text.bytes().filter(|b| *b != b'-').collect();
-        let uuid_shape = text.len() == 36
-            && hex.len() == 32
-            && [8, 13, 18, 23].iter().all(|&i| text.as_bytes()[i] == b'-');
-        if uuid_shape {
+        let b = text.as_bytes();
+        let digit = |c: u8| match c {
+            b'0'..=b'9' => Some(c - b'0'),
+            b'a'..=b'f' => Some(c - b'a' + 10),
+            _ => None,
+        };
+        if b.len() == 36 && [8, 13, 18, 23].iter().all(|&i| b[i] == b'-') {
             let mut out = [0u8; 16];
-            let digit = |c: u8| (c as char).to_digit(16).filter(|_| !c.is_ascii_uppercase());
-            if hex.chunks(2).zip(out.iter_mut()).all(|(pair, o)| {
-                match (digit(pair[0]), digit(pair[1])) {
-                    (Some(h), Some(l)) => {
-                        *o = (h * 16 + l) as u8;
+            let mut digits = b
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| ![8, 13, 18, 23].contains(i))
+                .map(|(_, c)| digit(*c));
+            if out
+                .iter_mut()
+                .all(|o| match (digits.next(), digits.next()) {
+                    (Some(Some(h)), Some(Some(l))) => {
+                        *o = h * 16 + l;
                         true
                     }
                     _ => false,
-                }
-            }) {
+                })
+            {
                 return Uid::Uuid(out);
             }
         }
@@ -97,10 +104,26 @@ pub struct RecordKey {
 }
 
 /// Something a rule can judge: a pod (by uid, so a re-created pod is a new subject) or a record.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Subject {
     Pod { namespace: Sym, name: Sym, uid: Uid },
     Record(RecordKey),
+}
+
+/// A pod hashes by its uid alone (equal pods have equal uids): 16 bytes instead of two names.
+impl std::hash::Hash for Subject {
+    fn hash<H: std::hash::Hasher>(&self, h: &mut H) {
+        match self {
+            Subject::Pod { uid, .. } => {
+                h.write_u8(0);
+                uid.hash(h);
+            }
+            Subject::Record(k) => {
+                h.write_u8(1);
+                k.hash(h);
+            }
+        }
+    }
 }
 
 #[cfg(test)]
