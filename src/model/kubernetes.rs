@@ -9,6 +9,7 @@
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use kube::core::{ApiResource, DynamicResourceScope};
@@ -118,12 +119,57 @@ struct SlimMeta {
     namespace: Option<String>,
     uid: Option<String>,
     resource_version: Option<String>,
-    #[serde(default, deserialize_with = "crate::util::json::unique_map")]
+    #[serde(default, deserialize_with = "labels")]
     labels: Option<BTreeMap<String, String>>,
-    #[serde(default, deserialize_with = "crate::util::json::unique_map")]
+    #[serde(default, deserialize_with = "annotations")]
     annotations: Option<BTreeMap<String, String>>,
     creation_timestamp: Option<Ts>,
     deletion_timestamp: Option<Ts>,
+}
+
+/// The label and annotation keys to keep of a pod's metadata (see [`keeping_only`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct MetaKeys {
+    pub labels: Vec<String>,
+    pub annotations: Vec<String>,
+}
+
+thread_local! {
+    static KEEP: std::cell::RefCell<Option<Arc<MetaKeys>>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Runs `f` with the objects this thread decodes keeping only `keys` of their labels and
+/// annotations; every other entry is still checked (a string, not a repeated key) and then
+/// skipped, which spares building and freeing a score of strings per pod that nothing
+/// reads. The replay's decoders use it with the keys its profiles read
+/// ([`crate::model::profile::Profiles::pod_meta_keys`]); elsewhere (the live watch, whose
+/// objects a recording writes back) every entry is kept.
+pub fn keeping_only<T>(keys: Arc<MetaKeys>, f: impl FnOnce() -> T) -> T {
+    struct Restore(Option<Arc<MetaKeys>>);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            let before = self.0.take();
+            KEEP.with(|k| *k.borrow_mut() = before);
+        }
+    }
+    let _restore = Restore(KEEP.with(|k| k.borrow_mut().replace(keys)));
+    f()
+}
+
+fn labels<'de, D: Deserializer<'de>>(d: D) -> Result<Option<BTreeMap<String, String>>, D::Error> {
+    match KEEP.with(|k| k.borrow().clone()) {
+        Some(keep) => crate::util::json::unique_map_of(d, Some(&keep.labels)),
+        None => crate::util::json::unique_map(d),
+    }
+}
+
+fn annotations<'de, D: Deserializer<'de>>(
+    d: D,
+) -> Result<Option<BTreeMap<String, String>>, D::Error> {
+    match KEEP.with(|k| k.borrow().clone()) {
+        Some(keep) => crate::util::json::unique_map_of(d, Some(&keep.annotations)),
+        None => crate::util::json::unique_map(d),
+    }
 }
 
 fn time(t: Option<Ts>) -> Option<Time> {

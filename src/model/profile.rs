@@ -13,6 +13,7 @@ use kube::core::{Selector, SelectorExt};
 
 pub use crate::model::ids::ProfileId;
 use crate::model::ids::RecordKind;
+use crate::model::kubernetes::MetaKeys;
 use std::collections::BTreeMap;
 
 /// All configured profiles. The first one is the default for records that name none.
@@ -51,6 +52,8 @@ pub struct PodMatch {
     /// The label selector as written (sent to the API server as-is).
     pub selector_text: String,
     pub selector: Selector,
+    /// The label keys the selector reads.
+    pub selector_keys: Vec<String>,
     /// Namespaces to watch; empty means all.
     pub namespaces: Vec<String>,
     pub agent_containers: Vec<String>,
@@ -326,6 +329,27 @@ impl Profiles {
 
     pub fn names(&self) -> Vec<&str> {
         self.list.iter().map(|p| &*p.name).collect()
+    }
+
+    /// Every label and annotation key some profile reads from a pod: its selector's and its
+    /// session and execution keys. A pod's other labels and annotations change nothing.
+    pub fn pod_meta_keys(&self) -> MetaKeys {
+        let mut keys = MetaKeys::default();
+        for (_, p) in self.iter() {
+            let Some(m) = &p.pods else { continue };
+            keys.labels.extend(m.selector_keys.iter().cloned());
+            for k in [&m.session_key, &m.execution_key].into_iter().flatten() {
+                match k {
+                    MetaKey::Label(k) => keys.labels.push(k.clone()),
+                    MetaKey::Annotation(k) => keys.annotations.push(k.clone()),
+                }
+            }
+        }
+        for v in [&mut keys.labels, &mut keys.annotations] {
+            v.sort();
+            v.dedup();
+        }
+        keys
     }
 
     /// The first profile whose pod selector (and namespace list) takes this pod.

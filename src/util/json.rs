@@ -13,7 +13,8 @@
 //!   skipped, and the rest are used.
 
 use serde_json::value::RawValue;
-use std::collections::BTreeMap;
+use std::borrow::Cow;
+use std::collections::{BTreeMap, HashSet};
 use std::fmt;
 
 use serde::Deserializer;
@@ -23,8 +24,17 @@ use serde::de::{MapAccess, Visitor};
 pub fn unique_map<'de, D: Deserializer<'de>>(
     d: D,
 ) -> Result<Option<BTreeMap<String, String>>, D::Error> {
-    struct V;
-    impl<'de> Visitor<'de> for V {
+    unique_map_of(d, None)
+}
+
+/// [`unique_map`], keeping only the entries whose key is in `keep` (sorted) when it is given:
+/// the others are read as borrowed strings, checked like the kept ones, and dropped.
+pub fn unique_map_of<'de, D: Deserializer<'de>>(
+    d: D,
+    keep: Option<&[String]>,
+) -> Result<Option<BTreeMap<String, String>>, D::Error> {
+    struct V<'k>(Option<&'k [String]>);
+    impl<'de> Visitor<'de> for V<'_> {
         type Value = Option<BTreeMap<String, String>>;
 
         fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -45,18 +55,72 @@ pub fn unique_map<'de, D: Deserializer<'de>>(
 
         fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
             let mut out = BTreeMap::new();
-            while let Some((k, v)) = map.next_entry::<String, String>()? {
-                if out.contains_key(&k) {
-                    return Err(serde::de::Error::custom(format_args!(
-                        "duplicate key {k:?}"
-                    )));
+            let Some(keep) = self.0 else {
+                while let Some((k, v)) = map.next_entry::<String, String>()? {
+                    if out.contains_key(&k) {
+                        return Err(duplicate(&k));
+                    }
+                    out.insert(k, v);
                 }
-                out.insert(k, v);
+                return Ok(Some(out));
+            };
+            // Every key is remembered (borrowed where it has no escapes) to refuse repeats:
+            // in a list while there are few, in a set beyond.
+            let mut few: Vec<Cow<'de, str>> = Vec::new();
+            let mut many: HashSet<Cow<'de, str>> = HashSet::new();
+            while let Some(Str(k)) = map.next_key::<Str<'de>>()? {
+                let Str(v) = map.next_value::<Str<'de>>()?;
+                let repeated = if many.is_empty() && few.len() < 32 {
+                    few.contains(&k)
+                } else {
+                    many.extend(few.drain(..));
+                    many.contains(&k)
+                };
+                if repeated {
+                    return Err(duplicate(&k));
+                }
+                if keep.binary_search_by(|x| x.as_str().cmp(&k)).is_ok() {
+                    out.insert(k.to_string(), v.into_owned());
+                }
+                if many.is_empty() {
+                    few.push(k);
+                } else {
+                    many.insert(k);
+                }
             }
             Ok(Some(out))
         }
     }
-    d.deserialize_option(V)
+    /// A string, borrowed from the input when it has no escapes.
+    struct Str<'de>(Cow<'de, str>);
+    impl<'de> serde::Deserialize<'de> for Str<'de> {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            struct S;
+            impl<'de> Visitor<'de> for S {
+                type Value = Str<'de>;
+                fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                    f.write_str("a string")
+                }
+                fn visit_borrowed_str<E: serde::de::Error>(
+                    self,
+                    v: &'de str,
+                ) -> Result<Str<'de>, E> {
+                    Ok(Str(Cow::Borrowed(v)))
+                }
+                fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Str<'de>, E> {
+                    Ok(Str(Cow::Owned(v.to_string())))
+                }
+                fn visit_string<E: serde::de::Error>(self, v: String) -> Result<Str<'de>, E> {
+                    Ok(Str(Cow::Owned(v)))
+                }
+            }
+            d.deserialize_str(S)
+        }
+    }
+    fn duplicate<E: serde::de::Error>(k: &str) -> E {
+        E::custom(format_args!("duplicate key {k:?}"))
+    }
+    d.deserialize_option(V(keep))
 }
 
 /// Why a body (or one value of it) is not JSON.
@@ -101,6 +165,55 @@ mod tests {
         assert!(none.labels.is_none());
         let e = serde_json::from_str::<Labels>(r#"{"labels":{"a":"1","a":"2"}}"#).unwrap_err();
         assert!(e.to_string().contains("duplicate key \"a\""), "{e}");
+    }
+
+    /// Keeping a few keys reads the others exactly as strictly: the same errors, word for
+    /// word, over many maps (repeats early, late, past the list's length; escapes; wrong types).
+    #[test]
+    fn keeping_a_few_keys_checks_the_rest_as_strictly() {
+        let keep = ["b".to_string(), "k\"q".to_string(), "x40".to_string()];
+        let read = |text: &str, keep: Option<&[String]>| {
+            let mut de = serde_json::Deserializer::from_str(text);
+            unique_map_of(&mut de, keep).map_err(|e| e.to_string())
+        };
+        let mut maps: Vec<String> = vec![
+            "null".into(),
+            "{}".into(),
+            r#"{"a":"1","b":"2"}"#.into(),
+            r#"{"a":"1","a":"2"}"#.into(),
+            r#"{"b":"1","a":"2","b":"3"}"#.into(),
+            r#"{"a":5,"b":"2"}"#.into(),
+            r#"{"b":"2","a":null}"#.into(),
+            r#"{"k\"q":"v\n","a\u0041":"w"}"#.into(),
+            r#"{"aA":"1","a\u0041":"2"}"#.into(),
+            r#"["a"]"#.into(),
+            r#""a""#.into(),
+        ];
+        for repeat in [0, 31, 32, 33, 60] {
+            let mut entries: Vec<String> = (0..50).map(|i| format!(r#""x{i}":"{i}""#)).collect();
+            entries.insert(50.min(repeat + 1), format!(r#""x{repeat}":"again""#));
+            maps.push(format!("{{{}}}", entries.join(",")));
+        }
+        for m in &maps {
+            let all = read(m, None);
+            let kept = read(m, Some(&keep));
+            match (&all, &kept) {
+                (Ok(all), Ok(kept)) => {
+                    let want: Option<BTreeMap<String, String>> = all.as_ref().map(|all| {
+                        all.iter()
+                            .filter(|(k, _)| keep.contains(k))
+                            .map(|(k, v)| (k.clone(), v.clone()))
+                            .collect()
+                    });
+                    assert_eq!(kept, &want, "{m}");
+                }
+                _ => assert_eq!(all.as_ref().err(), kept.as_ref().err(), "{m}"),
+            }
+        }
+        assert_eq!(
+            read(&maps[4], Some(&keep)).unwrap_err(),
+            "duplicate key \"b\" at line 1 column 25"
+        );
     }
 
     #[test]

@@ -17,7 +17,7 @@ use crate::remediation::action::Action;
 use crate::sources::{RecordSourceSpecs, RecordSources};
 use crate::util::config::{Validator, is_dns_label};
 
-use super::selector::parse_selector;
+use super::selector::{parse_selector, selector_keys};
 
 #[derive(Debug, Default, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -341,6 +341,7 @@ fn pods(v: &mut Validator<'_>, spec: PodsSpec) -> Option<PodMatch> {
         .execution_key
         .and_then(|k| key(v, "pods.execution_key", k));
     Some(PodMatch {
+        selector_keys: selector_keys(&selector_text),
         selector_text,
         selector,
         namespaces,

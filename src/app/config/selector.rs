@@ -24,6 +24,22 @@ pub fn parse_selector(text: &str) -> Result<Selector, SelectorError> {
     Ok(Selector::from_iter(exprs))
 }
 
+/// The label keys a selector reads (of the terms that parse).
+pub fn selector_keys(text: &str) -> Vec<String> {
+    split_outside_parens(text)
+        .into_iter()
+        .filter_map(|t| parse_term(t.trim()).ok())
+        .map(|e| match e {
+            Expression::In(k, _)
+            | Expression::NotIn(k, _)
+            | Expression::Equal(k, _)
+            | Expression::NotEqual(k, _)
+            | Expression::Exists(k)
+            | Expression::DoesNotExist(k) => k,
+        })
+        .collect()
+}
+
 fn split_outside_parens(text: &str) -> Vec<&str> {
     let mut out = Vec::new();
     let (mut depth, mut start) = (0i32, 0);

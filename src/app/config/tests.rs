@@ -220,3 +220,73 @@ fn every_preset_prints_as_a_config_file_that_loads_as_the_preset() {
     }
     assert!(preset_file("nope").is_none());
 }
+
+/// What the replay's decoders keep of a pod's labels and annotations is all any profile
+/// reads: every preset picks the same profile and reads the same session and execution ids
+/// from every pod of the examples, extra labels and annotations added, kept whole or not.
+#[test]
+fn the_kept_labels_and_annotations_are_all_a_preset_reads() {
+    use crate::model::kubernetes::{Object, keeping_only};
+    use crate::sources::replay::{Decoded, Splitter, decode};
+    use std::sync::Arc;
+    let mut pods: Vec<serde_json::Value> = Vec::new();
+    for file in [
+        "01-agent-oomkilled-sidecar-keeps-pod-running.json",
+        "02-suspended-sessions-orphaned-by-bare-pod-backend.json",
+        "03-runner-oom-operator-misses-container-termination.json",
+        "04-retries-against-dead-modal-sandbox.json",
+    ] {
+        let path = format!("{}/examples/{file}", env!("CARGO_MANIFEST_DIR"));
+        let bytes = std::fs::read(&path).unwrap();
+        Splitter::new(&bytes[..])
+            .for_each(|b, _| {
+                if let Ok(Decoded::Watch { object, .. }) = decode(b) {
+                    let mut v = serde_json::to_value(&*object).unwrap();
+                    let meta = &mut v["metadata"];
+                    for what in ["labels", "annotations"] {
+                        if !meta[what].is_object() {
+                            meta[what] = serde_json::json!({});
+                        }
+                        meta[what]["example.com/extra"] = "x".into();
+                    }
+                    pods.push(v);
+                }
+            })
+            .unwrap();
+    }
+    // The benchmark's pod, as the API server writes one (which the generic preset takes).
+    let template = include_str!("../../../benches/pod-template.json")
+        .replace("{AGENT_STATE}", r#"{"running":{}}"#);
+    let mut bench_pod: serde_json::Value = serde_json::from_str(&template).unwrap();
+    pods.push(bench_pod["object"].take());
+    assert!(pods.len() > 10, "{}", pods.len());
+    for (name, _, _) in PRESETS {
+        let profiles = preset(name).unwrap().profiles;
+        let keys = Arc::new(profiles.pod_meta_keys());
+        let mut taken = 0;
+        for pod in &pods {
+            let text = pod.to_string();
+            let whole: Object = serde_json::from_str(&text).unwrap();
+            let kept: Object = keeping_only(keys.clone(), || serde_json::from_str(&text)).unwrap();
+            let reads = |o: &Object| {
+                let m = &o.metadata;
+                let ns = m.namespace.as_deref().unwrap_or_default();
+                profiles.for_pod(ns, m.labels.as_ref()).map(|id| {
+                    let p = profiles.get(id).pods.as_ref().unwrap();
+                    let read = |k: &Option<crate::model::profile::MetaKey>| {
+                        k.as_ref()
+                            .and_then(|k| k.read(m.labels.as_ref(), m.annotations.as_ref()))
+                            .map(str::to_string)
+                    };
+                    (id, read(&p.session_key), read(&p.execution_key))
+                })
+            };
+            assert_eq!(reads(&whole), reads(&kept), "preset {name}, pod {text}");
+            taken += usize::from(reads(&kept).is_some());
+            let labels = kept.metadata.labels.unwrap_or_default();
+            assert!(!labels.contains_key("example.com/extra"), "{labels:?}");
+        }
+        let takes_pods = profiles.iter().any(|(_, p)| p.pods.is_some());
+        assert_eq!(taken > 0, takes_pods, "preset {name}: {taken} pods taken");
+    }
+}

@@ -15,11 +15,12 @@
 //! feeds it starts) is the replay driver's business (`app::replay`).
 
 use std::io::Read;
+use std::sync::Arc;
 
 use memchr::{memchr, memchr_iter, memchr3};
 use serde::Deserialize;
 
-use crate::model::kubernetes::Object;
+use crate::model::kubernetes::{MetaKeys, Object};
 use crate::model::record::{InputError, RecordDoc};
 use crate::sources::WatchType;
 use crate::sources::recorded::{self, Recorded};
@@ -63,6 +64,8 @@ pub struct Splitter<R> {
     eof: bool,
     /// Bytes to ask for per read: grows from 64 KiB to 4 MiB, so small inputs stay cheap.
     block: usize,
+    /// The only labels and annotations of pods that `for_each_decoded` keeps, if given.
+    keep: Option<Arc<MetaKeys>>,
 }
 
 const MAX_BLOCK: usize = 4 << 20;
@@ -100,7 +103,15 @@ impl<R: Read> Splitter<R> {
             values: 0,
             eof: false,
             block: 64 << 10,
+            keep: None,
         }
+    }
+
+    /// Makes `for_each_decoded` keep only these labels and annotations of the pods it
+    /// decodes (those the profiles read), skipping the rest once checked.
+    pub fn keeping_only(mut self, keys: MetaKeys) -> Splitter<R> {
+        self.keep = Some(Arc::new(keys));
+        self
     }
 
     /// Reads more input; returns false at the end.

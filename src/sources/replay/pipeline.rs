@@ -18,12 +18,13 @@
 //! input was cut.
 
 use std::io::Read;
-use std::sync::Mutex;
 use std::sync::mpsc::{Receiver, SyncSender, channel, sync_channel};
+use std::sync::{Arc, Mutex};
 
 use memchr::{memchr_iter, memmem, memrchr};
 
 use super::{Decoded, Entry, LineCounter, Position, Splitter, decode_entry, explain, value_end};
+use crate::model::kubernetes::{self, MetaKeys};
 use crate::model::record::InputError;
 
 /// Bytes of input from a value's start up to where the reader cut it.
@@ -84,6 +85,7 @@ impl<R: Read> Splitter<R> {
     {
         let decoders = std::thread::available_parallelism().map_or(1, |n| n.get().clamp(1, 4));
         let reader = &mut self.reader;
+        let keep = self.keep.clone();
         let (order_tx, order) = sync_channel::<Receiver<Done>>(CHUNKS_AHEAD);
         let (jobs_tx, jobs) = channel::<Job>();
         let (spare_tx, spare) = channel::<Vec<u8>>();
@@ -101,25 +103,29 @@ impl<R: Read> Splitter<R> {
                 .expect("spawning the replay reader thread");
             let workers: Vec<_> = (0..decoders)
                 .map(|_| {
+                    let keep = keep.clone();
                     std::thread::Builder::new()
                         .name("replay-decode".into())
-                        .spawn_scoped(s, move || decode_chunks(jobs))
+                        .spawn_scoped(s, move || keeping(&keep, || decode_chunks(jobs)))
                         .expect("spawning a replay decoder thread")
                 })
                 .collect();
             let mut in_order = InOrder::default();
-            for done in order {
-                // A decoder that panicked dropped its sender: its panic is resumed below.
-                let Ok(done) = done.recv() else {
-                    break;
-                };
-                let buf = in_order.apply(done, &mut apply, &mut rejected);
-                applied();
-                // Read buffers go back to be read into again; copied-out parts are dropped.
-                if buf.len() >= MAX_READ {
-                    let _ = spare_tx.send(buf);
+            // The caller decodes too (what a cut leaves over).
+            keeping(&keep, || {
+                for done in order {
+                    // A decoder that panicked dropped its sender: its panic is resumed below.
+                    let Ok(done) = done.recv() else {
+                        break;
+                    };
+                    let buf = in_order.apply(done, &mut apply, &mut rejected);
+                    applied();
+                    // Read buffers go back to be read into again; copied-out parts are dropped.
+                    if buf.len() >= MAX_READ {
+                        let _ = spare_tx.send(buf);
+                    }
                 }
-            }
+            });
             for worker in workers {
                 worker
                     .join()
@@ -128,6 +134,14 @@ impl<R: Read> Splitter<R> {
             read.join()
                 .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
         })
+    }
+}
+
+/// Runs `f` keeping only `keep`'s labels and annotations of the pods it decodes, if given.
+fn keeping<T>(keep: &Option<Arc<MetaKeys>>, f: impl FnOnce() -> T) -> T {
+    match keep {
+        Some(k) => kubernetes::keeping_only(k.clone(), f),
+        None => f(),
     }
 }
 
