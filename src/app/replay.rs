@@ -192,8 +192,13 @@ const SINK_BATCH: usize = 1024;
 /// Transitions that may wait for the sinks' thread (~20 MB): after a burst the engine goes on
 /// while the sinks catch up, and it waits for them only when more than that are waiting. One
 /// change's transitions go over whole however many they are (every pod judged at once when a
-/// feed starts): they are in memory already.
+/// feed starts) and count as one batch's: they were in memory already.
 const SINK_QUEUE: usize = 64 * 1024;
+
+/// What a batch counts for against [`SINK_QUEUE`].
+fn weight(batch: &[Transition]) -> usize {
+    batch.len().min(SINK_BATCH)
+}
 
 /// How many transitions wait for the sinks' thread, and whether it is still there.
 #[derive(Default)]
@@ -246,7 +251,7 @@ impl ToSinks<'_> {
         if self.batch.is_empty() {
             return;
         }
-        self.queued.add(self.batch.len());
+        self.queued.add(weight(&self.batch));
         let next = self.spare.try_recv().unwrap_or_default();
         // Fails only if the sinks' thread panicked: its panic is resumed when it is joined.
         let _ = self.tx.send(std::mem::replace(&mut self.batch, next));
@@ -266,7 +271,7 @@ fn with_sinks_on_a_thread<T>(sinks: &mut Fanout<'_>, f: impl FnOnce(&mut ToSinks
             .spawn_scoped(s, move || {
                 let _gone = Gone(queued);
                 for mut batch in rx {
-                    let n = batch.len();
+                    let n = weight(&batch);
                     for t in batch.drain(..) {
                         sinks.transition(&t);
                     }

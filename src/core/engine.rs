@@ -314,12 +314,21 @@ impl Engine {
                 RecordKind::Sandbox => return,
             },
         };
-        for rule in self.rules.iter().filter(|r| r.subject() == kind) {
+        // Judged first, acted on after: the subject is looked up once for all its rules.
+        let judged: Vec<(&'static dyn Rule, Judgement)> = {
+            let view = self.view(subject);
+            self.rules
+                .iter()
+                .filter(|r| r.subject() == kind)
+                .map(|r| (*r, self.judge_view(*r, &view)))
+                .collect()
+        };
+        for (rule, judgement) in judged {
             let key = FindingKey {
                 kind: rule.kind(),
                 subject: subject.clone(),
             };
-            match self.judge(*rule, subject) {
+            match judgement {
                 Judgement::Held => {}
                 Judgement::Off(_) | Judgement::Clear(_) => self.clear(key, out),
                 Judgement::Holds(c) => self.holds(key, *c, out),
@@ -329,17 +338,37 @@ impl Engine {
 
     /// What `rule` says of `subject` now.
     pub fn judge(&self, rule: &dyn Rule, subject: &Subject) -> Judgement {
-        let needs = rule.needs();
+        self.judge_view(rule, &self.view(subject))
+    }
+
+    /// The subject as the World has it, and its profile; or why it is not there.
+    fn view<'a>(
+        &'a self,
+        subject: &'a Subject,
+    ) -> Result<(SubjectView<'a>, ProfileId), &'static str> {
         let w = &self.world;
-        let (view, profile) = match subject {
+        match subject {
             Subject::Pod { .. } => match w.pod_of(subject) {
-                Some(p) => (SubjectView::Pod(p), p.profile),
-                None => return Judgement::Off("the pod is not (or no longer) known"),
+                Some(p) => Ok((SubjectView::Pod(p), p.profile)),
+                None => Err("the pod is not (or no longer) known"),
             },
             Subject::Record(k) => match w.record(k) {
-                Some(r) => (SubjectView::Record(k, r), k.profile),
-                None => return Judgement::Off("the record is not (or no longer) known"),
+                Some(r) => Ok((SubjectView::Record(k, r), k.profile)),
+                None => Err("the record is not (or no longer) known"),
             },
+        }
+    }
+
+    fn judge_view(
+        &self,
+        rule: &dyn Rule,
+        view: &Result<(SubjectView<'_>, ProfileId), &'static str>,
+    ) -> Judgement {
+        let needs = rule.needs();
+        let w = &self.world;
+        let (view, profile) = match view {
+            Ok((view, profile)) => (view, *profile),
+            Err(why) => return Judgement::Off(why),
         };
         // Trust is per profile: one platform's sources say nothing about another's.
         match trust::verdict(w.sources(), profile, &needs) {
@@ -349,7 +378,7 @@ impl Engine {
             Verdict::Held => return Judgement::Held,
             Verdict::Judges => {}
         }
-        match rule.evaluate(&view, w, self.now) {
+        match rule.evaluate(view, w, self.now) {
             Ok(c) => Judgement::Holds(Box::new(c)),
             Err(why) => Judgement::Clear(why),
         }
