@@ -33,94 +33,97 @@ pub fn unique_map_of<'de, D: Deserializer<'de>>(
     d: D,
     keep: Option<&[String]>,
 ) -> Result<Option<BTreeMap<String, String>>, D::Error> {
-    struct V<'k>(Option<&'k [String]>);
-    impl<'de> Visitor<'de> for V<'_> {
-        type Value = Option<BTreeMap<String, String>>;
+    d.deserialize_option(StringMap(keep))
+}
 
-        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-            f.write_str("an object of strings")
-        }
+/// The visitor of [`unique_map_of`]: an object of strings, or null.
+struct StringMap<'k>(Option<&'k [String]>);
 
-        fn visit_none<E: serde::de::Error>(self) -> Result<Self::Value, E> {
-            Ok(None)
-        }
+impl<'de> Visitor<'de> for StringMap<'_> {
+    type Value = Option<BTreeMap<String, String>>;
 
-        fn visit_unit<E: serde::de::Error>(self) -> Result<Self::Value, E> {
-            Ok(None)
-        }
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("an object of strings")
+    }
 
-        fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
-            d.deserialize_map(self)
-        }
+    fn visit_none<E: serde::de::Error>(self) -> Result<Self::Value, E> {
+        Ok(None)
+    }
 
-        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-            let mut out = BTreeMap::new();
-            let Some(keep) = self.0 else {
-                while let Some((k, v)) = map.next_entry::<String, String>()? {
-                    if out.contains_key(&k) {
-                        return Err(duplicate(&k));
-                    }
-                    out.insert(k, v);
-                }
-                return Ok(Some(out));
-            };
-            // Every key is remembered (borrowed where it has no escapes) to refuse repeats:
-            // in a list while there are few, in a set beyond.
-            let mut few: Vec<Cow<'de, str>> = Vec::new();
-            let mut many: HashSet<Cow<'de, str>> = HashSet::new();
-            while let Some(Str(k)) = map.next_key::<Str<'de>>()? {
-                let Str(v) = map.next_value::<Str<'de>>()?;
-                let repeated = if many.is_empty() && few.len() < 32 {
-                    few.contains(&k)
-                } else {
-                    many.extend(few.drain(..));
-                    many.contains(&k)
-                };
-                if repeated {
+    fn visit_unit<E: serde::de::Error>(self) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+
+    fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_map(self)
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut out = BTreeMap::new();
+        let Some(keep) = self.0 else {
+            while let Some((k, v)) = map.next_entry::<String, String>()? {
+                if out.contains_key(&k) {
                     return Err(duplicate(&k));
                 }
-                if keep.binary_search_by(|x| x.as_str().cmp(&k)).is_ok() {
-                    out.insert(k.to_string(), v.into_owned());
-                }
-                if many.is_empty() {
-                    few.push(k);
-                } else {
-                    many.insert(k);
-                }
+                out.insert(k, v);
             }
-            Ok(Some(out))
-        }
-    }
-    /// A string, borrowed from the input when it has no escapes.
-    struct Str<'de>(Cow<'de, str>);
-    impl<'de> serde::Deserialize<'de> for Str<'de> {
-        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-            struct S;
-            impl<'de> Visitor<'de> for S {
-                type Value = Str<'de>;
-                fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                    f.write_str("a string")
-                }
-                fn visit_borrowed_str<E: serde::de::Error>(
-                    self,
-                    v: &'de str,
-                ) -> Result<Str<'de>, E> {
-                    Ok(Str(Cow::Borrowed(v)))
-                }
-                fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Str<'de>, E> {
-                    Ok(Str(Cow::Owned(v.to_string())))
-                }
-                fn visit_string<E: serde::de::Error>(self, v: String) -> Result<Str<'de>, E> {
-                    Ok(Str(Cow::Owned(v)))
-                }
+            return Ok(Some(out));
+        };
+        // Every key is remembered (borrowed where it has no escapes) to refuse repeats: in a
+        // list while there are few, in a set beyond.
+        let mut few: Vec<Cow<'de, str>> = Vec::new();
+        let mut many: HashSet<Cow<'de, str>> = HashSet::new();
+        while let Some(Str(k)) = map.next_key::<Str<'de>>()? {
+            let Str(v) = map.next_value::<Str<'de>>()?;
+            let repeated = if many.is_empty() && few.len() < 32 {
+                few.contains(&k)
+            } else {
+                many.extend(few.drain(..));
+                many.contains(&k)
+            };
+            if repeated {
+                return Err(duplicate(&k));
             }
-            d.deserialize_str(S)
+            if keep.binary_search_by(|x| x.as_str().cmp(&k)).is_ok() {
+                out.insert(k.to_string(), v.into_owned());
+            }
+            if many.is_empty() {
+                few.push(k);
+            } else {
+                many.insert(k);
+            }
         }
+        Ok(Some(out))
     }
-    fn duplicate<E: serde::de::Error>(k: &str) -> E {
-        E::custom(format_args!("duplicate key {k:?}"))
+}
+
+fn duplicate<E: serde::de::Error>(k: &str) -> E {
+    E::custom(format_args!("duplicate key {k:?}"))
+}
+
+/// A string, borrowed from the input when it has no escapes.
+struct Str<'de>(Cow<'de, str>);
+
+impl<'de> serde::Deserialize<'de> for Str<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct S;
+        impl<'de> Visitor<'de> for S {
+            type Value = Str<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_borrowed_str<E: serde::de::Error>(self, v: &'de str) -> Result<Str<'de>, E> {
+                Ok(Str(Cow::Borrowed(v)))
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Str<'de>, E> {
+                Ok(Str(Cow::Owned(v.to_string())))
+            }
+            fn visit_string<E: serde::de::Error>(self, v: String) -> Result<Str<'de>, E> {
+                Ok(Str(Cow::Owned(v)))
+            }
+        }
+        d.deserialize_str(S)
     }
-    d.deserialize_option(V(keep))
 }
 
 /// Why a body (or one value of it) is not JSON.
