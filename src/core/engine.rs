@@ -187,8 +187,6 @@ impl Engine {
     pub fn apply_into(&mut self, at: Ts, change: Change, out: &mut Vec<Transition>) {
         self.advance_into(at, out);
         let mut touched = Vec::new();
-        // Whether `touched` is already in a deterministic order, each subject once.
-        let mut in_order = false;
         let now = self.now;
         match change {
             Change::PodUpserted(obj) => self.world.upsert_pod(&obj, now, &mut touched),
@@ -240,21 +238,14 @@ impl Engine {
             Change::Source(status) => {
                 if self.world.set_source(status, now) {
                     touched = self.world.all_subjects();
-                    in_order = true;
                 }
             }
             Change::Tick => {}
         }
-        if !in_order {
-            touched.sort_unstable();
-            touched.dedup();
-        }
-        // A burst (a feed starting judges every subject) makes about one transition each, and
-        // may open as many findings: room for them is made once.
+        touched.sort_unstable();
+        touched.dedup();
+        // A burst (a feed starting judges every subject) makes about one transition each.
         out.reserve(touched.len());
-        if touched.len() > 1024 {
-            self.open.reserve(touched.len());
-        }
         for subject in &touched {
             self.evaluate(subject, out);
         }

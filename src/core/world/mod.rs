@@ -204,16 +204,11 @@ impl World {
         self.records.iter()
     }
 
-    /// Every subject in the World, each once (for a full re-evaluation when a source's trust
-    /// changes), in an order that depends only on what the World was given: the pods in the
-    /// order of their slots (walked in memory order, which a burst of 100,000 pods feels),
-    /// then the records sorted.
+    /// Every subject in the World (for a full re-evaluation when a source's trust changes).
     pub fn all_subjects(&self) -> Vec<Subject> {
-        let mut records: Vec<Subject> = self.records.keys().cloned().map(Subject::Record).collect();
-        records.sort_unstable();
-        let mut all = Vec::with_capacity(self.pod_count() + records.len());
-        all.extend(self.pods().map(Pod::subject));
-        all.append(&mut records);
-        all
+        self.pods()
+            .map(Pod::subject)
+            .chain(self.records.keys().cloned().map(Subject::Record))
+            .collect()
     }
 }
