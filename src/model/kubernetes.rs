@@ -157,19 +157,21 @@ pub fn keeping_only<T>(keys: Arc<MetaKeys>, f: impl FnOnce() -> T) -> T {
 }
 
 fn labels<'de, D: Deserializer<'de>>(d: D) -> Result<Option<BTreeMap<String, String>>, D::Error> {
-    match KEEP.with(|k| k.borrow().clone()) {
-        Some(keep) => crate::util::json::unique_map_of(d, Some(&keep.labels)),
-        None => crate::util::json::unique_map(d),
-    }
+    kept_map(d, |k| &k.labels)
 }
 
 fn annotations<'de, D: Deserializer<'de>>(
     d: D,
 ) -> Result<Option<BTreeMap<String, String>>, D::Error> {
-    match KEEP.with(|k| k.borrow().clone()) {
-        Some(keep) => crate::util::json::unique_map_of(d, Some(&keep.annotations)),
-        None => crate::util::json::unique_map(d),
-    }
+    kept_map(d, |k| &k.annotations)
+}
+
+/// A label or annotation map, with only the keys [`keeping_only`] keeps if it is in force.
+fn kept_map<'de, D: Deserializer<'de>>(
+    d: D,
+    keys: fn(&MetaKeys) -> &[String],
+) -> Result<Option<BTreeMap<String, String>>, D::Error> {
+    KEEP.with(|k| crate::util::json::unique_map_of(d, k.borrow().as_deref().map(keys)))
 }
 
 fn time(t: Option<Ts>) -> Option<Time> {
